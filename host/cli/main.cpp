@@ -1,0 +1,120 @@
+// qforge: post-training compression of large language models.
+//
+//   qforge [global options] <command> [command options]
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+
+#include <boost/program_options.hpp>
+#include <csignal>
+#include <iostream>
+#include <thread>
+
+#include "commands.hpp"
+#include "qforge_host/errors.hpp"
+#include "qforge_host/log.hpp"
+#include "qforge_host/services.hpp"
+
+namespace po = boost::program_options;
+using namespace qforge;
+
+namespace {
+
+const char* kCommands =
+    "Commands:\n"
+    "  plugins          list plugins; `plugins show ID` describes one component\n"
+    "  quantize-layer   quantize one random weight matrix with a method and check\n"
+    "                   its packed inference layer (until the model runtime lands)\n"
+    "\n"
+    "Run `qforge <command> --help` for a command's options.\n"
+    "Exit codes: 0 success, 2 bad usage or bad input, 1 internal error.\n";
+
+void on_sigint(int) { host::request_cancel(); }
+
+int run(int argc, char** argv) {
+  po::options_description global("Global options");
+  global.add_options()
+      ("help,h", "show this help")
+      ("version", "print the version and the plugin ABI version")
+      ("plugin-dir", po::value<std::vector<std::string>>()->composing(),
+       "also load plugins from DIR (repeatable; searched before QFORGE_PLUGIN_PATH and "
+       "<exe dir>/../lib/qforge/plugins)")
+      ("log-level", po::value<std::string>()->default_value("info"),
+       "trace, debug, info, warn, error or off")
+      ("threads", po::value<int>(), "compute threads (default: all hardware threads)");
+  po::options_description hidden;
+  hidden.add_options()
+      ("command", po::value<std::string>())
+      ("args", po::value<std::vector<std::string>>());
+  po::options_description all;
+  all.add(global).add(hidden);
+  po::positional_options_description pos;
+  pos.add("command", 1).add("args", -1);
+
+  po::variables_map vm;
+  auto parsed = po::command_line_parser(argc, argv)
+                    .options(all)
+                    .positional(pos)
+                    .allow_unregistered()
+                    .run();
+  po::store(parsed, vm);
+  po::notify(vm);
+
+  host::set_log_level(host::parse_log_level(vm["log-level"].as<std::string>()));
+  if (vm.count("version")) {
+    fmt::print("qforge {} (plugin ABI {}.{})\n", QFORGE_VERSION, QFORGE_ABI_MAJOR,
+               QFORGE_ABI_MINOR);
+    return host::kExitOk;
+  }
+  if (!vm.count("command")) {
+    if (!vm.count("help")) {
+      std::cerr << "qforge: missing command\n\nUsage: qforge [global options] <command> ...\n\n"
+                << kCommands;
+      return host::kExitUsage;
+    }
+    std::cout << "Usage: qforge [global options] <command> [options]\n\n"
+              << global << "\n" << kCommands;
+    return host::kExitOk;
+  }
+
+  int threads = vm.count("threads") ? vm["threads"].as<int>()
+                                     : static_cast<int>(std::thread::hardware_concurrency());
+  if (threads < 1) throw host::UsageError("--threads must be at least 1");
+  at::set_num_threads(threads);
+
+  // Everything after the command goes to it, including options we didn't know.
+  std::string command = vm["command"].as<std::string>();
+  cli::Args rest = po::collect_unrecognized(parsed.options, po::include_positional);
+  rest.erase(rest.begin());  // the command itself
+  if (vm.count("help")) rest.push_back("--help");
+
+  host::Registry registry;
+  if (vm.count("plugin-dir"))
+    for (const auto& d : vm["plugin-dir"].as<std::vector<std::string>>())
+      registry.add_directory(d);
+
+  std::signal(SIGINT, on_sigint);
+  if (command == "plugins") return cli::plugins_command(rest, registry);
+  if (command == "quantize-layer") return cli::quantize_layer_command(rest, registry);
+  throw host::UsageError(fmt::format("unknown command '{}'\n\n{}", command, kCommands));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const host::UsageError& e) {
+    fmt::print(stderr, "qforge: {}\n", e.what());
+    return host::kExitUsage;
+  } catch (const po::error& e) {
+    fmt::print(stderr, "qforge: {}\n", e.what());
+    return host::kExitUsage;
+  } catch (const host::PluginError& e) {
+    fmt::print(stderr, "qforge: {}\n", e.what());
+    return e.code() == QFORGE_STATUS_INVALID_ARGUMENT || e.code() == QFORGE_STATUS_UNSUPPORTED
+               ? host::kExitUsage : host::kExitInternal;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "qforge: internal error: {}\n", e.what());
+    return host::kExitInternal;
+  }
+}

@@ -1,0 +1,481 @@
+// qforge-rtn: round-to-nearest (RTN) weight quantization and the inference
+// layer that runs its packed format.
+//
+// Components
+//   org.qforge.rtn         quantizer, writes "org.qforge.rtn/1"
+//   org.qforge.rtn.layer   inference layer, consumes "org.qforge.rtn/1"
+//
+// Algorithm (the min/max asymmetric-or-symmetric uniform quantizer of the GPTQ
+// reference implementation, Frantar et al. 2022, `quant.py`, class Quantizer
+// with perchannel=True; RTN is what GPTQ compares against). For every output
+// row and every group of `group_size` consecutive input columns (the last
+// group is shorter when group_size does not divide in_features; there are
+// ceil(in / group_size) groups; group_size -1 means one group per row):
+//
+//   xmin = min(0, min w)             xmax = max(0, max w)
+//   sym:  xmax = max(|xmin|, xmax);  xmin = -xmax when xmin < 0
+//   xmin == xmax (all zero):  xmin = -1, xmax = 1
+//   maxq  = 2^bits - 1
+//   scale = (xmax - xmin) / maxq
+//   zero  = sym ? (maxq + 1) / 2 : round(-xmin / scale)
+//   q     = clamp(round(w / scale) + zero, 0, maxq)
+//   w'    = scale * (q - zero)
+//
+// everything in float32, round() being round-half-to-even (torch.round), exactly
+// as the reference does. Like the reference, a symmetric group whose weights
+// are all >= 0 keeps xmin = 0 and so only uses the codes >= zero; its positive
+// weights above (maxq-1)/2 * scale are clipped. That is the published
+// behaviour and is kept so that results match GPTQ/AutoGPTQ's RTN baselines.
+//
+// Packed format "org.qforge.rtn/1"
+//   metadata  {"bits":B, "group_size":G, "sym":bool, "in_features":I,
+//              "out_features":O}; G is the effective group size (I for
+//              per-channel); groups = ceil(I / G).
+//   qweight   int32   [O, ceil(I*B/32)]  row r holds the I codes of output r,
+//                                        packed along the input dimension as
+//                                        one little-endian LSB-first bit
+//                                        stream (qforge_kernels/bitpack.hpp)
+//   scales    float32 [O, groups]
+//   zeros     uint8   [O, groups]        always present; (maxq+1)/2 when sym
+//   bias      float32 [O]                only when the layer has a bias
+//   W[r, j] = scales[r, g] * (code[r, j] - zeros[r, g]),  g = j / G
+//
+// The inference layer keeps only the packed tensors (B bits per weight plus
+// the per-group scales/zeros, no float32 copy of W). forward/backward_input
+// dequantize W on every call, block by block of rows into one reused buffer of
+// 2^20 floats (4 MiB), and multiply each block with a LibTorch GEMM; so the
+// transient memory stays bounded whatever the layer size. The packed SIMD GEMV
+// kernels (kernels/) that skip the float32 temporary come in a later issue.
+#include <qforge/cpp/plugin.hpp>
+#include <qforge/cpp/torch.hpp>
+#include <qforge_kernels/bitpack.hpp>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr const char* kFormat = "org.qforge.rtn/1";
+constexpr int64_t kMaxDim = std::numeric_limits<int32_t>::max();
+
+[[noreturn]] void invalid(const std::string& message) {
+  throw qforge::Error(QFORGE_STATUS_INVALID_ARGUMENT, message);
+}
+
+std::string shape_str(at::IntArrayRef s) {
+  std::string text = "[";
+  for (size_t k = 0; k < s.size(); ++k) text += (k ? ", " : "") + std::to_string(s[k]);
+  return text + "]";
+}
+
+// The ABI fixes float32 for every tensor these components take; another
+// device is a valid request this CPU-only plugin can't serve.
+void require_float_cpu(const at::Tensor& t, const std::string& what) {
+  if (!t.device().is_cpu())
+    throw qforge::Error(QFORGE_STATUS_UNSUPPORTED, what + " must be on the CPU");
+  if (t.scalar_type() != at::kFloat)
+    invalid(what + " must be float32, got " + at::toString(t.scalar_type()));
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Rows per at::parallel_for task: about 64K elements.
+int64_t row_grain(int64_t row_length) { return std::max<int64_t>(1, 65536 / row_length); }
+
+// max |a - b| over two contiguous float32 tensors of the same shape, without
+// allocating a temporary of their size.
+double max_abs_difference(const at::Tensor& a, const at::Tensor& b) {
+  const float* pa = a.data_ptr<float>();
+  const float* pb = b.data_ptr<float>();
+  const int64_t rows = a.size(0), cols = a.numel() / std::max<int64_t>(1, a.size(0));
+  std::vector<float> row_max(static_cast<size_t>(rows), 0.f);
+  at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float m = 0.f;
+      const float* x = pa + r * cols;
+      const float* y = pb + r * cols;
+      for (int64_t j = 0; j < cols; ++j) m = std::max(m, std::fabs(x[j] - y[j]));
+      row_max[r] = m;
+    }
+  });
+  return rows ? *std::max_element(row_max.begin(), row_max.end()) : 0.0;
+}
+
+// ---------------------------------------------------------------------------
+// Quantizer
+// ---------------------------------------------------------------------------
+
+struct RtnQuantizer {
+  static const char* const* formats() {
+    static const char* const list[] = {kFormat, nullptr};
+    return list;
+  }
+
+  static void quantize(const qforge::Host& host, const qforge_quantize_input& input,
+                       const qforge::Params& params, const qforge::QuantizeOutput& out) {
+    host.check_cancelled();
+    const int64_t bits = params.get_int("bits");
+    if (bits < qforge::kernels::kMinPackBits || bits > qforge::kernels::kMaxPackBits)
+      invalid("bits must be in [2, 8], got " + std::to_string(bits));
+    const int64_t group_size = params.get_int("group_size");
+    if (group_size == 0 || group_size < -1)
+      invalid("group_size must be -1 (one group per output channel) or a positive number of "
+              "input columns, got " + std::to_string(group_size));
+    const bool sym = params.get_bool("sym");
+
+    if (input.weight == nullptr) invalid("no weight given");
+    const at::Tensor w = qforge::borrow(*input.weight);
+    require_float_cpu(w, "weight");
+    if (w.dim() != 2 || w.size(0) < 1 || w.size(1) < 1 || w.size(0) > kMaxDim ||
+        w.size(1) > kMaxDim)
+      invalid("weight must be a non-empty 2-D [out, in] tensor, got " + shape_str(w.sizes()));
+    const int64_t out_f = w.size(0), in_f = w.size(1);
+
+    at::Tensor bias;
+    if (input.bias != nullptr) {
+      bias = qforge::borrow(*input.bias);
+      require_float_cpu(bias, "bias");
+      if (bias.dim() != 1 || bias.size(0) != out_f)
+        invalid("bias must be [" + std::to_string(out_f) + "], got " + shape_str(bias.sizes()));
+      bias = bias.clone(at::MemoryFormat::Contiguous);  // the input is only borrowed
+    }
+
+    const int64_t maxq = (int64_t{1} << bits) - 1;
+    const int64_t gs = group_size == -1 ? in_f : group_size;  // effective, as recorded
+    const int64_t groups = ceil_div(in_f, gs);
+    // Columns per group in the padded [out, groups, width] view. With one group
+    // it is in_f, so a group_size larger than the layer never over-allocates.
+    const int64_t width = groups == 1 ? in_f : gs;
+    const int64_t padded = groups * width;
+
+    // Zero padding is neutral: xmin/xmax already include 0, and padded codes
+    // are dropped before packing.
+    const at::Tensor wc = w.contiguous();
+    const at::Tensor wg = (padded == in_f ? wc : at::constant_pad_nd(wc, {0, padded - in_f}, 0))
+                              .view({out_f, groups, width});
+
+    at::Tensor xmin = at::amin(wg, 2).clamp_max_(0);  // min(0, min w); NaN propagates
+    at::Tensor xmax = at::amax(wg, 2).clamp_min_(0);  // max(0, max w)
+    if (sym) {
+      xmax = at::maximum(xmin.abs(), xmax);
+      xmin = at::where(xmin.lt(0), xmax.neg(), xmin);
+    }
+    const at::Tensor all_zero = xmin.eq(0).logical_and_(xmax.eq(0));
+    xmin.masked_fill_(all_zero, -1);
+    xmax.masked_fill_(all_zero, 1);
+    const at::Tensor scale = (xmax - xmin).div_(static_cast<double>(maxq));  // [out, groups]
+    // NaN or infinite weights make their group's scale NaN or infinite, so
+    // this one check on the small scale tensor covers them.
+    if (!at::isfinite(scale).all().item<bool>())
+      invalid("weight contains NaN or infinite values (or a range too large for float32)");
+    const at::Tensor zero = sym ? at::full_like(scale, static_cast<double>((maxq + 1) / 2))
+                                : at::round(xmin.neg() / scale);
+    const at::Tensor scale3 = scale.unsqueeze(2), zero3 = zero.unsqueeze(2);
+
+    // q = clamp(round(w / scale) + zero, 0, maxq): one new tensor, then in place.
+    at::Tensor q = at::div(wg, scale3).round_().add_(zero3).clamp_(0, static_cast<double>(maxq));
+
+    // Pack every row of codes along the input dimension.
+    const int64_t words = qforge::kernels::words_for(in_f, static_cast<int>(bits));
+    at::Tensor qweight = at::empty({out_f, words}, at::kInt);
+    {
+      const float* src = q.data_ptr<float>();
+      auto* dst = reinterpret_cast<uint32_t*>(qweight.data_ptr<int32_t>());
+      at::parallel_for(0, out_f, row_grain(in_f), [&](int64_t begin, int64_t end) {
+        std::vector<uint8_t> codes(static_cast<size_t>(in_f));
+        for (int64_t r = begin; r < end; ++r) {
+          const float* row = src + r * padded;
+          for (int64_t j = 0; j < in_f; ++j) codes[j] = static_cast<uint8_t>(row[j]);
+          qforge::kernels::pack_bits(codes.data(), in_f, static_cast<int>(bits), dst + r * words);
+        }
+      });
+    }
+
+    // scale * (q - zero), in place; drop the padding columns, if any.
+    at::Tensor dequant = q.sub_(zero3).mul_(scale3).view({out_f, padded});
+    if (padded != in_f) dequant = dequant.narrow(1, 0, in_f).contiguous();
+
+    const double max_abs_error = max_abs_difference(wc, dequant);
+
+    nlohmann::json meta = {{"bits", bits},         {"group_size", gs},
+                           {"sym", sym},           {"in_features", in_f},
+                           {"out_features", out_f}};
+    out.set_format(kFormat, meta.dump());
+    out.add_tensor("qweight", qforge::export_tensor(qweight));
+    out.add_tensor("scales", qforge::export_tensor(scale.contiguous()));
+    out.add_tensor("zeros", qforge::export_tensor(zero.to(at::kByte).contiguous()));
+    if (bias.defined()) out.add_tensor("bias", qforge::export_tensor(bias));
+    out.set_dequantized(qforge::export_tensor(dequant));
+    out.set_metric("max_abs_error", max_abs_error);
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Inference layer
+// ---------------------------------------------------------------------------
+
+// Reads an integer field of the (untrusted) metadata object.
+int64_t meta_int(const nlohmann::json& m, const char* key, int64_t lo, int64_t hi) {
+  const auto it = m.find(key);
+  if (it == m.end()) invalid(std::string(kFormat) + " metadata lacks \"" + key + "\"");
+  if (!it->is_number_integer())
+    invalid(std::string(kFormat) + " metadata \"" + key + "\" must be an integer");
+  const bool too_big = it->is_number_unsigned() &&
+                       it->get<uint64_t>() > static_cast<uint64_t>(hi);
+  const int64_t v = too_big ? hi + 1 : it->get<int64_t>();
+  if (v < lo || v > hi)
+    invalid(std::string(kFormat) + " metadata \"" + key + "\" must be in [" +
+            std::to_string(lo) + ", " + std::to_string(hi) + "], got " + it->dump());
+  return v;
+}
+
+class RtnLayer {
+ public:
+  static const char* const* formats() {
+    static const char* const list[] = {kFormat, nullptr};
+    return list;
+  }
+
+  RtnLayer(const qforge::Host&, const std::string& format, const std::string& metadata,
+           const std::vector<const qforge_named_tensor*>& tensors) {
+    if (format != kFormat)
+      throw qforge::Error(QFORGE_STATUS_UNSUPPORTED,
+                          "org.qforge.rtn.layer does not consume format '" + format + "'");
+    nlohmann::json m;
+    try {
+      m = nlohmann::json::parse(metadata);
+    } catch (const nlohmann::json::exception& e) {
+      invalid(std::string(kFormat) + " metadata is not valid JSON: " + e.what());
+    }
+    if (!m.is_object()) invalid(std::string(kFormat) + " metadata must be a JSON object");
+    bits_ = static_cast<int>(meta_int(m, "bits", 2, 8));
+    group_size_ = meta_int(m, "group_size", 1, kMaxDim);
+    in_ = meta_int(m, "in_features", 1, kMaxDim);
+    out_ = meta_int(m, "out_features", 1, kMaxDim);
+    const auto sym = m.find("sym");
+    if (sym == m.end() || !sym->is_boolean())
+      invalid(std::string(kFormat) + " metadata \"sym\" must be true or false");
+    groups_ = ceil_div(in_, group_size_);
+    words_ = qforge::kernels::words_for(in_, bits_);
+
+    std::map<std::string, const DLTensor*> by_name;
+    for (const qforge_named_tensor* nt : tensors) {
+      if (nt == nullptr || nt->name == nullptr || nt->tensor == nullptr)
+        invalid(std::string(kFormat) + ": a tensor without name or data");
+      const std::string name = nt->name;
+      if (name != "qweight" && name != "scales" && name != "zeros" && name != "bias")
+        invalid(std::string(kFormat) + ": unexpected tensor '" + name + "'");
+      if (!by_name.emplace(name, nt->tensor).second)
+        invalid(std::string(kFormat) + ": tensor '" + name + "' given twice");
+    }
+    qweight_ = take(by_name, "qweight", DLDataType{kDLInt, 32, 1}, {out_, words_}, true);
+    scales_ = take(by_name, "scales", DLDataType{kDLFloat, 32, 1}, {out_, groups_}, true);
+    zeros_ = take(by_name, "zeros", DLDataType{kDLUInt, 8, 1}, {out_, groups_}, true);
+    bias_ = take(by_name, "bias", DLDataType{kDLFloat, 32, 1}, {out_}, false);
+    const int64_t maxq = (int64_t{1} << bits_) - 1;
+    if (zeros_.gt(maxq).any().item<bool>())
+      invalid(std::string(kFormat) + ": zeros exceed 2^bits - 1 = " + std::to_string(maxq));
+  }
+
+  int64_t out_features() const { return out_; }
+  int64_t in_features() const { return in_; }
+
+  // y = x Wᵀ + bias
+  void forward(const DLTensor& xd, const DLTensor& yd) const {
+    const at::Tensor x = qforge::borrow(xd);
+    at::Tensor y = qforge::borrow(yd);
+    check_pair("forward", x, "x", in_, y, "y", out_);
+    const at::Tensor x2 = x.reshape({-1, in_});
+    at::Tensor y2 = y.is_contiguous() ? y.view({-1, out_}) : at::empty({x2.size(0), out_});
+    if (x2.size(0) > 0) {
+      // Block by block of W's rows: y[:, rows] = x W[rows]ᵀ + bias[rows].
+      for_each_block([&](int64_t r0, int64_t n, const at::Tensor& wb) {
+        at::Tensor yb = y2.narrow(1, r0, n);  // strided output: BLAS writes it in place
+        if (bias_.defined())
+          at::addmm_out(yb, bias_.narrow(0, r0, n), x2, wb.t());
+        else
+          at::mm_out(yb, x2, wb.t());
+      });
+    }
+    if (!y.is_contiguous()) y.copy_(y2.view(y.sizes()));
+  }
+
+  // grad_x = grad_y W
+  void backward_input(const DLTensor& gyd, const DLTensor& gxd) const {
+    const at::Tensor gy = qforge::borrow(gyd);
+    at::Tensor gx = qforge::borrow(gxd);
+    check_pair("backward_input", gy, "grad_y", out_, gx, "grad_x", in_);
+    const at::Tensor gy2 = gy.reshape({-1, out_});
+    at::Tensor gx2 = gx.is_contiguous() ? gx.view({-1, in_}) : at::empty({gy2.size(0), in_});
+    if (gy2.size(0) > 0) {
+      // grad_x = sum over blocks of grad_y[:, rows] W[rows].
+      for_each_block([&](int64_t r0, int64_t n, const at::Tensor& wb) {
+        const at::Tensor gyb = gy2.narrow(1, r0, n);
+        if (r0 == 0)
+          at::mm_out(gx2, gyb, wb);
+        else
+          gx2.addmm_(gyb, wb);
+      });
+    }
+    if (!gx.is_contiguous()) gx.copy_(gx2.view(gx.sizes()));
+  }
+
+  void dequantize(const DLTensor& wd) const {
+    at::Tensor w = qforge::borrow(wd);
+    require_float_cpu(w, "dequantize: weight");
+    if (w.dim() != 2 || w.size(0) != out_ || w.size(1) != in_)
+      invalid("dequantize: weight must be [" + std::to_string(out_) + ", " +
+              std::to_string(in_) + "], got " + shape_str(w.sizes()));
+    if (w.is_contiguous())
+      dequantize_rows(0, out_, w.data_ptr<float>());
+    else
+      w.copy_(dequantized());
+  }
+
+ private:
+  // Validates tensor `name` against the metadata and copies it.
+  static at::Tensor take(const std::map<std::string, const DLTensor*>& by_name,
+                         const std::string& name, DLDataType dtype,
+                         std::vector<int64_t> shape, bool required) {
+    const auto it = by_name.find(name);
+    if (it == by_name.end()) {
+      if (required) invalid(std::string(kFormat) + ": tensor '" + name + "' is missing");
+      return at::Tensor();
+    }
+    const DLTensor& t = *it->second;
+    const std::string what = std::string(kFormat) + " tensor '" + name + "'";
+    if (t.device.device_type != kDLCPU)
+      throw qforge::Error(QFORGE_STATUS_UNSUPPORTED, what + " must be on the CPU");
+    if (t.dtype.code != dtype.code || t.dtype.bits != dtype.bits || t.dtype.lanes != dtype.lanes)
+      invalid(what + " has the wrong dtype (DLPack code " + std::to_string(t.dtype.code) +
+              ", bits " + std::to_string(t.dtype.bits) + ", lanes " +
+              std::to_string(t.dtype.lanes) + ")");
+    bool same = t.ndim == static_cast<int32_t>(shape.size()) && t.shape != nullptr;
+    for (size_t k = 0; same && k < shape.size(); ++k) same = t.shape[k] == shape[k];
+    if (!same) {
+      std::vector<int64_t> got;
+      if (t.shape != nullptr && t.ndim >= 0 && t.ndim <= 16) got.assign(t.shape, t.shape + t.ndim);
+      invalid(what + " must have shape " + shape_str(shape) + " for the metadata, got " +
+              (t.shape != nullptr ? shape_str(got) : std::string("no shape")));
+    }
+    if (t.data == nullptr) invalid(what + " has no data");
+    return qforge::borrow(t).clone(at::MemoryFormat::Contiguous);
+  }
+
+  void check_pair(const char* fn, const at::Tensor& a, const char* an, int64_t a_last,
+                  const at::Tensor& b, const char* bn, int64_t b_last) const {
+    require_float_cpu(a, std::string(fn) + ": " + an);
+    require_float_cpu(b, std::string(fn) + ": " + bn);
+    bool ok = a.dim() >= 1 && b.dim() == a.dim() && a.size(-1) == a_last && b.size(-1) == b_last;
+    for (int64_t k = 0; ok && k + 1 < a.dim(); ++k) ok = a.size(k) == b.size(k);
+    if (!ok)
+      invalid(std::string(fn) + ": expected " + an + " [..., " + std::to_string(a_last) +
+              "] and " + bn + " [..., " + std::to_string(b_last) + "] with the same leading " +
+              "dimensions, got " + shape_str(a.sizes()) + " and " + shape_str(b.sizes()));
+  }
+
+  at::Tensor dequantized() const {
+    at::Tensor w = at::empty({out_, in_}, at::kFloat);
+    dequantize_rows(0, out_, w.data_ptr<float>());
+    return w;
+  }
+
+  // Calls f(first_row, rows, W[first_row : first_row + rows]) for consecutive
+  // blocks of W's rows, dequantized into one reused buffer of about
+  // kBlockElements floats: forward and backward never hold all of W in float32.
+  template <class F>
+  void for_each_block(F&& f) const {
+    const int64_t rows = std::min(out_, std::max<int64_t>(1, kBlockElements / in_));
+    const at::Tensor buffer = at::empty({rows, in_}, at::kFloat);
+    for (int64_t r0 = 0; r0 < out_; r0 += rows) {
+      const int64_t n = std::min(rows, out_ - r0);
+      const at::Tensor wb = buffer.narrow(0, 0, n);
+      dequantize_rows(r0, r0 + n, wb.data_ptr<float>());
+      f(r0, n, wb);
+    }
+  }
+
+  // Writes rows [first, last) of W to dst (contiguous, (last - first) x in):
+  // W[r, j] = scale * (code - zero), the same float32 operations as the
+  // quantizer, so the result is bit-identical to its dequantized weight.
+  void dequantize_rows(int64_t first, int64_t last, float* dst) const {
+    const auto* words = reinterpret_cast<const uint32_t*>(qweight_.data_ptr<int32_t>());
+    const float* scales = scales_.data_ptr<float>();
+    const uint8_t* zeros = zeros_.data_ptr<uint8_t>();
+    at::parallel_for(first, last, row_grain(in_), [&](int64_t begin, int64_t end) {
+      std::vector<uint8_t> codes(static_cast<size_t>(in_));
+      for (int64_t r = begin; r < end; ++r) {
+        qforge::kernels::unpack_bits(words + r * words_, in_, bits_, codes.data());
+        float* row = dst + (r - first) * in_;
+        for (int64_t g = 0; g < groups_; ++g) {
+          const float s = scales[r * groups_ + g];
+          const float z = static_cast<float>(zeros[r * groups_ + g]);
+          const int64_t j1 = std::min(in_, (g + 1) * group_size_);
+          for (int64_t j = g * group_size_; j < j1; ++j)
+            row[j] = s * (static_cast<float>(codes[j]) - z);
+        }
+      }
+    });
+  }
+
+  // Floats of W dequantized at a time by forward / backward_input (4 MiB).
+  static constexpr int64_t kBlockElements = int64_t{1} << 20;
+
+  int bits_ = 0;
+  int64_t group_size_ = 0, groups_ = 0, in_ = 0, out_ = 0, words_ = 0;
+  at::Tensor qweight_, scales_, zeros_, bias_;  // contiguous copies; bias_ may be undefined
+};
+
+// ---------------------------------------------------------------------------
+// Plugin
+// ---------------------------------------------------------------------------
+
+const qforge::ComponentList& components() {
+  static const qforge::ComponentList list = [] {
+    static const char* const quantizer_features[] = {"weight-only", "calibration-free",
+                                                     "per-group", "per-channel", nullptr};
+    static const char* const layer_features[] = {"cpu", "dequantize-per-call", nullptr};
+    static const qforge_param_desc bits =
+        qforge::param_range(QFORGE_PARAM_INT, "bits", "bits per weight code (2..8)", "4", 2, 8);
+    static const qforge_param_desc group_size = qforge::param_range(
+        QFORGE_PARAM_INT, "group_size",
+        "input columns sharing one scale/zero; -1 = one group per output channel "
+        "(per-channel); 0 is invalid",
+        "128", -1, 1048576);
+    static const qforge_param_desc sym =
+        qforge::param(QFORGE_PARAM_BOOL, "sym",
+                      "symmetric grid with a fixed zero point (true) or asymmetric min/max "
+                      "with a per-group zero point (false)",
+                      "true");
+    static const qforge_param_desc* const params[] = {&bits, &group_size, &sym};
+    qforge::ComponentList l;
+    l.push_back(qforge::component(
+        QFORGE_COMPONENT_QUANTIZER, "org.qforge.rtn", "Round-to-nearest", "1.0.0", "qforge",
+        "MIT",
+        "Round-to-nearest uniform quantization with per-group min/max scales and zero points, "
+        "the RTN baseline of GPTQ (Frantar et al., 2022, quant.py). Needs no calibration data.",
+        quantizer_features, params, static_cast<uint32_t>(sizeof params / sizeof params[0]),
+        qforge::quantizer_vtable<RtnQuantizer>()));
+    l.push_back(qforge::component(
+        QFORGE_COMPONENT_INFERENCE_LAYER, "org.qforge.rtn.layer", "RTN packed layer", "1.0.0",
+        "qforge", "MIT",
+        "Runs org.qforge.rtn/1 layers on the CPU: keeps the bit-packed codes with per-group "
+        "scales and zero points, dequantizes per call and multiplies with LibTorch.",
+        layer_features, nullptr, 0, qforge::inference_layer_vtable<RtnLayer>()));
+    return l;
+  }();
+  return list;
+}
+
+}  // namespace
+
+QFORGE_DEFINE_PLUGIN("qforge-rtn", "1.0.0", components)
