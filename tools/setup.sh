@@ -10,7 +10,7 @@ packages=(
   libboost-dev libboost-filesystem-dev libboost-program-options-dev
   libfmt-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev
-  libsentencepiece-dev libpcre2-dev
+  libsentencepiece-dev libpcre2-dev libutf8proc-dev
 )
 
 missing=()

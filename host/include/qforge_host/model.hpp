@@ -1,0 +1,80 @@
+// The Llama-family decoder: weights, forward pass with a KV cache.
+//
+// Layers are plain data (Linear, Block) so that later stages can replace a
+// linear layer's weight or give it a packed inference layer.
+#pragma once
+
+#include <ATen/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+
+namespace qforge::host {
+
+class PackedLayer;
+class TensorStore;
+
+// y = x Wᵀ + b, or through a packed inference layer when one is set.
+struct Linear {
+  std::string name;            // e.g. "model.layers.0.self_attn.q_proj"
+  at::Tensor weight;           // [out, in] in the compute dtype (undefined when packed)
+  at::Tensor bias;             // [out] or undefined
+  std::shared_ptr<PackedLayer> packed;
+  at::Tensor forward(const at::Tensor& x) const;
+};
+
+struct Block {
+  at::Tensor input_norm, post_attention_norm;  // [hidden]
+  at::Tensor q_norm, k_norm;                   // [head_dim] (Qwen3) or undefined
+  Linear q_proj, k_proj, v_proj, o_proj;
+  Linear gate_proj, up_proj, down_proj;
+  std::vector<Linear*> linears();              // in true-sequential order
+};
+
+// Keys and values of past positions, per layer: [batch, kv_heads, capacity, head_dim].
+struct KVCache {
+  std::vector<at::Tensor> k, v;
+  int64_t length = 0;    // positions filled
+  int64_t capacity = 0;
+};
+
+class Model {
+ public:
+  // Loads config.json and the weights of a Hugging Face model directory.
+  // `dtype`: compute dtype (float32 default; bfloat16/float16 selectable).
+  static Model load(const std::string& dir, at::ScalarType dtype);
+  Model(ModelConfig config, at::ScalarType dtype);
+
+  const ModelConfig& config() const { return config_; }
+  at::ScalarType dtype() const { return dtype_; }
+  std::vector<Block>& blocks() { return blocks_; }
+  const std::vector<Block>& blocks() const { return blocks_; }
+
+  // ids [batch, T] (int64) -> logits [batch, T, vocab] float32. With a cache,
+  // positions continue from cache->length and the cache grows by T.
+  at::Tensor forward(const at::Tensor& ids, KVCache* cache = nullptr) const;
+  KVCache new_cache(int64_t batch, int64_t capacity) const;
+
+  // Pieces of the forward pass, for block-by-block use.
+  at::Tensor embed(const at::Tensor& ids) const;  // [B,T] -> [B,T,hidden]
+  at::Tensor block_forward(size_t layer, const at::Tensor& h, int64_t start_pos,
+                           KVCache* cache) const;
+  at::Tensor head(const at::Tensor& h) const;     // final norm + lm_head -> float32 logits
+
+  // Parameters as named in the checkpoint, e.g. for saving.
+  int64_t parameter_count() const;
+
+ private:
+  at::Tensor rope_inv_freq() const;
+  ModelConfig config_;
+  at::ScalarType dtype_;
+  at::Tensor embed_tokens_, final_norm_;
+  Linear lm_head_;
+  std::vector<Block> blocks_;
+  at::Tensor inv_freq_;  // [head_dim/2] float32
+};
+
+}  // namespace qforge::host

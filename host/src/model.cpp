@@ -1,0 +1,249 @@
+// The Llama-family decoder (qforge_host/model.hpp): Llama 2/3, Mistral,
+// Qwen2, Qwen3 with grouped-query attention, RoPE (default, linear, llama3
+// scaling), RMSNorm, SwiGLU, tied or untied embeddings. Follows the Hugging
+// Face reference modelling code's conventions (rotate-half RoPE on HF-layout
+// q/k weights, RMSNorm in float32, softmax in float32).
+#include "qforge_host/model.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cmath>
+
+#include "qforge_host/errors.hpp"
+#include "qforge_host/quantize.hpp"
+#include "qforge_host/safetensors.hpp"
+
+namespace qforge::host {
+namespace {
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean({-1}, true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+// cos, sin: [T, head_dim] for positions start .. start+T-1.
+std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& inv_freq, int64_t start, int64_t T,
+                                              at::ScalarType dtype) {
+  at::Tensor pos = at::arange(start, start + T, at::kFloat);
+  at::Tensor freqs = at::outer(pos, inv_freq);
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
+void check_shape(const at::Tensor& t, at::IntArrayRef want, const std::string& name) {
+  if (t.sizes() != want)
+    throw UsageError(fmt::format("tensor {} has shape [{}], the config implies [{}]", name,
+                                 fmt::join(t.sizes(), ", "), fmt::join(want, ", ")));
+}
+
+}  // namespace
+
+at::Tensor Linear::forward(const at::Tensor& x) const {
+  if (packed) return packed->forward(x).to(x.scalar_type());
+  return at::linear(x, weight, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
+}
+
+std::vector<Linear*> Block::linears() {
+  return {&q_proj, &k_proj, &v_proj, &o_proj, &gate_proj, &up_proj, &down_proj};
+}
+
+Model::Model(ModelConfig config, at::ScalarType dtype) : config_(std::move(config)), dtype_(dtype) {
+  inv_freq_ = rope_inv_freq();
+}
+
+// inv_freq_i = theta^(-2i/d), with the configured scaling applied.
+at::Tensor Model::rope_inv_freq() const {
+  const auto& c = config_;
+  int64_t half = c.head_dim / 2;
+  std::vector<float> f(half);
+  const auto& s = c.rope_scaling;
+  for (int64_t i = 0; i < half; ++i) {
+    double inv = 1.0 / std::pow(c.rope_theta, 2.0 * i / static_cast<double>(c.head_dim));
+    if (s.type == "linear") {
+      inv /= s.factor;
+    } else if (s.type == "llama3") {
+      // Llama 3.1 frequency-dependent scaling: keep high frequencies, divide low
+      // ones by `factor`, interpolate smoothly in between.
+      double wavelen = 2 * M_PI / inv;
+      double old = static_cast<double>(s.original_max_position_embeddings);
+      double low_wavelen = old / s.low_freq_factor, high_wavelen = old / s.high_freq_factor;
+      if (wavelen > low_wavelen) {
+        inv /= s.factor;
+      } else if (wavelen >= high_wavelen) {
+        double smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        inv = (1 - smooth) * inv / s.factor + smooth * inv;
+      }
+    }
+    f[i] = static_cast<float>(inv);
+  }
+  return at::tensor(f, at::kFloat);
+}
+
+Model Model::load(const std::string& dir, at::ScalarType dtype) {
+  Model m(load_config(dir), dtype);
+  const ModelConfig& c = m.config_;
+  TensorStore store(dir);
+  auto get = [&](const std::string& name, std::vector<int64_t> shape) {
+    at::Tensor t = store.load(name, dtype);
+    check_shape(t, shape, name);
+    return t;
+  };
+  auto linear = [&](const std::string& name, int64_t out, int64_t in, bool bias) {
+    Linear l;
+    l.name = name;
+    l.weight = get(name + ".weight", {out, in});
+    if (bias) l.bias = get(name + ".bias", {out});
+    return l;
+  };
+  const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
+  m.embed_tokens_ = get("model.embed_tokens.weight", {c.vocab_size, H});
+  m.final_norm_ = get("model.norm.weight", {H});
+  if (c.tie_word_embeddings || !store.contains("lm_head.weight")) {
+    if (!c.tie_word_embeddings)
+      throw UsageError(fmt::format("{}: no lm_head.weight and tie_word_embeddings is false", dir));
+    m.lm_head_.name = "lm_head";
+    m.lm_head_.weight = m.embed_tokens_;
+  } else {
+    m.lm_head_ = linear("lm_head", c.vocab_size, H, false);
+  }
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    std::string p = fmt::format("model.layers.{}.", i);
+    Block b;
+    b.input_norm = get(p + "input_layernorm.weight", {H});
+    b.post_attention_norm = get(p + "post_attention_layernorm.weight", {H});
+    b.q_proj = linear(p + "self_attn.q_proj", c.num_heads * D, H, c.attention_bias);
+    b.k_proj = linear(p + "self_attn.k_proj", c.num_kv_heads * D, H, c.attention_bias);
+    b.v_proj = linear(p + "self_attn.v_proj", c.num_kv_heads * D, H, c.attention_bias);
+    // Qwen2 has biases on q/k/v only; Llama's attention_bias covers o_proj too.
+    b.o_proj = linear(p + "self_attn.o_proj", H, c.num_heads * D,
+                      c.attention_bias && !c.arch.qkv_bias_always);
+    if (c.arch.qk_norm) {
+      b.q_norm = get(p + "self_attn.q_norm.weight", {D});
+      b.k_norm = get(p + "self_attn.k_norm.weight", {D});
+    }
+    b.gate_proj = linear(p + "mlp.gate_proj", I, H, c.mlp_bias);
+    b.up_proj = linear(p + "mlp.up_proj", I, H, c.mlp_bias);
+    b.down_proj = linear(p + "mlp.down_proj", H, I, c.mlp_bias);
+    m.blocks_.push_back(std::move(b));
+  }
+  return m;
+}
+
+KVCache Model::new_cache(int64_t batch, int64_t capacity) const {
+  KVCache cache;
+  cache.capacity = capacity;
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    cache.k.push_back(at::empty({batch, config_.num_kv_heads, capacity, config_.head_dim}, dtype_));
+    cache.v.push_back(at::empty({batch, config_.num_kv_heads, capacity, config_.head_dim}, dtype_));
+  }
+  return cache;
+}
+
+at::Tensor Model::embed(const at::Tensor& ids) const {
+  if (ids.numel() > 0) {
+    int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    if (lo < 0 || hi >= config_.vocab_size)
+      throw UsageError(fmt::format("token id {} is outside the vocabulary [0, {})",
+                                   lo < 0 ? lo : hi, config_.vocab_size));
+  }
+  return at::embedding(embed_tokens_, ids);
+}
+
+at::Tensor Model::block_forward(size_t layer, const at::Tensor& h, int64_t start,
+                                KVCache* cache) const {
+  const ModelConfig& c = config_;
+  const Block& b = blocks_.at(layer);
+  const int64_t B = h.size(0), T = h.size(1), D = c.head_dim;
+  const int64_t n_rep = c.num_heads / c.num_kv_heads;
+
+  at::Tensor x = rms_norm(h, b.input_norm, c.rms_norm_eps);
+  at::Tensor q = b.q_proj.forward(x).view({B, T, c.num_heads, D});
+  at::Tensor k = b.k_proj.forward(x).view({B, T, c.num_kv_heads, D});
+  at::Tensor v = b.v_proj.forward(x).view({B, T, c.num_kv_heads, D});
+  if (c.arch.qk_norm) {
+    q = rms_norm(q, b.q_norm, c.rms_norm_eps);
+    k = rms_norm(k, b.k_norm, c.rms_norm_eps);
+  }
+  q = q.transpose(1, 2);
+  k = k.transpose(1, 2);
+  v = v.transpose(1, 2);
+  auto [cos, sin] = rope_tables(inv_freq_, start, T, q.scalar_type());
+  q = q * cos + rotate_half(q) * sin;
+  k = k * cos + rotate_half(k) * sin;
+
+  int64_t total = start + T;
+  if (cache != nullptr) {
+    if (total > cache->capacity)
+      throw UsageError(fmt::format("KV cache holds {} positions, {} needed", cache->capacity, total));
+    cache->k[layer].narrow(2, start, T).copy_(k);
+    cache->v[layer].narrow(2, start, T).copy_(v);
+    k = cache->k[layer].narrow(2, 0, total);
+    v = cache->v[layer].narrow(2, 0, total);
+  } else if (start != 0) {
+    throw UsageError("block_forward: a start position needs a KV cache");
+  }
+  // Grouped-query attention without copying K/V: the n_rep query heads that
+  // share a KV head become n_rep*T rows of one batched matmul.
+  at::Tensor q3 = q.reshape({B * c.num_kv_heads, n_rep * T, D});
+  at::Tensor k3 = k.reshape({B * c.num_kv_heads, total, D});
+  at::Tensor v3 = v.reshape({B * c.num_kv_heads, total, D});
+  // Query t (position start+t) sees key s when s <= start+t (and, with a
+  // sliding window, s > start+t-window): an additive 0/-inf mask, fused into
+  // the scaled QKᵀ product.
+  at::Tensor qpos = at::arange(start, total, at::kLong).unsqueeze(1);
+  at::Tensor kpos = at::arange(0, total, at::kLong).unsqueeze(0);
+  at::Tensor hidden = kpos > qpos;
+  if (c.sliding_window > 0) hidden = hidden.logical_or(kpos <= qpos - c.sliding_window);
+  at::Tensor mask = at::zeros({T, total}, q.options())
+                        .masked_fill_(hidden, -std::numeric_limits<float>::infinity())
+                        .repeat({n_rep, 1});
+  at::Tensor scores = at::baddbmm(mask, q3, k3.transpose(1, 2), 1.0, 1.0 / std::sqrt(double(D)));
+  at::Tensor probs = at::softmax(scores.to(at::kFloat), -1).to(q.scalar_type());
+  at::Tensor attn = at::bmm(probs, v3)
+                        .view({B, c.num_heads, T, D})
+                        .transpose(1, 2)
+                        .reshape({B, T, c.num_heads * D});
+  at::Tensor out = h + b.o_proj.forward(attn);
+
+  x = rms_norm(out, b.post_attention_norm, c.rms_norm_eps);
+  at::Tensor mlp = b.down_proj.forward(at::silu(b.gate_proj.forward(x)) * b.up_proj.forward(x));
+  return out + mlp;
+}
+
+at::Tensor Model::head(const at::Tensor& h) const {
+  return lm_head_.forward(rms_norm(h, final_norm_, config_.rms_norm_eps)).to(at::kFloat);
+}
+
+at::Tensor Model::forward(const at::Tensor& ids, KVCache* cache) const {
+  if (ids.dim() != 2) throw UsageError("forward: ids must be [batch, T]");
+  int64_t start = cache ? cache->length : 0;
+  at::Tensor h = embed(ids);
+  for (size_t i = 0; i < blocks_.size(); ++i) h = block_forward(i, h, start, cache);
+  if (cache) cache->length = start + ids.size(1);
+  return head(h);
+}
+
+int64_t Model::parameter_count() const {
+  int64_t n = embed_tokens_.numel() + final_norm_.numel();
+  if (!config_.tie_word_embeddings && lm_head_.weight.defined()) n += lm_head_.weight.numel();
+  for (const auto& b : blocks_) {
+    n += b.input_norm.numel() + b.post_attention_norm.numel();
+    if (b.q_norm.defined()) n += b.q_norm.numel() + b.k_norm.numel();
+    for (const Linear* l : {&b.q_proj, &b.k_proj, &b.v_proj, &b.o_proj, &b.gate_proj,
+                            &b.up_proj, &b.down_proj}) {
+      if (l->weight.defined()) n += l->weight.numel();
+      if (l->bias.defined()) n += l->bias.numel();
+    }
+  }
+  return n;
+}
+
+}  // namespace qforge::host
