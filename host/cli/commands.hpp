@@ -18,6 +18,7 @@ int quantize_layer_command(const Args& args, host::Registry& registry);
 int tokenize_command(const Args& args, host::Registry& registry);
 int eval_command(const Args& args, host::Registry& registry);
 int generate_command(const Args& args, host::Registry& registry);
+int quantize_command(const Args& args, host::Registry& registry);
 
 // Loads the plugins and logs one warning per refused library.
 void load_plugins(host::Registry& registry);

@@ -23,6 +23,7 @@ namespace {
 
 const char* kCommands =
     "Commands:\n"
+    "  quantize         quantize a model block by block with a method plugin\n"
     "  plugins          list plugins; `plugins show ID` describes one component\n"
     "  quantize-layer   quantize one random weight matrix with a method and check\n"
     "                   its packed inference layer (until the model runtime lands)\n"
@@ -102,6 +103,7 @@ int run(int argc, char** argv) {
   if (command == "quantize-layer") return cli::quantize_layer_command(rest, registry);
   if (command == "tokenize") return cli::tokenize_command(rest, registry);
   if (command == "eval") return cli::eval_command(rest, registry);
+  if (command == "quantize") return cli::quantize_command(rest, registry);
   if (command == "generate") return cli::generate_command(rest, registry);
   throw host::UsageError(fmt::format("unknown command '{}'\n\n{}", command, kCommands));
 }

@@ -87,55 +87,75 @@ at::Tensor Model::rope_inv_freq() const {
   return at::tensor(f, at::kFloat);
 }
 
-Model Model::load(const std::string& dir, at::ScalarType dtype) {
+namespace {
+
+at::Tensor load_checked(const TensorStore& store, const std::string& name,
+                        std::vector<int64_t> shape, at::ScalarType dtype) {
+  at::Tensor t = store.load(name, dtype);
+  check_shape(t, shape, name);
+  return t;
+}
+
+Linear load_linear(const TensorStore& store, const std::string& name, int64_t out, int64_t in,
+                   bool bias, at::ScalarType dtype) {
+  Linear l;
+  l.name = name;
+  l.weight = load_checked(store, name + ".weight", {out, in}, dtype);
+  if (bias) l.bias = load_checked(store, name + ".bias", {out}, dtype);
+  return l;
+}
+
+}  // namespace
+
+Model Model::load(const std::string& dir, at::ScalarType dtype, bool with_blocks) {
   Model m(load_config(dir), dtype);
   const ModelConfig& c = m.config_;
-  TensorStore store(dir);
-  auto get = [&](const std::string& name, std::vector<int64_t> shape) {
-    at::Tensor t = store.load(name, dtype);
-    check_shape(t, shape, name);
-    return t;
-  };
-  auto linear = [&](const std::string& name, int64_t out, int64_t in, bool bias) {
-    Linear l;
-    l.name = name;
-    l.weight = get(name + ".weight", {out, in});
-    if (bias) l.bias = get(name + ".bias", {out});
-    return l;
-  };
-  const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
-  m.embed_tokens_ = get("model.embed_tokens.weight", {c.vocab_size, H});
-  m.final_norm_ = get("model.norm.weight", {H});
+  m.store_ = std::make_shared<TensorStore>(dir);
+  const TensorStore& store = *m.store_;
+  const int64_t H = c.hidden_size;
+  m.embed_tokens_ = load_checked(store, "model.embed_tokens.weight", {c.vocab_size, H}, dtype);
+  m.final_norm_ = load_checked(store, "model.norm.weight", {H}, dtype);
   if (c.tie_word_embeddings || !store.contains("lm_head.weight")) {
     if (!c.tie_word_embeddings)
       throw UsageError(fmt::format("{}: no lm_head.weight and tie_word_embeddings is false", dir));
     m.lm_head_.name = "lm_head";
     m.lm_head_.weight = m.embed_tokens_;
   } else {
-    m.lm_head_ = linear("lm_head", c.vocab_size, H, false);
+    m.lm_head_ = load_linear(store, "lm_head", c.vocab_size, H, false, dtype);
   }
-  for (int64_t i = 0; i < c.num_layers; ++i) {
-    std::string p = fmt::format("model.layers.{}.", i);
-    Block b;
-    b.input_norm = get(p + "input_layernorm.weight", {H});
-    b.post_attention_norm = get(p + "post_attention_layernorm.weight", {H});
-    b.q_proj = linear(p + "self_attn.q_proj", c.num_heads * D, H, c.attention_bias);
-    b.k_proj = linear(p + "self_attn.k_proj", c.num_kv_heads * D, H, c.attention_bias);
-    b.v_proj = linear(p + "self_attn.v_proj", c.num_kv_heads * D, H, c.attention_bias);
-    // Qwen2 has biases on q/k/v only; Llama's attention_bias covers o_proj too.
-    b.o_proj = linear(p + "self_attn.o_proj", H, c.num_heads * D,
-                      c.attention_bias && !c.arch.qkv_bias_always);
-    if (c.arch.qk_norm) {
-      b.q_norm = get(p + "self_attn.q_norm.weight", {D});
-      b.k_norm = get(p + "self_attn.k_norm.weight", {D});
-    }
-    b.gate_proj = linear(p + "mlp.gate_proj", I, H, c.mlp_bias);
-    b.up_proj = linear(p + "mlp.up_proj", I, H, c.mlp_bias);
-    b.down_proj = linear(p + "mlp.down_proj", H, I, c.mlp_bias);
-    m.blocks_.push_back(std::move(b));
-  }
+  m.blocks_.resize(c.num_layers);
+  if (with_blocks)
+    for (int64_t i = 0; i < c.num_layers; ++i) m.load_block(i);
   return m;
 }
+
+void Model::load_block(size_t i) {
+  if (!store_) throw UsageError("load_block: this model was not loaded from a checkpoint");
+  const ModelConfig& c = config_;
+  const TensorStore& store = *store_;
+  const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
+  const at::ScalarType dt = dtype_;
+  std::string p = fmt::format("model.layers.{}.", i);
+  Block b;
+  b.input_norm = load_checked(store, p + "input_layernorm.weight", {H}, dt);
+  b.post_attention_norm = load_checked(store, p + "post_attention_layernorm.weight", {H}, dt);
+  b.q_proj = load_linear(store, p + "self_attn.q_proj", c.num_heads * D, H, c.attention_bias, dt);
+  b.k_proj = load_linear(store, p + "self_attn.k_proj", c.num_kv_heads * D, H, c.attention_bias, dt);
+  b.v_proj = load_linear(store, p + "self_attn.v_proj", c.num_kv_heads * D, H, c.attention_bias, dt);
+  // Qwen2 has biases on q/k/v only; Llama's attention_bias covers o_proj too.
+  b.o_proj = load_linear(store, p + "self_attn.o_proj", H, c.num_heads * D,
+                         c.attention_bias && !c.arch.qkv_bias_always, dt);
+  if (c.arch.qk_norm) {
+    b.q_norm = load_checked(store, p + "self_attn.q_norm.weight", {D}, dt);
+    b.k_norm = load_checked(store, p + "self_attn.k_norm.weight", {D}, dt);
+  }
+  b.gate_proj = load_linear(store, p + "mlp.gate_proj", I, H, c.mlp_bias, dt);
+  b.up_proj = load_linear(store, p + "mlp.up_proj", I, H, c.mlp_bias, dt);
+  b.down_proj = load_linear(store, p + "mlp.down_proj", H, I, c.mlp_bias, dt);
+  blocks_.at(i) = std::move(b);
+}
+
+void Model::release_block(size_t i) { blocks_.at(i) = Block{}; }
 
 KVCache Model::new_cache(int64_t batch, int64_t capacity) const {
   KVCache cache;
@@ -158,16 +178,22 @@ at::Tensor Model::embed(const at::Tensor& ids) const {
 }
 
 at::Tensor Model::block_forward(size_t layer, const at::Tensor& h, int64_t start,
-                                KVCache* cache) const {
+                                KVCache* cache, const LinearTap* tap) const {
+  auto run = [tap](const Linear& l, const at::Tensor& x) {
+    if (tap != nullptr) (*tap)(l, x);
+    return l.forward(x);
+  };
   const ModelConfig& c = config_;
   const Block& b = blocks_.at(layer);
+  if (!b.input_norm.defined())
+    throw UsageError(fmt::format("block {} is not loaded", layer));
   const int64_t B = h.size(0), T = h.size(1), D = c.head_dim;
   const int64_t n_rep = c.num_heads / c.num_kv_heads;
 
   at::Tensor x = rms_norm(h, b.input_norm, c.rms_norm_eps);
-  at::Tensor q = b.q_proj.forward(x).view({B, T, c.num_heads, D});
-  at::Tensor k = b.k_proj.forward(x).view({B, T, c.num_kv_heads, D});
-  at::Tensor v = b.v_proj.forward(x).view({B, T, c.num_kv_heads, D});
+  at::Tensor q = run(b.q_proj, x).view({B, T, c.num_heads, D});
+  at::Tensor k = run(b.k_proj, x).view({B, T, c.num_kv_heads, D});
+  at::Tensor v = run(b.v_proj, x).view({B, T, c.num_kv_heads, D});
   if (c.arch.qk_norm) {
     q = rms_norm(q, b.q_norm, c.rms_norm_eps);
     k = rms_norm(k, b.k_norm, c.rms_norm_eps);
@@ -211,10 +237,10 @@ at::Tensor Model::block_forward(size_t layer, const at::Tensor& h, int64_t start
                         .view({B, c.num_heads, T, D})
                         .transpose(1, 2)
                         .reshape({B, T, c.num_heads * D});
-  at::Tensor out = h + b.o_proj.forward(attn);
+  at::Tensor out = h + run(b.o_proj, attn);
 
   x = rms_norm(out, b.post_attention_norm, c.rms_norm_eps);
-  at::Tensor mlp = b.down_proj.forward(at::silu(b.gate_proj.forward(x)) * b.up_proj.forward(x));
+  at::Tensor mlp = run(b.down_proj, at::silu(run(b.gate_proj, x)) * run(b.up_proj, x));
   return out + mlp;
 }
 

@@ -6,6 +6,7 @@
 
 #include <ATen/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,12 +42,22 @@ struct KVCache {
   int64_t capacity = 0;
 };
 
+// Called with each linear layer's input during a forward pass (calibration).
+using LinearTap = std::function<void(const Linear&, const at::Tensor& input)>;
+
 class Model {
  public:
   // Loads config.json and the weights of a Hugging Face model directory.
   // `dtype`: compute dtype (float32 default; bfloat16/float16 selectable).
-  static Model load(const std::string& dir, at::ScalarType dtype);
+  // With `with_blocks` false only the embeddings, final norm and head are
+  // read; load_block() brings in one block at a time (bounded memory).
+  static Model load(const std::string& dir, at::ScalarType dtype, bool with_blocks = true);
   Model(ModelConfig config, at::ScalarType dtype);
+
+  // Reads block `i`'s weights from the checkpoint (replacing what is there);
+  // release_block() frees them.
+  void load_block(size_t i);
+  void release_block(size_t i);
 
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return dtype_; }
@@ -61,7 +72,7 @@ class Model {
   // Pieces of the forward pass, for block-by-block use.
   at::Tensor embed(const at::Tensor& ids) const;  // [B,T] -> [B,T,hidden]
   at::Tensor block_forward(size_t layer, const at::Tensor& h, int64_t start_pos,
-                           KVCache* cache) const;
+                           KVCache* cache, const LinearTap* tap = nullptr) const;
   at::Tensor head(const at::Tensor& h) const;     // final norm + lm_head -> float32 logits
 
   // Parameters as named in the checkpoint, e.g. for saving.
@@ -75,6 +86,7 @@ class Model {
   Linear lm_head_;
   std::vector<Block> blocks_;
   at::Tensor inv_freq_;  // [head_dim/2] float32
+  std::shared_ptr<TensorStore> store_;
 };
 
 }  // namespace qforge::host

@@ -1,0 +1,251 @@
+// `qforge quantize`: the block-sequential pipeline from the command line or a
+// JSON recipe, then the perplexity of the original, dequantized and packed
+// models when an evaluation text is given.
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <boost/program_options.hpp>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "qforge_host/errors.hpp"
+#include "qforge_host/eval.hpp"
+#include "qforge_host/log.hpp"
+#include "qforge_host/model.hpp"
+#include "qforge_host/pipeline.hpp"
+#include "qforge_host/progress.hpp"
+#include "qforge_host/tokenizer.hpp"
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace qforge::cli {
+namespace {
+
+at::ScalarType act_dtype(const std::string& s) {
+  if (s == "float32") return at::kFloat;
+  if (s == "bfloat16") return at::kBFloat16;
+  if (s == "float16") return at::kHalf;
+  throw host::UsageError(fmt::format("--act-dtype '{}': expected float32, bfloat16 or float16", s));
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw host::UsageError(fmt::format("cannot open {}", path));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A recipe is JSON whose keys are the long option names of this command
+// (e.g. {"model": ..., "method": ..., "set": {"bits": 4}, "override":
+// ["*down_proj:bits=8"], "qep": true, "eval": ...}). Options given on the
+// command line win over the recipe.
+void apply_recipe(const std::string& path, const po::options_description& opts,
+                  po::variables_map& vm) {
+  json r = json::parse(read_file(path), nullptr, false);
+  if (r.is_discarded() || !r.is_object())
+    throw host::UsageError(fmt::format("{}: a recipe must be a JSON object", path));
+  std::vector<std::string> args;
+  for (const auto& [key, value] : r.items()) {
+    if (key == "recipe") throw host::UsageError(fmt::format("{}: a recipe cannot include another", path));
+    if (key == "postprocess") {
+      if (!value.is_array() || !value.empty())
+        throw host::UsageError(fmt::format("{}: no post-process plugin exists yet; \"postprocess\" must be []", path));
+      continue;
+    }
+    if (opts.find_nothrow(key, false) == nullptr)
+      throw host::UsageError(fmt::format("{}: unknown recipe key '{}' (keys are this command's long options)", path, key));
+    auto scalar = [&](const json& v) {
+      return v.is_string() ? v.get<std::string>() : v.dump();
+    };
+    if (key == "set" && value.is_object()) {
+      for (const auto& [k, v] : value.items()) args.push_back("--set=" + k + "=" + scalar(v));
+    } else if (value.is_array()) {
+      for (const auto& v : value) args.push_back("--" + key + "=" + scalar(v));
+    } else if (value.is_boolean()) {
+      if (value.get<bool>()) args.push_back("--" + key);
+    } else {
+      args.push_back("--" + key + "=" + scalar(value));
+    }
+  }
+  po::store(po::command_line_parser(args).options(opts).run(), vm);
+}
+
+std::vector<std::string> list(const po::variables_map& vm, const char* key) {
+  return vm.count(key) ? vm[key].as<std::vector<std::string>>() : std::vector<std::string>{};
+}
+
+double perplexity_of(const host::Model& m, const std::vector<int32_t>& stream, int64_t seqlen,
+                     const std::string& label) {
+  host::ProgressLine p("perplexity " + label, "windows");
+  return host::perplexity(m, stream, seqlen, 8, [&](int64_t d, int64_t t) { p.update(d, t); }).ppl;
+}
+
+}  // namespace
+
+int quantize_command(const Args& args, host::Registry& registry) {
+  po::options_description opts(
+      "Usage: qforge quantize --model DIR --method ID [--set k=v ...] --calib FILE --out DIR [options]\n"
+      "       qforge quantize --recipe FILE.json [options]\n"
+      "       qforge quantize --model DIR --from-results FILE --out DIR\n\n"
+      "Quantizes every selected linear layer block by block through the quantizer plugin,\n"
+      "writes the dequantized model to --out (with quant_results.safetensors holding the\n"
+      "packed layers and per-layer errors), checkpointing each finished block: after an\n"
+      "interruption (or Ctrl-C, which stops between layers) rerun with --resume.\n\nOptions");
+  opts.add_options()
+      ("help,h", "show this help")
+      ("recipe", po::value<std::string>(), "JSON file whose keys are these long options")
+      ("model", po::value<std::string>(), "Hugging Face model directory")
+      ("method", po::value<std::string>(), "quantizer component id (see `qforge plugins`)")
+      ("set", po::value<std::vector<std::string>>()->composing(), "method parameter name=value (repeatable)")
+      ("override", po::value<std::vector<std::string>>()->composing(),
+       "per-layer parameters PATTERN:name=value[,name=value] (glob or substring; repeatable, later wins)")
+      ("calib", po::value<std::string>(), "calibration file: .txt, .jsonl, .csv or token ids .u16/.u32/.i64")
+      ("calib-format", po::value<std::string>()->default_value("auto"), "auto, text, jsonl, csv, ids-u16, ids-u32, ids-i64")
+      ("text-field", po::value<std::string>()->default_value("text"), "JSONL key / CSV column holding the text")
+      ("nsamples", po::value<int64_t>()->default_value(128), "calibration sequences")
+      ("seqlen", po::value<int64_t>()->default_value(2048), "tokens per calibration sequence")
+      ("seed", po::value<uint64_t>()->default_value(0), "calibration sampling seed")
+      ("strategy", po::value<std::string>()->default_value("random"), "random, drop-head or per-document")
+      ("include-names", po::value<std::vector<std::string>>()->composing(), "only these layers (exact names)")
+      ("include-keywords", po::value<std::vector<std::string>>()->composing(), "only layers whose name contains one")
+      ("exclude-names", po::value<std::vector<std::string>>()->composing(), "drop these layers (default: lm_head)")
+      ("exclude-keywords", po::value<std::vector<std::string>>()->composing(), "drop layers whose name contains one")
+      ("num-layers", po::value<int64_t>()->default_value(-1), "keep only the first N selected layers")
+      ("qep", "quantization error propagation (Arai & Ichikawa, NeurIPS 2025)")
+      ("percdamp", po::value<double>()->default_value(0.01), "QEP dampening, fraction of mean(diag H)")
+      ("perccorr", po::value<double>()->default_value(0.5), "QEP correction strength in [0, 1]")
+      ("out", po::value<std::string>(), "output directory (dequantized model + results)")
+      ("resume", "continue an interrupted run in --out from its checkpoint")
+      ("from-results", po::value<std::string>(), "re-apply a quant_results.safetensors without quantizing")
+      ("chunk", po::value<int64_t>()->default_value(4), "calibration sequences per forward pass")
+      ("act-dtype", po::value<std::string>()->default_value("float32"), "calibration activations stored as float32, bfloat16 or float16")
+      ("eval", po::value<std::string>(), "text file: print perplexity of original, dequantized and packed models")
+      ("eval-seqlen", po::value<int64_t>(), "perplexity window (default: min(2048, max_position_embeddings))")
+      ("json", "print a JSON summary");
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(opts).run(), vm);
+  if (vm.count("help")) {
+    std::cout << opts << "\n";
+    return host::kExitOk;
+  }
+  if (vm.count("recipe")) apply_recipe(vm["recipe"].as<std::string>(), opts, vm);
+  po::notify(vm);
+  if (!vm.count("model")) throw host::UsageError("--model DIR is required");
+  if (!vm.count("out")) throw host::UsageError("--out DIR is required");
+  std::string model_dir = vm["model"].as<std::string>(), out = vm["out"].as<std::string>();
+  load_plugins(registry);
+
+  json summary = {{"model", model_dir}, {"out", out}};
+  if (vm.count("from-results")) {
+    host::apply_results(registry, model_dir, vm["from-results"].as<std::string>(), out);
+    summary["from_results"] = vm["from-results"].as<std::string>();
+    fmt::print("wrote {} from {}\n", out, vm["from-results"].as<std::string>());
+  } else {
+    host::QuantizeOptions o;
+    o.model_dir = model_dir;
+    o.out_dir = out;
+    if (!vm.count("method")) throw host::UsageError("--method ID is required");
+    o.method = vm["method"].as<std::string>();
+    o.params = parse_sets(list(vm, "set"));
+    for (const auto& text : list(vm, "override")) o.overrides.push_back(host::parse_override(text));
+    if (!vm.count("calib")) throw host::UsageError("--calib FILE is required");
+    o.calibration.file = vm["calib"].as<std::string>();
+    o.calibration.format = vm["calib-format"].as<std::string>();
+    o.calibration.text_field = vm["text-field"].as<std::string>();
+    o.calibration.nsamples = vm["nsamples"].as<int64_t>();
+    o.calibration.seqlen = vm["seqlen"].as<int64_t>();
+    o.calibration.seed = vm["seed"].as<uint64_t>();
+    o.calibration.strategy = vm["strategy"].as<std::string>();
+    o.selection.include_names = list(vm, "include-names");
+    o.selection.include_keywords = list(vm, "include-keywords");
+    if (vm.count("exclude-names")) o.selection.exclude_names = list(vm, "exclude-names");
+    o.selection.exclude_keywords = list(vm, "exclude-keywords");
+    o.selection.num_layers = vm["num-layers"].as<int64_t>();
+    o.qep = vm.count("qep") > 0;
+    o.qep_percdamp = vm["percdamp"].as<double>();
+    o.qep_perccorr = vm["perccorr"].as<double>();
+    if (o.qep_percdamp < 0 || !(o.qep_perccorr >= 0 && o.qep_perccorr <= 1))
+      throw host::UsageError("--percdamp must be >= 0 and --perccorr in [0, 1]");
+    o.resume = vm.count("resume") > 0;
+    o.chunk = vm["chunk"].as<int64_t>();
+    o.act_dtype = act_dtype(vm["act-dtype"].as<std::string>());
+    host::QuantizeSummary s;
+    try {
+      s = host::quantize_model(registry, o);
+    } catch (const host::Cancelled&) {
+      fmt::print(stderr, "qforge: stopped; the finished blocks are checkpointed in {} — rerun "
+                 "with --resume to continue\n", out);
+      return 130;
+    }
+    json layers = json::array();
+    for (const auto& l : s.layers) layers.push_back({{"name", l.name}, {"format", l.format}, {"metrics", l.metrics}});
+    summary["calibration"] = s.calibration;
+    summary["results"] = s.results_file;
+    summary["resumed_from_block"] = s.resumed_from_block;
+    summary["layers"] = layers;
+    if (!vm.count("json")) {
+      fmt::print("calibration: {}\n", s.calibration);
+      fmt::print("{:<40} {:>12} {:>12} {:>9}\n", "layer", "rel.out.err", "rel.w.err", "seconds");
+      for (const auto& l : s.layers)
+        fmt::print("{:<40} {:>12.4e} {:>12.4e} {:>9.3f}\n", l.name,
+                   l.metrics.at("relative_output_error"), l.metrics.at("relative_weight_error"),
+                   l.metrics.count("seconds") ? l.metrics.at("seconds") : 0.0);
+      fmt::print("wrote {} (dequantized model) and {}\n", out, s.results_file);
+    }
+  }
+
+  if (vm.count("eval")) {
+    auto tok = host::load_tokenizer(model_dir);
+    std::string file = vm["eval"].as<std::string>();
+    auto stream = host::perplexity_stream(*tok, read_file(file), "");
+    host::Model original = host::Model::load(model_dir, at::kFloat);
+    int64_t seqlen = vm.count("eval-seqlen") ? vm["eval-seqlen"].as<int64_t>()
+                                             : std::min<int64_t>(2048, original.config().max_position_embeddings);
+    json ppl;
+    ppl["original"] = perplexity_of(original, stream, seqlen, "original");
+    // The packed model: the original with each quantized layer replaced by its
+    // inference layer (when every format has one).
+    std::string results = (fs::path(out) / "quant_results.safetensors").string();
+    if (vm.count("from-results")) results = vm["from-results"].as<std::string>();
+    bool packed = true;
+    auto saved = host::load_results(results);
+    std::map<std::string, const host::SavedLayer*> by_name;
+    for (const auto& l : saved) {
+      by_name[l.report.name] = &l;
+      packed = packed && registry.find_inference_layer(l.result.format) != nullptr;
+    }
+    if (packed) {
+      for (auto& b : original.blocks())
+        for (host::Linear* l : b.linears())
+          if (auto it = by_name.find(l->name); it != by_name.end()) {
+            l->packed = std::make_shared<host::PackedLayer>(
+                *registry.find_inference_layer(it->second->result.format), it->second->result);
+            l->weight = at::Tensor();
+          }
+      ppl["packed"] = perplexity_of(original, stream, seqlen, "packed");
+    }
+    host::Model deq = host::Model::load(out, at::kFloat);
+    ppl["dequantized"] = perplexity_of(deq, stream, seqlen, "dequantized");
+    summary["perplexity"] = ppl;
+    summary["perplexity_protocol"] = fmt::format(
+        "{}: whole file, one BOS, non-overlapping windows of {} tokens, {} tokens", file, seqlen,
+        stream.size());
+    if (!vm.count("json")) {
+      fmt::print("perplexity ({}):\n", summary["perplexity_protocol"].get<std::string>());
+      fmt::print("  original     {:.4f}\n  dequantized  {:.4f}\n", ppl["original"].get<double>(),
+                 ppl["dequantized"].get<double>());
+      if (packed) fmt::print("  packed       {:.4f}\n", ppl["packed"].get<double>());
+      else fmt::print("  packed       (no inference layer for every format)\n");
+    }
+  }
+  if (vm.count("json")) std::cout << summary.dump(2) << "\n";
+  return host::kExitOk;
+}
+
+}  // namespace qforge::cli
