@@ -11,6 +11,7 @@ packages=(
   libfmt-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev
   libsentencepiece-dev libpcre2-dev libutf8proc-dev
+  time                          # /usr/bin/time -v for the memory benchmark
 )
 
 missing=()

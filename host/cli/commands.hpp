@@ -3,6 +3,8 @@
 // thrown: UsageError -> 2, anything else -> 1).
 #pragma once
 
+#include <c10/core/ScalarType.h>
+
 #include <map>
 #include <string>
 #include <vector>
@@ -22,6 +24,11 @@ int quantize_command(const Args& args, host::Registry& registry);
 
 // Loads the plugins and logs one warning per refused library.
 void load_plugins(host::Registry& registry);
+
+// "float32" | "bfloat16" | "float16"; a UsageError names `option` otherwise.
+at::ScalarType parse_dtype(const std::string& s, const char* option);
+// A whole file; a UsageError when it cannot be opened.
+std::string read_file(const std::string& path);
 
 // Parses repeated `--set name=value` into a map; a repeated name is an error.
 std::map<std::string, std::string> parse_sets(const std::vector<std::string>& sets);

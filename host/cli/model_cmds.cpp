@@ -23,13 +23,6 @@ using nlohmann::json;
 namespace qforge::cli {
 namespace {
 
-at::ScalarType parse_dtype(const std::string& s) {
-  if (s == "float32") return at::kFloat;
-  if (s == "bfloat16") return at::kBFloat16;
-  if (s == "float16") return at::kHalf;
-  throw host::UsageError(fmt::format("--dtype '{}': expected float32, bfloat16 or float16", s));
-}
-
 void add_model_options(po::options_description& opts) {
   opts.add_options()
       ("model", po::value<std::string>(), "Hugging Face model directory (config.json, safetensors, tokenizer)")
@@ -37,13 +30,6 @@ void add_model_options(po::options_description& opts) {
        "compute dtype: float32, bfloat16 or float16");
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw host::UsageError(fmt::format("cannot open {}", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 po::variables_map parse(const Args& args, const po::options_description& opts) {
   po::variables_map vm;
@@ -57,6 +43,21 @@ std::string require_model(const po::variables_map& vm) {
 }
 
 }  // namespace
+
+at::ScalarType parse_dtype(const std::string& s, const char* option) {
+  if (s == "float32") return at::kFloat;
+  if (s == "bfloat16") return at::kBFloat16;
+  if (s == "float16") return at::kHalf;
+  throw host::UsageError(fmt::format("{} '{}': expected float32, bfloat16 or float16", option, s));
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw host::UsageError(fmt::format("cannot open {}", path));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 int eval_command(const Args& args, host::Registry&) {
   po::options_description opts(
@@ -87,7 +88,7 @@ int eval_command(const Args& args, host::Registry&) {
   if (vm.count("ppl") == vm.count("choices"))
     throw host::UsageError("give exactly one of --ppl FILE or --choices FILE");
   auto t0 = std::chrono::steady_clock::now();
-  host::Model model = host::Model::load(dir, parse_dtype(vm["dtype"].as<std::string>()));
+  host::Model model = host::Model::load(dir, parse_dtype(vm["dtype"].as<std::string>(), "--dtype"));
   auto tok = host::load_tokenizer(dir);
   json out = {{"model", dir}, {"dtype", vm["dtype"].as<std::string>()}};
 
@@ -160,7 +161,7 @@ int generate_command(const Args& args, host::Registry&) {
   std::string dir = require_model(vm);
   if (!vm.count("prompt")) throw host::UsageError("--prompt TEXT is required");
   int64_t max_new = vm["max-new-tokens"].as<int64_t>();
-  host::Model model = host::Model::load(dir, parse_dtype(vm["dtype"].as<std::string>()));
+  host::Model model = host::Model::load(dir, parse_dtype(vm["dtype"].as<std::string>(), "--dtype"));
   if (max_new < 0) throw host::UsageError("--max-new-tokens must be >= 0");
   auto tok = host::load_tokenizer(dir);
   std::vector<int32_t> prompt = tok->encode(vm["prompt"].as<std::string>(), true);

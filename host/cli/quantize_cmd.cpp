@@ -26,21 +26,6 @@ using nlohmann::json;
 namespace qforge::cli {
 namespace {
 
-at::ScalarType act_dtype(const std::string& s) {
-  if (s == "float32") return at::kFloat;
-  if (s == "bfloat16") return at::kBFloat16;
-  if (s == "float16") return at::kHalf;
-  throw host::UsageError(fmt::format("--act-dtype '{}': expected float32, bfloat16 or float16", s));
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw host::UsageError(fmt::format("cannot open {}", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // A recipe is JSON whose keys are the long option names of this command
 // (e.g. {"model": ..., "method": ..., "set": {"bits": 4}, "override":
 // ["*down_proj:bits=8"], "qep": true, "eval": ...}). Options given on the
@@ -111,7 +96,8 @@ int quantize_command(const Args& args, host::Registry& registry) {
       ("nsamples", po::value<int64_t>()->default_value(128), "calibration sequences")
       ("seqlen", po::value<int64_t>()->default_value(2048), "tokens per calibration sequence")
       ("seed", po::value<uint64_t>()->default_value(0), "calibration sampling seed")
-      ("strategy", po::value<std::string>()->default_value("random"), "random, drop-head or per-document")
+      ("strategy", po::value<std::string>()->default_value("random"),
+       "random (GPTQ windows), concat-chunk, drop-head, drop-rand (OneComp) or per-document")
       ("include-names", po::value<std::vector<std::string>>()->composing(), "only these layers (exact names)")
       ("include-keywords", po::value<std::vector<std::string>>()->composing(), "only layers whose name contains one")
       ("exclude-names", po::value<std::vector<std::string>>()->composing(), "drop these layers (default: lm_head)")
@@ -174,7 +160,7 @@ int quantize_command(const Args& args, host::Registry& registry) {
       throw host::UsageError("--percdamp must be >= 0 and --perccorr in [0, 1]");
     o.resume = vm.count("resume") > 0;
     o.chunk = vm["chunk"].as<int64_t>();
-    o.act_dtype = act_dtype(vm["act-dtype"].as<std::string>());
+    o.act_dtype = parse_dtype(vm["act-dtype"].as<std::string>(), "--act-dtype");
     host::QuantizeSummary s;
     try {
       s = host::quantize_model(registry, o);

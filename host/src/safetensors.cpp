@@ -172,6 +172,15 @@ at::Tensor SafetensorsFile::load(const std::string& name, at::ScalarType dtype) 
   }
   at::Tensor out = at::empty(t.shape, at::TensorOptions().dtype(dtype).device(at::kCPU));
   out.copy_(view(name));
+  if (t.end > t.begin) {
+    // The copy is independent of the mapping: hand its pages back so that
+    // streaming a model block by block keeps only one block resident. (A
+    // private read-only mapping refaults them from the file if read again.)
+    const long page = ::sysconf(_SC_PAGESIZE);
+    const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(map_->base + header_.data_offset + t.begin);
+    const std::uintptr_t start = first - first % static_cast<std::uintptr_t>(page);
+    ::madvise(reinterpret_cast<void*>(start), first - start + (t.end - t.begin), MADV_DONTNEED);
+  }
   return out;
 }
 

@@ -95,6 +95,7 @@ double linear_only_seconds(const qforge::host::Model& m, int64_t T) {
 int main(int argc, char** argv) {
   std::string model_dir, synthetic, keep;
   int64_t seqlen = 256, decode = 32;
+  bool write_only = false;  // --synthetic with --keep DIR: only write the weights
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -103,9 +104,10 @@ int main(int argc, char** argv) {
     else if (a == "--keep") keep = next();
     else if (a == "--seqlen") seqlen = std::stoll(next());
     else if (a == "--decode") decode = std::stoll(next());
+    else if (a == "--write-only") write_only = true;
     else {
       fmt::print(stderr, "usage: {} (--model DIR | --synthetic llama-3.2-1b [--keep DIR]) "
-                 "[--seqlen N] [--decode N]\n", argv[0]);
+                 "[--seqlen N] [--decode N] [--write-only]\n", argv[0]);
       return 2;
     }
   }
@@ -126,6 +128,7 @@ int main(int argc, char** argv) {
     }
     model_dir = tmp.string();
     label = "synthetic Llama-3.2-1B shape (random weights)";
+    if (write_only) return 0;
   }
   if (model_dir.empty()) {
     fmt::print(stderr, "give --model DIR or --synthetic llama-3.2-1b\n");
