@@ -107,10 +107,16 @@ Linear load_linear(const TensorStore& store, const std::string& name, int64_t ou
 
 }  // namespace
 
-Model Model::load(const std::string& dir, at::ScalarType dtype, bool with_blocks) {
+Model Model::open(const std::string& dir, at::ScalarType dtype) {
   Model m(load_config(dir), dtype);
-  const ModelConfig& c = m.config_;
   m.store_ = std::make_shared<TensorStore>(dir);
+  m.blocks_.resize(m.config_.num_layers);
+  return m;
+}
+
+Model Model::load(const std::string& dir, at::ScalarType dtype, bool with_blocks) {
+  Model m = open(dir, dtype);
+  const ModelConfig& c = m.config_;
   const TensorStore& store = *m.store_;
   const int64_t H = c.hidden_size;
   m.embed_tokens_ = load_checked(store, "model.embed_tokens.weight", {c.vocab_size, H}, dtype);
@@ -123,7 +129,6 @@ Model Model::load(const std::string& dir, at::ScalarType dtype, bool with_blocks
   } else {
     m.lm_head_ = load_linear(store, "lm_head", c.vocab_size, H, false, dtype);
   }
-  m.blocks_.resize(c.num_layers);
   if (with_blocks)
     for (int64_t i = 0; i < c.num_layers; ++i) m.load_block(i);
   return m;

@@ -223,6 +223,7 @@ std::vector<SavedLayer> load_results(const std::string& path) {
       !report["layers"].is_array())
     throw UsageError(fmt::format("{}: malformed qforge.results metadata", path));
   std::vector<SavedLayer> out;
+  if (report["layers"].empty()) throw UsageError(fmt::format("{}: holds no layers", path));
   try {
     for (const auto& j : report["layers"]) {
       SavedLayer l;
@@ -260,9 +261,9 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
     return merged;
   };
 
-  Model model = Model::load(o.model_dir, at::kFloat, /*with_blocks=*/false);
+  Model model = Model::open(o.model_dir, at::kFloat);
   const ModelConfig& cfg = model.config();
-  TensorStore store(o.model_dir);
+  const TensorStore& store = model.store();
 
   std::vector<std::pair<std::string, std::string>> candidates;
   for (int64_t i = 0; i < cfg.num_layers; ++i)
@@ -305,7 +306,11 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
     summary.calibration = cal.description;
     log(LogLevel::info, "calibration: {}", cal.description);
     at::NoGradGuard no_grad;
-    x = model.embed(cal.ids).to(o.act_dtype);
+    // Rows of the mapped embedding table: no float32 copy of the whole table.
+    at::Tensor table = store.view("model.embed_tokens.weight");
+    if (cal.ids.max().item<int64_t>() >= table.size(0))
+      throw UsageError("calibration token ids exceed the model's vocabulary");
+    x = at::embedding(table, cal.ids).to(o.act_dtype);
     if (o.qep) x_fp = x.clone();
   }
 
@@ -418,14 +423,30 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
 
   // Gather the per-block results into one file, write the model's remaining
   // files, and remove the checkpoint.
-  std::vector<SavedLayer> all;
+  // Merged from mapped views of the per-block files: no copy of every
+  // layer's packed tensors in memory at once.
+  std::vector<std::unique_ptr<SafetensorsFile>> parts;
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  json merged = {{"method", o.method}, {"layers", json::array()}};
   for (int64_t i = 0; i < cfg.num_layers; ++i) {
-    auto part = load_results((ckpt / fmt::format("results-block-{:05}.safetensors", i)).string());
-    for (auto& l : part) all.push_back(std::move(l));
+    std::string path = (ckpt / fmt::format("results-block-{:05}.safetensors", i)).string();
+    parts.push_back(std::make_unique<SafetensorsFile>(path));
+    for (const auto& [name, info] : parts.back()->tensors()) tensors.emplace_back(name, parts.back()->view(name));
+    json part = json::parse(parts.back()->metadata().at("qforge.results"));
+    for (const auto& l : part["layers"]) {
+      LayerReport r;
+      r.name = l["name"];
+      r.format = l["format"];
+      r.metadata = l["metadata"];
+      r.metrics = l["metrics"].get<std::map<std::string, double>>();
+      summary.layers.push_back(r);
+      merged["layers"].push_back(l);
+    }
   }
   summary.results_file = (out / kResultsFile).string();
-  save_results(summary.results_file, o.method, all);
-  for (const auto& l : all) summary.layers.push_back(l.report);
+  save_safetensors(summary.results_file, tensors, {{"qforge.results", merged.dump()}});
+  tensors.clear();
+  parts.clear();
   finish_model_dir(o.model_dir, out, store, cfg.num_layers);
   fs::remove_all(ckpt);
   return summary;

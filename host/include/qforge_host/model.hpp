@@ -54,6 +54,11 @@ class Model {
   static Model load(const std::string& dir, at::ScalarType dtype, bool with_blocks = true);
   Model(ModelConfig config, at::ScalarType dtype);
 
+  // The config and the checkpoint, no weights yet: load_block() reads one
+  // block at a time (the pipeline's bounded-memory mode).
+  static Model open(const std::string& dir, at::ScalarType dtype);
+  const TensorStore& store() const { return *store_; }
+
   // Reads block `i`'s weights from the checkpoint (replacing what is there);
   // release_block() frees them.
   void load_block(size_t i);
