@@ -26,7 +26,7 @@ const char* kCommands =
     "  quantize         quantize a model block by block with a method plugin\n"
     "  plugins          list plugins; `plugins show ID` describes one component\n"
     "  quantize-layer   quantize one random weight matrix with a method and check\n"
-    "                   its packed inference layer (until the model runtime lands)\n"
+    "                   its packed inference layer (a quick check of a plugin)\n"
     "  tokenize         print the token ids of a text under a model's tokenizer\n"
     "  eval             perplexity or multiple-choice accuracy of a model\n"
     "  generate         greedy text generation with a KV cache\n"

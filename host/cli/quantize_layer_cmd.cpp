@@ -1,7 +1,7 @@
 // `qforge quantize-layer`: quantize one weight matrix with any quantizer
 // plugin, then load the packed result into the inference layer that consumes
-// its format and check it. The matrix is random (seeded Gaussian) until the
-// model runtime lands; the output says so.
+// its format and check it: a quick check of a plugin. The matrix is random
+// (seeded Gaussian); the output says so.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>

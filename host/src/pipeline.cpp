@@ -300,7 +300,6 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
       if (!o.resume)
         throw UsageError(fmt::format("{} already holds a model or a checkpoint; choose another "
                                      "--out, delete it, or pass --resume", out.string()));
-    fs::create_directories(ckpt);
     auto tok = load_tokenizer(o.model_dir);
     Calibration cal = load_calibration(*tok, o.calibration);
     summary.calibration = cal.description;
@@ -312,6 +311,7 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
       throw UsageError("calibration token ids exceed the model's vocabulary");
     x = at::embedding(table, cal.ids).to(o.act_dtype);
     if (o.qep) x_fp = x.clone();
+    fs::create_directories(ckpt);  // only once the inputs are known to be good
   }
 
   const int64_t n = x.size(0);
