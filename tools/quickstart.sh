@@ -5,7 +5,8 @@
 # dequantized and packed models. Model: $QFORGE_MODEL, else
 # ../shared/models/stories260K. Calibration text: $QFORGE_CALIB, else
 # ../shared/data/tinystories_v2_calib.txt; evaluation text: $QFORGE_EVAL,
-# else ../shared/data/tinystories_valid.txt (a different split).
+# else ../shared/data/tinystories_valid.txt (a different split). Without a
+# model, a tiny Llama with random weights that qforge writes (and says so).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 shared="${QFORGE_SHARED:-$root/../shared}"
@@ -14,15 +15,20 @@ bash "$root/tools/build.sh"
 build="${QFORGE_BUILD:-$root/build}"
 qforge="$build/bin/qforge"
 model="${QFORGE_MODEL:-$shared/models/stories260K}"
+calib="${QFORGE_CALIB:-$shared/data/tinystories_v2_calib.txt}"
+eval_text="${QFORGE_EVAL:-$shared/data/tinystories_valid.txt}"
+calib_format=auto
 if [ ! -f "$model/config.json" ]; then
-  echo "quickstart: no model at $model (set QFORGE_MODEL to a Hugging Face directory);"
-  echo "quickstart: running RTN on one random 4096x4096 matrix instead"
-  "$qforge" quantize-layer --method org.qforge.rtn --set bits=4 --set group_size=128
-  exit 0
+  # No model at hand: qforge writes a tiny Llama with RANDOM weights and a
+  # byte-level tokenizer, and calibrates/evaluates on text from this repository.
+  model="$build/random-tiny-llama"
+  echo "quickstart: no model at ${QFORGE_MODEL:-$shared/models/stories260K}; using a tiny Llama with RANDOM weights ($model)"
+  [ -f "$model/config.json" ] || "$build/bin/qforge_bench_forward" --synthetic tiny --keep "$model" --write-only
+  [ -f "$calib" ] || { calib="$root/README.md"; calib_format=text; }
+  [ -f "$eval_text" ] || eval_text="$root/host/src/pipeline.cpp"
 fi
 "$qforge" plugins
 out="$build/quickstart-out"
 rm -rf "$out"
 "$qforge" quantize --model "$model" --method org.qforge.rtn --set bits=4 --set group_size=32 \
-  --calib "${QFORGE_CALIB:-$shared/data/tinystories_v2_calib.txt}" --nsamples 32 --seqlen 256 \
-  --out "$out" --eval "${QFORGE_EVAL:-$shared/data/tinystories_valid.txt}"
+  --calib "$calib" --calib-format "$calib_format" --nsamples 32 --seqlen 256 --out "$out" --eval "$eval_text"

@@ -55,6 +55,10 @@ std::vector<Linear*> Block::linears() {
   return {&q_proj, &k_proj, &v_proj, &o_proj, &gate_proj, &up_proj, &down_proj};
 }
 
+std::vector<const Linear*> Block::linears() const {
+  return {&q_proj, &k_proj, &v_proj, &o_proj, &gate_proj, &up_proj, &down_proj};
+}
+
 Model::Model(ModelConfig config, at::ScalarType dtype) : config_(std::move(config)), dtype_(dtype) {
   inv_freq_ = rope_inv_freq();
 }
@@ -268,8 +272,7 @@ int64_t Model::parameter_count() const {
   for (const auto& b : blocks_) {
     n += b.input_norm.numel() + b.post_attention_norm.numel();
     if (b.q_norm.defined()) n += b.q_norm.numel() + b.k_norm.numel();
-    for (const Linear* l : {&b.q_proj, &b.k_proj, &b.v_proj, &b.o_proj, &b.gate_proj,
-                            &b.up_proj, &b.down_proj}) {
+    for (const Linear* l : b.linears()) {
       if (l->weight.defined()) n += l->weight.numel();
       if (l->bias.defined()) n += l->bias.numel();
     }

@@ -124,7 +124,7 @@ std::vector<std::pair<std::string, at::Tensor>> block_tensors(const Block& b, si
     w.emplace_back(p + "self_attn.q_norm.weight", b.q_norm);
     w.emplace_back(p + "self_attn.k_norm.weight", b.k_norm);
   }
-  for (const Linear* l : const_cast<Block&>(b).linears()) {
+  for (const Linear* l : b.linears()) {
     w.emplace_back(l->name + ".weight", l->weight);
     if (l->bias.defined()) w.emplace_back(l->name + ".bias", l->bias);
   }

@@ -1,9 +1,12 @@
 // Forward-pass throughput and peak RSS of the model runtime.
 //
 //   qforge_bench_forward --model DIR            a Hugging Face directory
-//   qforge_bench_forward --synthetic llama-3.2-1b [--keep DIR]
+//   qforge_bench_forward --synthetic llama-3.2-1b [--keep DIR] [--write-only]
 //       random weights in the shape of Llama-3.2-1B (bf16 safetensors written
 //       once to a temporary directory, float32 compute)
+//   qforge_bench_forward --synthetic tiny --keep DIR --write-only
+//       a tiny random Llama with a byte-level tokenizer (the quickstart's
+//       fallback when no model is available)
 //
 // Prints prefill tokens/s (batch 1, --seqlen tokens), decode tokens/s (one
 // token at a time through the KV cache), and, as the same-run baseline, the
@@ -47,6 +50,45 @@ json llama_3_2_1b() {
               {"hidden_act", "silu"}, {"bos_token_id", 128000}, {"eos_token_id", 128001},
               {"rope_scaling", {{"rope_type", "llama3"}, {"factor", 32.0}, {"low_freq_factor", 1.0},
                                 {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}}}};
+}
+
+// A small Llama with random weights and a byte-level tokenizer (256 byte
+// tokens, no merges, "<s>" as BOS), for trying the tools without a model.
+json tiny_random() {
+  return json{{"model_type", "llama"}, {"hidden_size", 64}, {"intermediate_size", 172},
+              {"num_hidden_layers", 4}, {"num_attention_heads", 8}, {"num_key_value_heads", 4},
+              {"head_dim", 8}, {"vocab_size", 257}, {"max_position_embeddings", 512}, {"rms_norm_eps", 1e-5},
+              {"rope_theta", 10000.0}, {"tie_word_embeddings", true}, {"hidden_act", "silu"},
+              {"bos_token_id", 256}, {"eos_token_id", 256},
+              {"qforge_note", "RANDOM WEIGHTS written by qforge_bench_forward --synthetic tiny"}};
+}
+
+// GPT-2's byte-to-unicode table: printable bytes map to themselves, the rest
+// to code points from 256 up, so every byte is one visible character.
+void write_byte_tokenizer(const fs::path& dir) {
+  json vocab = json::object();
+  int next = 256;
+  for (int b = 0; b < 256; ++b) {
+    bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174);
+    int cp = printable ? b : next++;
+    std::string utf8;
+    if (cp < 0x80) utf8 = std::string(1, static_cast<char>(cp));
+    else utf8 = {static_cast<char>(0xC0 | (cp >> 6)), static_cast<char>(0x80 | (cp & 0x3F))};
+    vocab[utf8] = b;
+  }
+  vocab["<s>"] = 256;
+  json tok = {{"version", "1.0"},
+              {"added_tokens", json::array({{{"id", 256}, {"content", "<s>"}, {"single_word", false},
+                                             {"lstrip", false}, {"rstrip", false},
+                                             {"normalized", false}, {"special", true}}})},
+              {"normalizer", nullptr},
+              {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false},
+                                 {"trim_offsets", true}, {"use_regex", true}}},
+              {"post_processor", nullptr},
+              {"decoder", {{"type", "ByteLevel"}}},
+              {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array()}}}};
+  std::ofstream(dir / "tokenizer.json") << tok.dump();
+  std::ofstream(dir / "tokenizer_config.json") << json{{"bos_token", "<s>"}}.dump();
 }
 
 // Writes random bf16 weights for `c` into `dir` (config.json + model.safetensors).
@@ -115,19 +157,25 @@ int main(int argc, char** argv) {
   fs::path tmp;
   std::string label = model_dir;
   if (!synthetic.empty()) {
-    if (synthetic != "llama-3.2-1b") {
-      fmt::print(stderr, "unknown synthetic shape '{}' (known: llama-3.2-1b)\n", synthetic);
+    if (synthetic != "llama-3.2-1b" && synthetic != "tiny") {
+      fmt::print(stderr, "unknown synthetic shape '{}' (known: llama-3.2-1b, tiny)\n", synthetic);
       return 2;
     }
     tmp = keep.empty() ? fs::temp_directory_path() / fmt::format("qforge_bench_{}", getpid()) : fs::path(keep);
     if (!fs::exists(tmp / "model.safetensors")) {
       auto t0 = Clock::now();
-      write_synthetic(llama_3_2_1b(), tmp);
-      fmt::print("wrote synthetic Llama-3.2-1B-shape weights (random, bf16) to {} in {:.1f} s\n",
+      if (synthetic == "tiny") {
+        write_synthetic(tiny_random(), tmp);
+        write_byte_tokenizer(tmp);
+      } else {
+        write_synthetic(llama_3_2_1b(), tmp);
+      }
+      fmt::print("wrote a {} model with RANDOM weights (bf16) to {} in {:.1f} s\n", synthetic,
                  tmp.string(), secs(t0));
     }
     model_dir = tmp.string();
-    label = "synthetic Llama-3.2-1B shape (random weights)";
+    label = synthetic == "tiny" ? "tiny Llama (random weights)"
+                                : "synthetic Llama-3.2-1B shape (random weights)";
     if (write_only) return 0;
   }
   if (model_dir.empty()) {

@@ -33,6 +33,7 @@ struct Block {
   Linear q_proj, k_proj, v_proj, o_proj;
   Linear gate_proj, up_proj, down_proj;
   std::vector<Linear*> linears();              // in true-sequential order
+  std::vector<const Linear*> linears() const;
 };
 
 // Keys and values of past positions, per layer: [batch, kv_heads, capacity, head_dim].
