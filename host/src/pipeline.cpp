@@ -158,13 +158,15 @@ void finish_model_dir(const std::string& model_dir, const fs::path& out, const T
 }  // namespace
 
 std::map<std::string, double> error_metrics(const at::Tensor& w, const at::Tensor& w_hat,
-                                            const at::Tensor& gram, int64_t n) {
-  at::Tensor W = w.to(at::kDouble), D = W - w_hat.to(at::kDouble);
-  at::Tensor G = gram.to(at::kDouble);
-  double out_se = (at::matmul(D, G) * D).sum().item<double>();
-  double out_ref = (at::matmul(W, G) * W).sum().item<double>();
-  double w_se = D.pow(2).sum().item<double>();
-  double w_ref = W.pow(2).sum().item<double>();
+                                            const at::Tensor& hessian, int64_t n) {
+  // ||XΔWᵀ||² = tr(ΔW XᵀX ΔWᵀ) = n/2 · tr(ΔW H ΔWᵀ): float32 products (no
+  // double copy of a possibly 8192² Hessian), double accumulation.
+  at::Tensor W = w.to(at::kFloat), D = W - w_hat.to(at::kFloat), H = hessian.to(at::kFloat);
+  double half_n = static_cast<double>(n) / 2.0;
+  double out_se = half_n * (at::matmul(D, H) * D).sum(at::kDouble).item<double>();
+  double out_ref = half_n * (at::matmul(W, H) * W).sum(at::kDouble).item<double>();
+  double w_se = D.pow(2).sum(at::kDouble).item<double>();
+  double w_ref = W.pow(2).sum(at::kDouble).item<double>();
   double rows = static_cast<double>(w.size(0)), numel = static_cast<double>(w.numel());
   return {{"output_squared_error", out_se},
           {"mean_output_squared_error", out_se / (static_cast<double>(n) * rows)},
@@ -359,14 +361,17 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
         }
         acc.add(captured, captured_fp);
       }
-      at::Tensor hessian = acc.gram * (2.0 / static_cast<double>(acc.rows));
+      // H = 2/n XᵀX in place (one n×n copy); the QEP cross term is scaled
+      // alike, which leaves W Δ (G + λI)⁻¹ unchanged.
+      at::Tensor hessian = acc.gram.mul_(2.0 / static_cast<double>(acc.rows));
+      if (acc.delta.defined()) acc.delta.mul_(2.0 / static_cast<double>(acc.rows));
       for (Linear* l : todo) {
         if (cancel_requested()) throw Cancelled("stopped by the user");
         auto t0 = std::chrono::steady_clock::now();
         at::Tensor w = l->weight;
         QuantizeRequest req;
         req.layer_name = l->name;
-        req.weight = o.qep ? qep_correct(w, acc.gram, acc.delta, o.qep_percdamp, o.qep_perccorr) : w;
+        req.weight = o.qep ? qep_correct(w, hessian, acc.delta, o.qep_percdamp, o.qep_perccorr) : w;
         req.bias = l->bias;
         req.hessian = hessian;
         req.nsamples = static_cast<uint64_t>(acc.rows);
@@ -376,7 +381,7 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
         saved.report.name = l->name;
         saved.report.format = r.format;
         saved.report.metadata = r.metadata;
-        saved.report.metrics = error_metrics(w, r.dequantized, acc.gram, acc.rows);
+        saved.report.metrics = error_metrics(w, r.dequantized, hessian, acc.rows);
         for (const auto& [k, v] : r.metrics) saved.report.metrics["plugin." + k] = v;
         saved.report.metrics["seconds"] =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

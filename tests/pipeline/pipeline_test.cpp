@@ -153,9 +153,9 @@ TEST(Pipeline, ErrorMetricsOnAKnownCase) {
   at::Tensor w_hat = w.clone();
   w_hat[0][0] = 0.0;  // ΔW = [[1, 0], [0, 0]]
   at::Tensor gram = at::tensor({2.0, 1.0, 1.0, 3.0}, at::kDouble).view({2, 2});
-  auto m = qh::error_metrics(w, w_hat, gram, 10);
-  EXPECT_DOUBLE_EQ(m["output_squared_error"], 2.0);  // ΔW G ΔWᵀ = G[0][0]
-  EXPECT_DOUBLE_EQ(m["mean_output_squared_error"], 2.0 / 20);
+  auto m = qh::error_metrics(w, w_hat, gram * (2.0 / 10), 10);  // H = 2/n XᵀX
+  EXPECT_NEAR(m["output_squared_error"], 2.0, 1e-6);  // ΔW XᵀX ΔWᵀ = G[0][0]
+  EXPECT_NEAR(m["mean_output_squared_error"], 2.0 / 20, 1e-7);
   EXPECT_DOUBLE_EQ(m["weight_squared_error"], 1.0);
   EXPECT_DOUBLE_EQ(m["mean_weight_squared_error"], 0.25);
   EXPECT_DOUBLE_EQ(m["relative_weight_error"], 1.0 / 30);
@@ -168,6 +168,8 @@ TEST(Pipeline, QepCorrectionSolvesTheLeastSquaresProblem) {
   at::Tensor w = at::randn({4, 6}, at::kDouble);
   at::Tensor gram = at::matmul(x.t(), x), delta = at::matmul((x_fp - x).t(), x);
   at::Tensor got = qh::qep_correct(w, gram, delta, 0.0, 1.0);
+  at::Tensor scaled = qh::qep_correct(w, gram * 0.01, delta * 0.01, 0.0, 1.0);
+  EXPECT_LT((got - scaled).abs().max().item<double>(), 1e-9);
   at::Tensor want = at::matmul(at::matmul(w, at::matmul(x_fp.t(), x)), at::inverse(gram));
   EXPECT_LT((got - want).abs().max().item<double>(), 1e-9);
 }

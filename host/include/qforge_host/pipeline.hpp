@@ -63,18 +63,19 @@ class Cancelled : public std::runtime_error {
 QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& options);
 
 // The standard per-layer error figures for weight W, its quantized Ŵ and
-// the raw Gram matrix G = XᵀX of the n calibration inputs:
+// the Hessian H = 2/n XᵀX of the n calibration inputs X:
 // output_squared_error ||X(W−Ŵ)ᵀ||², mean_output_squared_error (/ n·out),
 // weight_squared_error ||W−Ŵ||², mean_weight_squared_error (/ out·in),
 // relative_output_error ||X(W−Ŵ)ᵀ||² / ||XWᵀ||², relative_weight_error
 // ||W−Ŵ||² / ||W||² (both squared ratios).
 std::map<std::string, double> error_metrics(const at::Tensor& w, const at::Tensor& w_hat,
-                                            const at::Tensor& gram, int64_t n);
+                                            const at::Tensor& hessian, int64_t n);
 
 // QEP weight correction (Arai & Ichikawa, NeurIPS 2025, "Quantization Error
 // Propagation"): W* = W + α W Δ (G + λI)⁻¹ with G = XᵀX of the quantized-model
 // inputs X, Δ = (X̃ − X)ᵀX for the full-precision inputs X̃, λ = percdamp ·
 // mean(diag G), α = perccorr. Dead input columns (diag G = 0) are zeroed.
+// Scaling G and Δ by the same factor (e.g. 2/n) leaves the result unchanged.
 at::Tensor qep_correct(const at::Tensor& w, const at::Tensor& gram, const at::Tensor& delta,
                        double percdamp, double perccorr);
 
