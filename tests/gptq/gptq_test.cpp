@@ -4,7 +4,8 @@
 //     real activations, for every setting;
 //   - the plugin matches a plain, column-by-column LibTorch transcription of
 //     the paper's Algorithm 1 written here (no lazy batching, explicit
-//     Cholesky inverse);
+//     Cholesky inverse), and, for groups starting inside a block, a
+//     transcription of the reference's lazy-batch loop;
 //   - the AutoGPTQ v1 packing against hand-computed words, and round trips;
 //   - the inference layer: dequantize, forward, backward, malformed input.
 #include <gtest/gtest.h>
@@ -346,40 +347,68 @@ std::pair<at::Tensor, at::Tensor> find_params(const at::Tensor& x, int bits, boo
   return {scale, zero};
 }
 
-// Algorithm 1 column by column: no blocks, the inverse Hessian through an
-// explicit Cholesky inverse, LibTorch ops on whole columns.
-Transcribed algorithm1(at::Tensor W, at::Tensor H, int bits, int64_t group_size, bool sym,
-                       bool desc_act, bool static_groups, double percdamp) {
+// Steps shared by both transcriptions: dead inputs, static grids, act-order
+// permutation, dampening, U = Cholesky(H⁻¹)ᵀ through an explicit Cholesky
+// inverse (as the reference computes it).
+struct Prepared {
+  at::Tensor W, U, perm;
+  std::vector<std::pair<at::Tensor, at::Tensor>> static_grids;
+  int64_t gs = 0;
+};
+
+Prepared prepare(at::Tensor W, at::Tensor H, int bits, int64_t group_size, bool sym,
+                 bool desc_act, bool static_groups, double percdamp) {
+  Prepared p;
   const int64_t in = W.size(1);
-  const double maxq = (1 << bits) - 1;
   W = W.clone();
   H = H.clone();
-  const int64_t gs = group_size == -1 ? in : group_size;
+  p.gs = group_size == -1 ? in : group_size;
   const at::Tensor dead = H.diagonal().eq(0);
   H.diagonal().masked_fill_(dead, 1);
   W.masked_fill_(dead.unsqueeze(0), 0);
-  std::vector<std::pair<at::Tensor, at::Tensor>> static_grids;
   if (static_groups)
-    for (int64_t j = 0; j < in; j += gs)
-      static_grids.push_back(find_params(W.narrow(1, j, std::min(gs, in - j)), bits, sym));
-  at::Tensor perm = at::arange(in, at::kLong);
+    for (int64_t j = 0; j < in; j += p.gs)
+      p.static_grids.push_back(find_params(W.narrow(1, j, std::min(p.gs, in - j)), bits, sym));
+  p.perm = at::arange(in, at::kLong);
   if (desc_act) {
-    perm = std::get<1>(at::sort(H.diagonal(), true, 0, true));
-    W = W.index_select(1, perm);
-    H = H.index_select(0, perm).index_select(1, perm);
+    p.perm = std::get<1>(at::sort(H.diagonal(), true, 0, true));
+    W = W.index_select(1, p.perm);
+    H = H.index_select(0, p.perm).index_select(1, p.perm);
   }
   const double mean_diag = H.diagonal().mean().item<double>();
   H.diagonal().add_(percdamp * mean_diag);
   const at::Tensor Hinv = at::cholesky_inverse(at::linalg_cholesky(H));
-  const at::Tensor U = at::linalg_cholesky(Hinv, /*upper=*/true);
+  p.U = at::linalg_cholesky(Hinv, /*upper=*/true);
+  p.W = W;
+  return p;
+}
 
+Transcribed finish(const Prepared& p, const at::Tensor& Q, const at::Tensor& C, double loss) {
+  Transcribed t;
+  const int64_t in = Q.size(1);
+  const at::Tensor invperm = at::argsort(p.perm);
+  t.codes = C.index_select(1, invperm);
+  t.deq = Q.index_select(1, invperm);
+  t.loss = loss;
+  t.groups = (in + p.gs - 1) / p.gs;
+  return t;
+}
+
+// Algorithm 1 column by column: no blocks, LibTorch ops on whole columns; a
+// group's grid from its fully updated weights.
+Transcribed algorithm1(const at::Tensor& W0, const at::Tensor& H0, int bits, int64_t group_size,
+                       bool sym, bool desc_act, bool static_groups, double percdamp) {
+  Prepared p = prepare(W0, H0, bits, group_size, sym, desc_act, static_groups, percdamp);
+  at::Tensor W = p.W;
+  const at::Tensor& U = p.U;
+  const int64_t in = W.size(1), gs = p.gs;
+  const double maxq = (1 << bits) - 1;
   at::Tensor Q = at::zeros_like(W), C = at::zeros(W.sizes(), at::kLong);
   at::Tensor scale, zero;
-  Transcribed t;
-  t.groups = (in + gs - 1) / gs;
+  double loss = 0;
   for (int64_t i = 0; i < in; ++i) {
     if (static_groups) {
-      std::tie(scale, zero) = static_grids[perm[i].item<int64_t>() / gs];
+      std::tie(scale, zero) = p.static_grids[p.perm[i].item<int64_t>() / gs];
     } else if (i % gs == 0) {
       std::tie(scale, zero) = find_params(W.narrow(1, i, std::min(gs, in - i)), bits, sym);
     }
@@ -392,12 +421,50 @@ Transcribed algorithm1(at::Tensor W, at::Tensor H, int bits, int64_t group_size,
     W.narrow(1, i, in - i).sub_(err.unsqueeze(1) * U[i].narrow(0, i, in - i).unsqueeze(0));
     Q.select(1, i).copy_(wq);
     C.select(1, i).copy_(q);
-    t.loss += 0.5 * err.to(at::kDouble).pow(2).sum().item<double>();
+    loss += 0.5 * err.to(at::kDouble).pow(2).sum().item<double>();
   }
-  const at::Tensor invperm = at::argsort(perm);
-  t.codes = C.index_select(1, invperm);
-  t.deq = Q.index_select(1, invperm);
-  return t;
+  return finish(p, Q, C, loss);
+}
+
+// The reference's fasterquant loop (lazy batches of `blocksize` columns): a
+// group starting inside a block reads its weights from the outer W, as of
+// the block's start.
+Transcribed fasterquant(const at::Tensor& W0, const at::Tensor& H0, int bits,
+                        int64_t group_size, bool sym, bool desc_act, double percdamp,
+                        int64_t blocksize) {
+  Prepared p = prepare(W0, H0, bits, group_size, sym, desc_act, false, percdamp);
+  at::Tensor W = p.W;
+  const at::Tensor& Hinv = p.U;
+  const int64_t columns = W.size(1), gs = p.gs;
+  const double maxq = (1 << bits) - 1;
+  at::Tensor Q = at::zeros_like(W), C = at::zeros(W.sizes(), at::kLong);
+  at::Tensor scale, zero;
+  double loss = 0;
+  for (int64_t i1 = 0; i1 < columns; i1 += blocksize) {
+    const int64_t i2 = std::min(i1 + blocksize, columns), count = i2 - i1;
+    at::Tensor W1 = W.narrow(1, i1, count).clone(), Err1 = at::zeros_like(W1);
+    const at::Tensor Hinv1 = Hinv.narrow(0, i1, count).narrow(1, i1, count);
+    for (int64_t i = 0; i < count; ++i) {
+      if ((i1 + i) % gs == 0)
+        std::tie(scale, zero) =
+            find_params(W.narrow(1, i1 + i, std::min(gs, columns - i1 - i)), bits, sym);
+      const at::Tensor w = W1.select(1, i);
+      const at::Tensor d = Hinv1[i][i];
+      const at::Tensor q = (at::round(w / scale) + zero).clamp(0, maxq);
+      const at::Tensor wq = scale * (q - zero);
+      const at::Tensor err1 = (w - wq) / d;
+      W1.narrow(1, i, count - i)
+          .sub_(err1.unsqueeze(1) * Hinv1[i].narrow(0, i, count - i).unsqueeze(0));
+      Err1.select(1, i).copy_(err1);
+      Q.select(1, i1 + i).copy_(wq);
+      C.select(1, i1 + i).copy_(q);
+      loss += 0.5 * err1.to(at::kDouble).pow(2).sum().item<double>();
+    }
+    if (i2 < columns)
+      W.narrow(1, i2, columns - i2)
+          .sub_(Err1.mm(Hinv.narrow(0, i1, count).narrow(1, i2, columns - i2)));
+  }
+  return finish(p, Q, C, loss);
 }
 
 void expect_matches_transcription(const QuantResult& r, const Transcribed& t, int bits,
@@ -463,27 +530,35 @@ TEST_F(Gptq, MatchesAlgorithm1Transcription) {
         }
       }
     }
-    // Groups, act-order and static groups follow the same column-by-column
-    // semantics (a group's grid from its current weights), for any block size.
+    // Groups, act-order, static groups. A group's grid comes from the weights
+    // as of the start of the block holding its first column (the reference's
+    // choice): with block_size = group_size or 1 that is column-by-column
+    // Algorithm 1; with larger blocks, the reference's lazy-batch loop.
     for (const auto& [gs, desc_act, static_groups] :
          std::vector<std::tuple<int64_t, bool, bool>>{{32, false, false},
                                                       {32, true, false},
                                                       {32, true, true},
                                                       {48, false, true},
                                                       {48, true, false}}) {
+      const std::string what = l.name + " group_size=" + std::to_string(gs) +
+                               " desc_act=" + std::to_string(desc_act) +
+                               " static=" + std::to_string(static_groups) + " block=";
       const Transcribed t =
           algorithm1(l.weight, l.hessian, 4, gs, false, desc_act, static_groups, 0.01);
-      for (const char* block : {"128", "7", "1"}) {
+      for (int64_t block : {gs, int64_t{1}, int64_t{128}, int64_t{7}}) {
         const QuantResult r = quantize(
             *gptq_, l.weight, l.hessian,
             {{"bits", "4"}, {"group_size", std::to_string(gs)}, {"sym", "false"},
              {"desc_act", desc_act ? "true" : "false"},
-             {"static_groups", static_groups ? "true" : "false"}, {"block_size", block}});
-        expect_matches_transcription(r, t, 4,
-                                     l.name + " group_size=" + std::to_string(gs) +
-                                         " desc_act=" + std::to_string(desc_act) +
-                                         " static=" + std::to_string(static_groups) +
-                                         " block=" + block);
+             {"static_groups", static_groups ? "true" : "false"},
+             {"block_size", std::to_string(block)}});
+        if (static_groups || block == gs || block == 1) {
+          expect_matches_transcription(r, t, 4, what + std::to_string(block));
+        } else {
+          const Transcribed f =
+              fasterquant(l.weight, l.hessian, 4, gs, false, desc_act, 0.01, block);
+          expect_matches_transcription(r, f, 4, what + std::to_string(block) + " (fasterquant)");
+        }
       }
     }
   }

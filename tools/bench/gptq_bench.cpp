@@ -5,7 +5,7 @@
 // the same Cholesky-form inverse Hessian) measured in the same run.
 //
 //   qforge_bench_gptq [--rows 4096] [--cols 4096] [--repeat 1] [--desc-act]
-//                     [--bits 4] [--group-size 128] [--plugin-dir DIR]
+//                     [--mse] [--bits 4] [--group-size 128] [--plugin-dir DIR]
 //
 // The Hessian is a random SPD matrix 2/n XᵀX (n = 1.5 · cols samples of
 // correlated inputs with uneven per-channel scales). Prints seconds per
@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -39,12 +40,21 @@ double secs(Clock::time_point t0) {
 struct Options {
   int64_t rows = 4096, cols = 4096, bits = 4, group_size = 128;
   int repeat = 1;
-  bool desc_act = false;
+  bool desc_act = false, mse = false;
   std::string plugin_dir;
 };
 
-// quant.py: Quantizer.find_params(x, weight=True) for the rows of x.
-std::pair<at::Tensor, at::Tensor> find_params(const at::Tensor& x, int64_t maxq, bool sym) {
+// quant.py: quantize(x, scale, zero, maxq)
+at::Tensor quantize(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero,
+                    int64_t maxq) {
+  const at::Tensor q = at::clamp(at::round(x / scale) + zero, 0, maxq);
+  return scale * (q - zero);
+}
+
+// quant.py: Quantizer.find_params(x, weight=True) for the rows of x
+// (sym; with mse: grid 100, maxshrink 0.8, norm 2.4).
+std::pair<at::Tensor, at::Tensor> find_params(const at::Tensor& x, int64_t maxq, bool sym,
+                                              bool mse) {
   at::Tensor xmin = x.amin(1).clamp_max(0), xmax = x.amax(1).clamp_min(0);
   if (sym) {
     xmax = at::maximum(xmin.abs(), xmax);
@@ -55,20 +65,36 @@ std::pair<at::Tensor, at::Tensor> find_params(const at::Tensor& x, int64_t maxq,
   xmax.masked_fill_(both_zero, 1);
   at::Tensor scale = (xmax - xmin) / static_cast<double>(maxq);
   at::Tensor zero = sym ? at::full_like(scale, (maxq + 1) / 2) : at::round(-xmin / scale);
+  if (mse) {
+    at::Tensor best = at::full_like(scale, INFINITY);
+    for (int i = 0; i < 80; ++i) {
+      const double p = 1 - i / 100.0;
+      const at::Tensor xmin1 = p * xmin, xmax1 = p * xmax;
+      const at::Tensor scale1 = (xmax1 - xmin1) / static_cast<double>(maxq);
+      const at::Tensor zero1 = sym ? zero : at::round(-xmin1 / scale1);
+      at::Tensor q = quantize(x, scale1.unsqueeze(1), zero1.unsqueeze(1), maxq);
+      q.sub_(x).abs_().pow_(2.4);
+      const at::Tensor err = q.sum(1);
+      const at::Tensor better = err.lt(best);
+      best = at::where(better, err, best);
+      scale = at::where(better, scale1, scale);
+      zero = at::where(better, zero1, zero);
+    }
+  }
   return {scale.unsqueeze(1), zero.unsqueeze(1)};
 }
 
 // gptq.py GPTQ.fasterquant(blocksize=128, percdamp=.01, groupsize, actorder),
 // transcribed op for op. Returns the dequantized weight.
 at::Tensor reference_gptq(at::Tensor W, at::Tensor H, int64_t bits, int64_t groupsize,
-                          bool actorder) {
+                          bool actorder, bool mse) {
   const int64_t columns = W.size(1), blocksize = 128, maxq = (int64_t{1} << bits) - 1;
   const double percdamp = 0.01;
   const bool sym = true;
   W = W.clone();
   H = H.clone();
   at::Tensor scale, zero;
-  std::tie(scale, zero) = find_params(W, maxq, sym);
+  std::tie(scale, zero) = find_params(W, maxq, sym, mse);
   const at::Tensor dead = H.diagonal().eq(0);
   H.diagonal().masked_fill_(dead, 1);
   W.masked_fill_(dead.unsqueeze(0), 0);
@@ -97,10 +123,9 @@ at::Tensor reference_gptq(at::Tensor W, at::Tensor H, int64_t bits, int64_t grou
       const at::Tensor d = Hinv1[i][i];
       if (groupsize != -1 && (i1 + i) % groupsize == 0)
         std::tie(scale, zero) =
-            find_params(W.narrow(1, i1 + i, std::min(groupsize, columns - i1 - i)), maxq, sym);
-      // quantize(w.unsqueeze(1), scale, zero, maxq).flatten()
-      const at::Tensor qi = at::clamp(at::round(w.unsqueeze(1) / scale) + zero, 0, maxq);
-      const at::Tensor q = (scale * (qi - zero)).flatten();
+            find_params(W.narrow(1, i1 + i, std::min(groupsize, columns - i1 - i)), maxq, sym,
+                        mse);
+      const at::Tensor q = quantize(w.unsqueeze(1), scale, zero, maxq).flatten();
       Q1.select(1, i).copy_(q);
       Losses1.select(1, i).copy_((w - q).pow(2) / d.pow(2));
       const at::Tensor err1 = (w - q) / d;
@@ -142,19 +167,20 @@ int main(int argc, char** argv) {
     else if (a == "--group-size") o.group_size = std::stoll(next());
     else if (a == "--repeat") o.repeat = std::max(1, std::stoi(next()));
     else if (a == "--desc-act") o.desc_act = true;
+    else if (a == "--mse") o.mse = true;
     else if (a == "--plugin-dir") o.plugin_dir = next();
     else {
       fmt::print(stderr,
                  "usage: qforge_bench_gptq [--rows N] [--cols N] [--bits B] [--group-size G] "
-                 "[--repeat R] [--desc-act] [--plugin-dir DIR]\n");
+                 "[--repeat R] [--desc-act] [--mse] [--plugin-dir DIR]\n");
       return 2;
     }
   }
   at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
   const char* wait = std::getenv("OMP_WAIT_POLICY");
-  fmt::print("GPTQ on one {}x{} layer: {} bits, group {}, desc_act {}, {} threads, "
+  fmt::print("GPTQ on one {}x{} layer: {} bits, group {}, desc_act {}, mse {}, {} threads, "
              "OMP_WAIT_POLICY={}\n",
-             o.rows, o.cols, o.bits, o.group_size, o.desc_act, at::get_num_threads(),
+             o.rows, o.cols, o.bits, o.group_size, o.desc_act, o.mse, at::get_num_threads(),
              wait ? wait : "(unset)");
 
   qh::Registry registry;
@@ -180,7 +206,8 @@ int main(int argc, char** argv) {
   const std::map<std::string, std::string> settings = {
       {"bits", std::to_string(o.bits)},
       {"group_size", std::to_string(o.group_size)},
-      {"desc_act", o.desc_act ? "true" : "false"}};
+      {"desc_act", o.desc_act ? "true" : "false"},
+      {"mse", o.mse ? "true" : "false"}};
   qh::ParamValues params(gptq->desc->id, gptq->desc->params, gptq->desc->param_count, settings);
   qh::QuantizeRequest req;
   req.layer_name = "bench.layer";
@@ -196,7 +223,7 @@ int main(int argc, char** argv) {
     result = qh::quantize_layer(*gptq, req, params);
     plugin_s = std::min(plugin_s, secs(t0));
     t0 = Clock::now();
-    ref = reference_gptq(W, H, o.bits, o.group_size, o.desc_act);
+    ref = reference_gptq(W, H, o.bits, o.group_size, o.desc_act, o.mse);
     ref_s = std::min(ref_s, secs(t0));
   }
   fmt::print("org.qforge.gptq (through the host): {:8.2f} s per layer\n", plugin_s);
