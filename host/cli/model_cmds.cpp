@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "commands.hpp"
+#include "qforge_host/checkpoint.hpp"
 #include "qforge_host/errors.hpp"
 #include "qforge_host/log.hpp"
 #include "qforge_host/eval.hpp"
@@ -25,7 +26,8 @@ namespace {
 
 void add_model_options(po::options_description& opts) {
   opts.add_options()
-      ("model", po::value<std::string>(), "Hugging Face model directory (config.json, safetensors, tokenizer)")
+      ("model", po::value<std::string>(), "Hugging Face model directory (config.json, safetensors, tokenizer); "
+       "a GPTQ checkpoint (AutoGPTQ v1) runs packed through the plugins")
       ("dtype", po::value<std::string>()->default_value("float32"),
        "compute dtype: float32, bfloat16 or float16");
 }
@@ -40,6 +42,14 @@ po::variables_map parse(const Args& args, const po::options_description& opts) {
 std::string require_model(const po::variables_map& vm) {
   if (!vm.count("model")) throw host::UsageError("--model DIR is required");
   return vm["model"].as<std::string>();
+}
+
+// The model in DIR; a quantized checkpoint (GPTQ) runs through the plugins'
+// inference layers.
+host::Model load_model(host::Registry& registry, const std::string& dir,
+                       const po::variables_map& vm) {
+  load_plugins(registry);
+  return host::load_model(registry, dir, parse_dtype(vm["dtype"].as<std::string>(), "--dtype"));
 }
 
 }  // namespace
@@ -59,7 +69,7 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-int eval_command(const Args& args, host::Registry&) {
+int eval_command(const Args& args, host::Registry& registry) {
   po::options_description opts(
       "Usage: qforge eval --model DIR --ppl FILE [--seqlen N] [--split-on TEXT]\n"
       "       qforge eval --model DIR --choices FILE.jsonl\n\n"
@@ -88,7 +98,7 @@ int eval_command(const Args& args, host::Registry&) {
   if (vm.count("ppl") == vm.count("choices"))
     throw host::UsageError("give exactly one of --ppl FILE or --choices FILE");
   auto t0 = std::chrono::steady_clock::now();
-  host::Model model = host::Model::load(dir, parse_dtype(vm["dtype"].as<std::string>(), "--dtype"));
+  host::Model model = load_model(registry, dir, vm);
   auto tok = host::load_tokenizer(dir);
   json out = {{"model", dir}, {"dtype", vm["dtype"].as<std::string>()}};
 
@@ -142,7 +152,7 @@ int eval_command(const Args& args, host::Registry&) {
   return host::kExitOk;
 }
 
-int generate_command(const Args& args, host::Registry&) {
+int generate_command(const Args& args, host::Registry& registry) {
   po::options_description opts(
       "Usage: qforge generate --model DIR --prompt TEXT [--max-new-tokens N]\n\n"
       "Greedy decoding (argmax, first index on ties) with a KV cache. The prompt is\n"
@@ -161,7 +171,7 @@ int generate_command(const Args& args, host::Registry&) {
   std::string dir = require_model(vm);
   if (!vm.count("prompt")) throw host::UsageError("--prompt TEXT is required");
   int64_t max_new = vm["max-new-tokens"].as<int64_t>();
-  host::Model model = host::Model::load(dir, parse_dtype(vm["dtype"].as<std::string>(), "--dtype"));
+  host::Model model = load_model(registry, dir, vm);
   if (max_new < 0) throw host::UsageError("--max-new-tokens must be >= 0");
   auto tok = host::load_tokenizer(dir);
   std::vector<int32_t> prompt = tok->encode(vm["prompt"].as<std::string>(), true);

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "qforge_host/checkpoint.hpp"
 #include "qforge_host/errors.hpp"
 #include "qforge_host/eval.hpp"
 #include "qforge_host/log.hpp"
@@ -106,7 +107,11 @@ int quantize_command(const Args& args, host::Registry& registry) {
       ("qep", "quantization error propagation (Arai & Ichikawa, NeurIPS 2025)")
       ("percdamp", po::value<double>()->default_value(0.01), "QEP dampening, fraction of mean(diag H)")
       ("perccorr", po::value<double>()->default_value(0.5), "QEP correction strength in [0, 1]")
-      ("out", po::value<std::string>(), "output directory (dequantized model + results)")
+      ("out", po::value<std::string>(), "output directory (the model in --save-format + quant_results.safetensors)")
+      ("save-format", po::value<std::string>()->default_value("dequantized"),
+       "dequantized: float16 safetensors with the dequantized weights; gptq: AutoGPTQ v1 packed "
+       "checkpoint (quantization_config, quantize_config.json) for transformers/vLLM, needs a "
+       "method writing org.qforge.gptq/1 and every block linear quantized")
       ("resume", "continue an interrupted run in --out from its checkpoint")
       ("from-results", po::value<std::string>(), "re-apply a quant_results.safetensors without quantizing")
       ("chunk", po::value<int64_t>()->default_value(4), "calibration sequences per forward pass")
@@ -125,11 +130,12 @@ int quantize_command(const Args& args, host::Registry& registry) {
   if (!vm.count("model")) throw host::UsageError("--model DIR is required");
   if (!vm.count("out")) throw host::UsageError("--out DIR is required");
   std::string model_dir = vm["model"].as<std::string>(), out = vm["out"].as<std::string>();
+  const host::SaveFormat save_format = host::parse_save_format(vm["save-format"].as<std::string>());
   load_plugins(registry);
 
   json summary = {{"model", model_dir}, {"out", out}};
   if (vm.count("from-results")) {
-    host::apply_results(registry, model_dir, vm["from-results"].as<std::string>(), out);
+    host::apply_results(registry, model_dir, vm["from-results"].as<std::string>(), out, save_format);
     summary["from_results"] = vm["from-results"].as<std::string>();
     fmt::print("wrote {} from {}\n", out, vm["from-results"].as<std::string>());
   } else {
@@ -161,6 +167,7 @@ int quantize_command(const Args& args, host::Registry& registry) {
     o.resume = vm.count("resume") > 0;
     o.chunk = vm["chunk"].as<int64_t>();
     o.act_dtype = parse_dtype(vm["act-dtype"].as<std::string>(), "--act-dtype");
+    o.save_format = save_format;
     host::QuantizeSummary s;
     try {
       s = host::quantize_model(registry, o);
@@ -182,7 +189,8 @@ int quantize_command(const Args& args, host::Registry& registry) {
         fmt::print("{:<40} {:>12.4e} {:>12.4e} {:>9.3f}\n", l.name,
                    l.metrics.at("relative_output_error"), l.metrics.at("relative_weight_error"),
                    l.metrics.count("seconds") ? l.metrics.at("seconds") : 0.0);
-      fmt::print("wrote {} (dequantized model) and {}\n", out, s.results_file);
+      fmt::print("wrote {} ({} checkpoint) and {}\n", out, host::save_format_name(save_format),
+                 s.results_file);
     }
   }
 
@@ -216,16 +224,18 @@ int quantize_command(const Args& args, host::Registry& registry) {
           }
       ppl["packed"] = perplexity_of(original, stream, seqlen, "packed");
     }
-    host::Model deq = host::Model::load(out, at::kFloat);
-    ppl["dequantized"] = perplexity_of(deq, stream, seqlen, "dequantized");
+    // The checkpoint as written to --out, read back.
+    const std::string saved_as = host::save_format_name(save_format);
+    host::Model written = host::load_model(registry, out, at::kFloat);
+    ppl[saved_as] = perplexity_of(written, stream, seqlen, saved_as);
     summary["perplexity"] = ppl;
     summary["perplexity_protocol"] = fmt::format(
         "{}: whole file, one BOS, non-overlapping windows of {} tokens, {} tokens", file, seqlen,
         stream.size());
     if (!vm.count("json")) {
       fmt::print("perplexity ({}):\n", summary["perplexity_protocol"].get<std::string>());
-      fmt::print("  original     {:.4f}\n  dequantized  {:.4f}\n", ppl["original"].get<double>(),
-                 ppl["dequantized"].get<double>());
+      fmt::print("  original     {:.4f}\n  {:<12} {:.4f}  (the written checkpoint)\n",
+                 ppl["original"].get<double>(), saved_as, ppl[saved_as].get<double>());
       if (packed) fmt::print("  packed       {:.4f}\n", ppl["packed"].get<double>());
       else fmt::print("  packed       (no inference layer for every format)\n");
     }

@@ -101,9 +101,10 @@ at::Tensor load_checked(const TensorStore& store, const std::string& name,
 }
 
 Linear load_linear(const TensorStore& store, const std::string& name, int64_t out, int64_t in,
-                   bool bias, at::ScalarType dtype) {
+                   bool bias, at::ScalarType dtype, const LinearLoader& loader = {}) {
   Linear l;
   l.name = name;
+  if (loader && loader(store, l, out, in, bias)) return l;
   l.weight = load_checked(store, name + ".weight", {out, in}, dtype);
   if (bias) l.bias = load_checked(store, name + ".bias", {out}, dtype);
   return l;
@@ -111,15 +112,17 @@ Linear load_linear(const TensorStore& store, const std::string& name, int64_t ou
 
 }  // namespace
 
-Model Model::open(const std::string& dir, at::ScalarType dtype) {
+Model Model::open(const std::string& dir, at::ScalarType dtype, LinearLoader loader) {
   Model m(load_config(dir), dtype);
   m.store_ = std::make_shared<TensorStore>(dir);
+  m.loader_ = std::move(loader);
   m.blocks_.resize(m.config_.num_layers);
   return m;
 }
 
-Model Model::load(const std::string& dir, at::ScalarType dtype, bool with_blocks) {
-  Model m = open(dir, dtype);
+Model Model::load(const std::string& dir, at::ScalarType dtype, bool with_blocks,
+                  LinearLoader loader) {
+  Model m = open(dir, dtype, std::move(loader));
   const ModelConfig& c = m.config_;
   const TensorStore& store = *m.store_;
   const int64_t H = c.hidden_size;
@@ -131,7 +134,7 @@ Model Model::load(const std::string& dir, at::ScalarType dtype, bool with_blocks
     m.lm_head_.name = "lm_head";
     m.lm_head_.weight = m.embed_tokens_;
   } else {
-    m.lm_head_ = load_linear(store, "lm_head", c.vocab_size, H, false, dtype);
+    m.lm_head_ = load_linear(store, "lm_head", c.vocab_size, H, false, dtype, m.loader_);
   }
   if (with_blocks)
     for (int64_t i = 0; i < c.num_layers; ++i) m.load_block(i);
@@ -148,19 +151,19 @@ void Model::load_block(size_t i) {
   Block b;
   b.input_norm = load_checked(store, p + "input_layernorm.weight", {H}, dt);
   b.post_attention_norm = load_checked(store, p + "post_attention_layernorm.weight", {H}, dt);
-  b.q_proj = load_linear(store, p + "self_attn.q_proj", c.num_heads * D, H, c.attention_bias, dt);
-  b.k_proj = load_linear(store, p + "self_attn.k_proj", c.num_kv_heads * D, H, c.attention_bias, dt);
-  b.v_proj = load_linear(store, p + "self_attn.v_proj", c.num_kv_heads * D, H, c.attention_bias, dt);
+  b.q_proj = load_linear(store, p + "self_attn.q_proj", c.num_heads * D, H, c.attention_bias, dt, loader_);
+  b.k_proj = load_linear(store, p + "self_attn.k_proj", c.num_kv_heads * D, H, c.attention_bias, dt, loader_);
+  b.v_proj = load_linear(store, p + "self_attn.v_proj", c.num_kv_heads * D, H, c.attention_bias, dt, loader_);
   // Qwen2 has biases on q/k/v only; Llama's attention_bias covers o_proj too.
   b.o_proj = load_linear(store, p + "self_attn.o_proj", H, c.num_heads * D,
-                         c.attention_bias && !c.arch.qkv_bias_always, dt);
+                         c.attention_bias && !c.arch.qkv_bias_always, dt, loader_);
   if (c.arch.qk_norm) {
     b.q_norm = load_checked(store, p + "self_attn.q_norm.weight", {D}, dt);
     b.k_norm = load_checked(store, p + "self_attn.k_norm.weight", {D}, dt);
   }
-  b.gate_proj = load_linear(store, p + "mlp.gate_proj", I, H, c.mlp_bias, dt);
-  b.up_proj = load_linear(store, p + "mlp.up_proj", I, H, c.mlp_bias, dt);
-  b.down_proj = load_linear(store, p + "mlp.down_proj", H, I, c.mlp_bias, dt);
+  b.gate_proj = load_linear(store, p + "mlp.gate_proj", I, H, c.mlp_bias, dt, loader_);
+  b.up_proj = load_linear(store, p + "mlp.up_proj", I, H, c.mlp_bias, dt, loader_);
+  b.down_proj = load_linear(store, p + "mlp.down_proj", H, I, c.mlp_bias, dt, loader_);
   blocks_.at(i) = std::move(b);
 }
 

@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <chrono>
 #include <filesystem>
@@ -11,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "qforge_host/checkpoint.hpp"
 #include "qforge_host/errors.hpp"
 #include "qforge_host/log.hpp"
 #include "qforge_host/model.hpp"
@@ -35,10 +37,6 @@ const std::vector<std::vector<const char*>> kStages = {
 const char* kCheckpointDir = ".qforge-checkpoint";
 const char* kResultsFile = "quant_results.safetensors";
 
-// Files copied from the source model next to the written weights.
-const char* const kSideFiles[] = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-                                  "special_tokens_map.json", "generation_config.json"};
-
 Linear& linear_of(Block& b, const std::string& suffix) {
   for (Linear* l : b.linears())
     if (l->name.size() >= suffix.size() &&
@@ -48,20 +46,6 @@ Linear& linear_of(Block& b, const std::string& suffix) {
 }
 
 std::string block_prefix(size_t i) { return fmt::format("model.layers.{}.", i); }
-
-std::string shard_name(size_t i) { return fmt::format("model-block-{:05}.safetensors", i); }
-
-void write_text_atomic(const fs::path& path, const std::string& text) {
-  fs::path tmp = path;
-  tmp += fmt::format(".tmp-{}", getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) throw UsageError(fmt::format("cannot write {}", tmp.string()));
-  }
-  fs::rename(tmp, path);
-}
 
 std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -102,57 +86,9 @@ std::string options_fingerprint(const QuantizeOptions& o) {
                              s.exclude_keywords, s.num_layers}},
               {"calibration", {c.file, c.format, c.text_field, c.nsamples, c.seqlen, c.seed, c.strategy}},
               {"qep", {o.qep, o.qep_percdamp, o.qep_perccorr}},
-              {"act_dtype", std::string(at::toString(o.act_dtype))}}
+              {"act_dtype", std::string(at::toString(o.act_dtype))},
+              {"save_format", save_format_name(o.save_format)}}
       .dump();
-}
-
-// Writes tensors `w` (name -> tensor) in their original stored dtypes.
-void write_shard(const fs::path& path, const TensorStore& store,
-                 const std::vector<std::pair<std::string, at::Tensor>>& w) {
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& [name, t] : w)
-    out.emplace_back(name, t.to(to_scalar_type(store.info(name).dtype)).contiguous());
-  save_safetensors(path.string(), out);
-}
-
-std::vector<std::pair<std::string, at::Tensor>> block_tensors(const Block& b, size_t i) {
-  std::string p = block_prefix(i);
-  std::vector<std::pair<std::string, at::Tensor>> w = {
-      {p + "input_layernorm.weight", b.input_norm},
-      {p + "post_attention_layernorm.weight", b.post_attention_norm}};
-  if (b.q_norm.defined()) {
-    w.emplace_back(p + "self_attn.q_norm.weight", b.q_norm);
-    w.emplace_back(p + "self_attn.k_norm.weight", b.k_norm);
-  }
-  for (const Linear* l : b.linears()) {
-    w.emplace_back(l->name + ".weight", l->weight);
-    if (l->bias.defined()) w.emplace_back(l->name + ".bias", l->bias);
-  }
-  return w;
-}
-
-// Copies config.json and tokenizer files, writes the non-block tensors and,
-// last, the index that makes the directory a complete model.
-void finish_model_dir(const std::string& model_dir, const fs::path& out, const TensorStore& store,
-                      int64_t num_layers) {
-  for (const char* f : kSideFiles)
-    if (fs::exists(fs::path(model_dir) / f))
-      fs::copy_file(fs::path(model_dir) / f, out / f, fs::copy_options::overwrite_existing);
-  fs::copy_file(fs::path(model_dir) / "config.json", out / "config.json",
-                fs::copy_options::overwrite_existing);
-  std::vector<std::pair<std::string, at::Tensor>> rest;
-  for (const auto& name : store.names())
-    if (name.rfind("model.layers.", 0) != 0) rest.emplace_back(name, store.view(name));
-  save_safetensors((out / "model-rest.safetensors").string(), rest);
-  json map = json::object();
-  for (const auto& [name, t] : rest) map[name] = "model-rest.safetensors";
-  for (int64_t i = 0; i < num_layers; ++i) {
-    SafetensorsFile shard((out / shard_name(i)).string());
-    for (const auto& [name, info] : shard.tensors()) map[name] = shard_name(i);
-  }
-  json index = {{"metadata", {{"total_size", store.total_bytes()}, {"producer", "qforge"}}},
-                {"weight_map", map}};
-  write_text_atomic(out / "model.safetensors.index.json", index.dump(2));
 }
 
 }  // namespace
@@ -278,8 +214,13 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
     throw UsageError("quantizing lm_head is not supported by the pipeline yet; exclude it");
   for (const auto& name : selected) ParamValues check(o.method, q->desc->params,
                                                       q->desc->param_count, params_for(name));
-
   fs::path out(o.out_dir), ckpt = out / kCheckpointDir;
+  CheckpointWriter writer(o.save_format, o.model_dir, out, store, cfg.num_layers);
+  std::vector<std::string> formats;
+  for (const char* const* f = q->quantizer()->output_formats; f != nullptr && *f != nullptr; ++f)
+    formats.emplace_back(*f);
+  writer.check_plan(formats, selected);
+
   std::string fingerprint = options_fingerprint(o);
   int64_t start_block = 0;
   QuantizeSummary summary;
@@ -412,7 +353,9 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
     x_fp = next_fp;
     // Checkpoint: the block's weights, its results, the next inputs, then the
     // state that says all of that is complete (each written atomically).
-    write_shard(out / shard_name(i), store, block_tensors(b, i));
+    std::map<std::string, const QuantResult*> packed;
+    for (const auto& r : block_results) packed[r.report.name] = &r.result;
+    writer.write_block(i, b, packed);
     save_results((ckpt / fmt::format("results-block-{:05}.safetensors", i)).string(), o.method,
                  block_results);
     std::vector<std::pair<std::string, at::Tensor>> acts = {{"x", x}};
@@ -452,18 +395,32 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
   save_safetensors(summary.results_file, tensors, {{"qforge.results", merged.dump()}});
   tensors.clear();
   parts.clear();
-  finish_model_dir(o.model_dir, out, store, cfg.num_layers);
+  std::vector<std::pair<std::string, std::string>> layer_formats;
+  for (const auto& l : summary.layers) layer_formats.emplace_back(l.format, l.metadata);
+  writer.finish(layer_formats);
   fs::remove_all(ckpt);
   return summary;
 }
 
 void apply_results(const Registry& registry, const std::string& model_dir,
-                   const std::string& results_file, const std::string& out_dir) {
+                   const std::string& results_file, const std::string& out_dir,
+                   SaveFormat save_format) {
   fs::path out(out_dir);
   if (fs::exists(out / "model.safetensors.index.json"))
     throw UsageError(fmt::format("{} already holds a model", out_dir));
   std::map<std::string, at::Tensor> weights;
-  for (const auto& l : load_results(results_file)) {
+  const std::vector<SavedLayer> saved = load_results(results_file);
+  std::map<std::string, const QuantResult*> packed;
+  std::vector<std::string> names;
+  std::set<std::string> formats;
+  std::vector<std::pair<std::string, std::string>> layer_formats;
+  for (const auto& l : saved) {
+    packed[l.report.name] = &l.result;
+    names.push_back(l.report.name);
+    formats.insert(l.result.format);
+    layer_formats.emplace_back(l.result.format, l.result.metadata);
+  }
+  for (const auto& l : saved) {
     if (l.result.dequantized.defined()) {
       weights[l.report.name] = l.result.dequantized;
       continue;
@@ -475,7 +432,12 @@ void apply_results(const Registry& registry, const std::string& model_dir,
     weights[l.report.name] = PackedLayer(*c, l.result).dequantize();
   }
   Model model = Model::load(model_dir, at::kFloat, false);
-  TensorStore store(model_dir);
+  const TensorStore& store = model.store();
+  CheckpointWriter writer(save_format, model_dir, out, store, model.config().num_layers);
+  writer.check_plan(std::vector<std::string>(formats.begin(), formats.end()), names);
+  if (save_format == SaveFormat::gptq && formats.size() != 1)
+    throw UsageError(fmt::format("{}: --save-format gptq needs every layer in {}, the results "
+                                 "hold {}", results_file, kGptqPackedFormat, fmt::join(formats, ", ")));
   // Check every layer against the model before writing anything.
   for (const auto& [name, w] : weights) {
     if (!store.contains(name + ".weight"))
@@ -492,10 +454,10 @@ void apply_results(const Registry& registry, const std::string& model_dir,
       auto it = weights.find(l->name);
       if (it != weights.end()) l->weight = it->second;
     }
-    write_shard(out / shard_name(i), store, block_tensors(b, i));
+    writer.write_block(i, b, packed);
     model.release_block(i);
   }
-  finish_model_dir(model_dir, out, store, model.config().num_layers);
+  writer.finish(layer_formats);
 }
 
 }  // namespace qforge::host

@@ -46,18 +46,27 @@ struct KVCache {
 // Called with each linear layer's input during a forward pass (calibration).
 using LinearTap = std::function<void(const Linear&, const at::Tensor& input)>;
 
+// Reads a linear layer the model cannot read itself (e.g. packed tensors of a
+// quantized checkpoint): given the store, the layer's name and its [out, in]
+// shape from the config, fills `linear` and returns true, or returns false to
+// let the model read "<name>.weight" (and "<name>.bias" when `bias`).
+using LinearLoader = std::function<bool(const TensorStore& store, Linear& linear, int64_t out,
+                                        int64_t in, bool bias)>;
+
 class Model {
  public:
   // Loads config.json and the weights of a Hugging Face model directory.
   // `dtype`: compute dtype (float32 default; bfloat16/float16 selectable).
   // With `with_blocks` false only the embeddings, final norm and head are
   // read; load_block() brings in one block at a time (bounded memory).
-  static Model load(const std::string& dir, at::ScalarType dtype, bool with_blocks = true);
+  // `loader`, when set, is asked first for every linear layer.
+  static Model load(const std::string& dir, at::ScalarType dtype, bool with_blocks = true,
+                    LinearLoader loader = {});
   Model(ModelConfig config, at::ScalarType dtype);
 
   // The config and the checkpoint, no weights yet: load_block() reads one
   // block at a time (the pipeline's bounded-memory mode).
-  static Model open(const std::string& dir, at::ScalarType dtype);
+  static Model open(const std::string& dir, at::ScalarType dtype, LinearLoader loader = {});
   const TensorStore& store() const { return *store_; }
 
   // Reads block `i`'s weights from the checkpoint (replacing what is there);
@@ -93,6 +102,7 @@ class Model {
   std::vector<Block> blocks_;
   at::Tensor inv_freq_;  // [head_dim/2] float32
   std::shared_ptr<TensorStore> store_;
+  LinearLoader loader_;
 };
 
 }  // namespace qforge::host

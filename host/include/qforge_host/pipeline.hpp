@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "calibration.hpp"
+#include "checkpoint.hpp"
 #include "quantize.hpp"
 #include "registry.hpp"
 #include "selection.hpp"
@@ -38,6 +39,7 @@ struct QuantizeOptions {
   bool resume = false;
   int64_t chunk = 4;            // calibration sequences per forward pass
   at::ScalarType act_dtype = at::kFloat;  // storage of calibration activations
+  SaveFormat save_format = SaveFormat::dequantized;  // what --out receives
 };
 
 struct LayerReport {
@@ -89,10 +91,12 @@ void save_results(const std::string& path, const std::string& method,
                   const std::vector<SavedLayer>& layers);
 std::vector<SavedLayer> load_results(const std::string& path);
 
-// Rebuilds each layer's dequantized weight from saved results (through the
-// inference layer of its format, or the stored dequantized weight) and writes
-// a dequantized copy of `model_dir` to `out_dir`, without quantizing again.
+// Writes `model_dir` with the saved results applied to `out_dir` in
+// `save_format`, without quantizing again: each layer's dequantized weight is
+// rebuilt through the inference layer of its format (or taken from the stored
+// dequantized weight); gptq takes the packed tensors as they are.
 void apply_results(const Registry& registry, const std::string& model_dir,
-                   const std::string& results_file, const std::string& out_dir);
+                   const std::string& results_file, const std::string& out_dir,
+                   SaveFormat save_format = SaveFormat::dequantized);
 
 }  // namespace qforge::host

@@ -1,0 +1,266 @@
+// Quantized checkpoints: the GPTQ (AutoGPTQ v1) checkpoints written by an
+// independent implementation (../shared/fixtures) load and reproduce their
+// perplexities; qforge's own GPTQ output follows the same layout, reads back
+// with an independent unpacker, and its logits equal the dequantized model's
+// to float16 tolerance; plans and files a checkpoint cannot hold are refused.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "../model/test_data.hpp"
+#include "qforge_host/checkpoint.hpp"
+#include "qforge_host/errors.hpp"
+#include "qforge_host/eval.hpp"
+#include "qforge_host/model.hpp"
+#include "qforge_host/pipeline.hpp"
+#include "qforge_host/safetensors.hpp"
+#include "qforge_host/tokenizer.hpp"
+
+namespace fs = std::filesystem;
+namespace qh = qforge::host;
+using nlohmann::json;
+
+namespace {
+
+std::string temp_dir(const std::string& name) {
+  fs::path p = fs::temp_directory_path() /
+               ("qforge_checkpoint_" + name + "_" + std::to_string(getpid()));
+  fs::remove_all(p);
+  return p.string();
+}
+
+qh::Registry& registry() {
+  static qh::Registry* r = [] {
+    auto* reg = new qh::Registry();
+    reg->use_default_directories(false);
+    reg->add_directory(std::string(QFORGE_TEST_BUILD_DIR) + "/lib/qforge/plugins");
+    reg->load();
+    return reg;
+  }();
+  return *r;
+}
+
+std::string read(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write(const fs::path& p, const std::string& text) {
+  std::ofstream out(p, std::ios::binary);
+  out << text;
+}
+
+// Perplexity under the fixtures' protocol: the whole of tinystories_valid.txt
+// as one stream ([BOS] + tokens), non-overlapping windows of 512.
+void expect_fixture_perplexity(const std::string& name) {
+  QFORGE_REQUIRE_SHARED(fixtures, "fixtures/gptq_v1_stories260K");
+  QFORGE_REQUIRE_SHARED(text, "data/tinystories_valid.txt");
+  const json expected = json::parse(read(fs::path(fixtures) / "expected.json"));
+  const std::string dir = fixtures + "/" + name;
+  qh::Model model = qh::load_model(registry(), dir, at::kFloat);
+  for (const auto& b : model.blocks())
+    for (const qh::Linear* l : b.linears()) ASSERT_TRUE(l->packed) << l->name << " not packed";
+  auto tok = qh::load_tokenizer(dir);
+  auto stream = qh::perplexity_stream(*tok, read(text), "");
+  const qh::PerplexityResult r = qh::perplexity(model, stream, 512, 16);
+  const auto& want = expected["checkpoints"][name];
+  EXPECT_EQ(r.windows, 767);
+  EXPECT_NEAR(r.ppl, want["ppl"].get<double>(), 1e-5 * want["ppl"].get<double>());
+  EXPECT_NEAR(r.mean_nll, want["mean_nll_nats"].get<double>(), 1e-6);
+}
+
+TEST(GptqFixtures, W4Group32ActOrderReproducesItsPerplexity) {
+  expect_fixture_perplexity("gptq-w4-g32-asym-act");
+}
+
+TEST(GptqFixtures, W3Group32ReproducesItsPerplexity) {
+  expect_fixture_perplexity("gptq-w3-g32-asym-noact");
+}
+
+qh::QuantizeOptions gptq_options(const std::string& shared, const std::string& out) {
+  qh::QuantizeOptions o;
+  o.model_dir = shared + "/models/stories260K";
+  o.out_dir = out;
+  o.method = "org.qforge.gptq";
+  o.params = {{"bits", "4"}, {"group_size", "32"}, {"desc_act", "true"}, {"sym", "false"}};
+  o.calibration.file = shared + "/data/tinystories_v2_calib.txt";
+  o.calibration.nsamples = 16;
+  o.calibration.seqlen = 128;
+  o.calibration.seed = 1;
+  o.save_format = qh::SaveFormat::gptq;
+  return o;
+}
+
+// W of a layer read straight from a GPTQ checkpoint the way AutoGPTQ's
+// reference dequantizes v1: 4-bit codes along the input dimension (8 per
+// word, LSB first), zeros along the output dimension stored as zero - 1.
+at::Tensor autogptq_v1_dequantize_4bit(const qh::TensorStore& store, const std::string& name) {
+  const at::Tensor qweight = store.load(name + ".qweight", at::kInt);
+  const at::Tensor qzeros = store.load(name + ".qzeros", at::kInt);
+  const at::Tensor scales = store.load(name + ".scales", at::kFloat);
+  const at::Tensor g_idx = store.load(name + ".g_idx", at::kLong);
+  const int64_t in = g_idx.size(0), out = qweight.size(1);
+  at::Tensor shifts = at::arange(0, 32, 4, at::kInt);
+  at::Tensor w = at::bitwise_and(
+      at::bitwise_right_shift(qweight.unsqueeze(1), shifts.view({1, 8, 1})), 15);
+  w = w.reshape({-1, out}).narrow(0, 0, in);                                       // [in, out]
+  at::Tensor z = at::bitwise_and(
+      at::bitwise_right_shift(qzeros.unsqueeze(2), shifts.view({1, 1, 8})), 15);
+  z = z.reshape({qzeros.size(0), -1}).narrow(1, 0, out) + 1;                         // [groups, out]
+  at::Tensor W = scales.index_select(0, g_idx) * (w - z.index_select(0, g_idx)).to(at::kFloat);
+  return W.t().contiguous();  // [out, in]
+}
+
+TEST(GptqCheckpoint, WritesTheAutoGptqLayoutAndReadsBackLikeTheDequantizedModel) {
+  QFORGE_REQUIRE_SHARED(shared_model, "models/stories260K");
+  QFORGE_REQUIRE_SHARED(fixture, "fixtures/gptq_v1_stories260K/gptq-w4-g32-asym-act");
+  const std::string shared = qforge::test::shared_dir();
+  const std::string packed_dir = temp_dir("gptq"), deq_dir = temp_dir("deq");
+  const auto summary = qh::quantize_model(registry(), gptq_options(shared, packed_dir));
+  qh::apply_results(registry(), shared_model, summary.results_file, deq_dir,
+                    qh::SaveFormat::dequantized);
+
+  // config.json and quantize_config.json say what serving engines need.
+  const json config = json::parse(read(fs::path(packed_dir) / "config.json"));
+  const json& q = config.at("quantization_config");
+  EXPECT_EQ(q.at("quant_method"), "gptq");
+  EXPECT_EQ(q.at("checkpoint_format"), "gptq");
+  EXPECT_EQ(q.at("bits"), 4);
+  EXPECT_EQ(q.at("group_size"), 32);
+  EXPECT_EQ(q.at("desc_act"), true);
+  EXPECT_EQ(q.at("sym"), false);
+  EXPECT_EQ(q.at("true_sequential"), true);
+  EXPECT_EQ(q.at("static_groups"), false);
+  EXPECT_DOUBLE_EQ(q.at("damp_percent").get<double>(), 0.01);
+  EXPECT_EQ(json::parse(read(fs::path(packed_dir) / "quantize_config.json")), q);
+  EXPECT_EQ(config.at("torch_dtype"), "float16");
+  EXPECT_TRUE(fs::exists(fs::path(packed_dir) / "tokenizer.model"));
+
+  // The same tensor names and shapes as the independent writer's checkpoint.
+  const qh::TensorStore ours(packed_dir), theirs(fixture);
+  EXPECT_EQ(ours.names(), theirs.names());
+  for (const auto& name : theirs.names()) {
+    EXPECT_EQ(ours.info(name).shape, theirs.info(name).shape) << name;
+    if (name.find(".q") != std::string::npos || name.find(".g_idx") != std::string::npos ||
+        name.find(".scales") != std::string::npos)
+      EXPECT_EQ(ours.info(name).dtype, theirs.info(name).dtype) << name;
+  }
+
+  // An AutoGPTQ-style unpacker reads the dequantized weights the plugin made.
+  for (const auto& l : qh::load_results(summary.results_file)) {
+    qh::PackedLayer layer(*registry().find_inference_layer(l.result.format), l.result);
+    EXPECT_TRUE(at::equal(autogptq_v1_dequantize_4bit(ours, l.report.name), layer.dequantize()))
+        << l.report.name;
+  }
+
+  // Logits: packed checkpoint vs the float16 dequantized one.
+  qh::Model packed = qh::load_model(registry(), packed_dir, at::kFloat);
+  qh::Model deq = qh::load_model(registry(), deq_dir, at::kFloat);
+  for (const auto& b : packed.blocks())
+    for (const qh::Linear* l : b.linears()) ASSERT_TRUE(l->packed) << l->name;
+  for (const auto& b : deq.blocks())
+    for (const qh::Linear* l : b.linears()) ASSERT_FALSE(l->packed) << l->name;
+  auto tok = qh::load_tokenizer(packed_dir);
+  auto ids32 = tok->encode("Once upon a time, there was a little girl named Lily. She loved to", true);
+  at::Tensor ids = at::tensor(std::vector<int64_t>(ids32.begin(), ids32.end())).unsqueeze(0);
+  const at::Tensor a = packed.forward(ids), b = deq.forward(ids);
+  const double scale = b.abs().max().item<double>();
+  const double diff = (a - b).abs().max().item<double>();
+  EXPECT_LT(diff, 2e-3 * scale) << "max |logit diff| " << diff << " for max |logit| " << scale;
+  EXPECT_TRUE(at::equal(a.argmax(-1), b.argmax(-1)));
+  fs::remove_all(packed_dir);
+  fs::remove_all(deq_dir);
+}
+
+TEST(GptqCheckpoint, RefusesPlansItCannotHoldBeforeWriting) {
+  QFORGE_REQUIRE_SHARED(shared_model, "models/stories260K");
+  const std::string shared = qforge::test::shared_dir();
+  {
+    auto o = gptq_options(shared, temp_dir("rtn"));
+    o.method = "org.qforge.rtn";  // writes org.qforge.rtn/1, not the GPTQ layout
+    o.params = {{"bits", "4"}};
+    try {
+      qh::quantize_model(registry(), o);
+      ADD_FAILURE() << "RTN into a GPTQ checkpoint was accepted";
+    } catch (const qh::UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find("org.qforge.gptq/1"), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(o.out_dir)) << "a refused plan left files behind";
+  }
+  {
+    auto o = gptq_options(shared, temp_dir("partial"));
+    o.selection.exclude_keywords = {"k_proj"};
+    try {
+      qh::quantize_model(registry(), o);
+      ADD_FAILURE() << "a GPTQ checkpoint with unquantized block layers was accepted";
+    } catch (const qh::UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find("k_proj"), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(o.out_dir));
+  }
+}
+
+// A copy of a fixture checkpoint with its config edited (and optionally its
+// tensors replaced) must be refused with a message naming the problem.
+void expect_refused(const std::string& name, const std::function<void(json&)>& edit_config,
+                    const std::string& needle,
+                    const std::function<void(std::map<std::string, at::Tensor>&)>& edit_tensors = {}) {
+  QFORGE_REQUIRE_SHARED(fixture, "fixtures/gptq_v1_stories260K/gptq-w3-g32-asym-noact");
+  const fs::path dir = temp_dir(name);
+  fs::create_directories(dir);
+  json config = json::parse(read(fs::path(fixture) / "config.json"));
+  edit_config(config);
+  write(dir / "config.json", config.dump());
+  if (edit_tensors) {
+    const qh::TensorStore store(fixture);
+    std::map<std::string, at::Tensor> tensors;
+    for (const auto& n : store.names()) tensors[n] = store.view(n);
+    edit_tensors(tensors);
+    qh::save_safetensors((dir / "model.safetensors").string(),
+                         {tensors.begin(), tensors.end()});
+  } else {
+    fs::create_symlink(fs::path(fixture) / "model.safetensors", dir / "model.safetensors");
+  }
+  try {
+    qh::load_model(registry(), dir.string(), at::kFloat);
+    ADD_FAILURE() << name << ": loaded";
+  } catch (const qh::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << name << ": " << e.what();
+  }
+  fs::remove_all(dir);
+}
+
+TEST(GptqCheckpoint, RefusesCheckpointsItCannotRead) {
+  expect_refused("awq", [](json& c) { c["quantization_config"]["quant_method"] = "awq"; }, "awq");
+  expect_refused("v2", [](json& c) { c["quantization_config"]["checkpoint_format"] = "gptq_v2"; },
+                 "gptq_v2");
+  expect_refused("bits", [](json& c) { c["quantization_config"]["bits"] = 9; }, "bits");
+  expect_refused("group", [](json& c) { c["quantization_config"]["group_size"] = 0; }, "group_size");
+  expect_refused("sym", [](json& c) { c["quantization_config"]["sym"] = "yes"; }, "sym");
+  // The config says 4 bits but the tensors hold 3-bit words.
+  expect_refused("wrong_bits", [](json& c) { c["quantization_config"]["bits"] = 4; },
+                 "model.layers.0.self_attn.q_proj");
+  expect_refused("short_qweight", [](json&) {}, "qweight", [](auto& t) {
+    auto& q = t.at("model.layers.2.mlp.down_proj.qweight");
+    q = q.narrow(0, 0, q.size(0) - 1).clone();
+  });
+  expect_refused("no_scales", [](json&) {}, "scales",
+                 [](auto& t) { t.erase("model.layers.1.self_attn.v_proj.scales"); });
+  expect_refused("bad_g_idx", [](json&) {}, "g_idx", [](auto& t) {
+    auto& g = t.at("model.layers.0.mlp.up_proj.g_idx");
+    g = g.clone();
+    g[0] = 1000;
+  });
+  expect_refused("float_scales", [](json&) {}, "scales", [](auto& t) {
+    auto& s = t.at("model.layers.0.mlp.up_proj.scales");
+    s = s.to(at::kFloat);
+  });
+}
+
+}  // namespace
