@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Perplexity of stories260K: full precision, RTN and GPTQ at 4 and 3 bits
+# (group 32, asymmetric; GPTQ with act-order), each quantized model saved to
+# disk (GPTQ as an AutoGPTQ v1 checkpoint, RTN as float16 dequantized weights)
+# and evaluated by `qforge eval` from what was written. Prints the commands it
+# runs and a Markdown table; the README's table is this script's output.
+#
+# usage: tools/bench/gptq_quality.sh [build dir] [shared dir]
+set -euo pipefail
+build="${1:-build}"
+shared="${2:-$(cd "$(dirname "$0")/../../.." && pwd)/shared}"
+Q="$build/bin/qforge" M="$shared/models/stories260K" D="$shared/data"
+[ -x "$Q" ] || { echo "no $Q: build first (tools/build.sh)" >&2; exit 2; }
+[ -d "$M" ] || { echo "no $M: the shared data must sit beside the project" >&2; exit 2; }
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+calib=(--calib "$D/tinystories_v2_calib.txt" --nsamples 128 --seqlen 256 --seed 0)
+ppl() {  # ppl MODEL_DIR -> prints the perplexity of tinystories_valid.txt (windows of 512)
+  echo "+ $Q eval --model $1 --ppl $D/tinystories_valid.txt --json" >&2
+  "$Q" eval --model "$1" --ppl "$D/tinystories_valid.txt" --json 2>/dev/null |
+    python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["perplexity"]["ppl"])'
+}
+quantize() {  # quantize OUT ARGS...
+  local out="$1"; shift
+  echo "+ $Q quantize --model $M ${calib[*]} --out $out $*" >&2
+  "$Q" quantize --model "$M" "${calib[@]}" --out "$out" "$@" > /dev/null 2>&1
+}
+
+fp=$(ppl "$M")
+rows=()
+for bits in 4 3; do
+  quantize "$work/rtn$bits" --method org.qforge.rtn --set bits=$bits --set group_size=32 --set sym=false
+  rtn=$(ppl "$work/rtn$bits")
+  quantize "$work/gptq$bits" --method org.qforge.gptq --set bits=$bits --set group_size=32 \
+    --set sym=false --set desc_act=true --save-format gptq
+  gptq=$(ppl "$work/gptq$bits")
+  rows+=("| $bits-bit, group 32, asymmetric | $fp | $rtn | $gptq |")
+done
+echo
+echo "| setting | FP | RTN | GPTQ (act-order) |"
+echo "|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
