@@ -35,7 +35,9 @@ int quantize_layer_command(const Args& args, host::Registry& registry) {
       "Quantizes one random Gaussian weight matrix (seeded; not a real model) with the\n"
       "quantizer ID, reports the error and the packed size, then builds the packed\n"
       "layer with the inference layer that consumes the format and checks its forward\n"
-      "pass against the dequantized weight.\n\nOptions");
+      "pass against the dequantized weight. A quantizer that needs calibration\n"
+      "(feature needs-hessian) gets H = 2/n XᵀX of n = cols + 256 synthetic input rows,\n"
+      "Gaussian with log-normal per-column scales (outlier channels, as in real activations).\n\nOptions");
   opts.add_options()
       ("help,h", "show this help")
       ("method", po::value<std::string>(), "quantizer component id (see `qforge plugins`)")
@@ -69,6 +71,17 @@ int quantize_layer_command(const Args& args, host::Registry& registry) {
   host::QuantizeRequest req;
   req.layer_name = "random";
   req.weight = at::normal(0.0, 0.02, {rows, cols}, gen);
+  bool needs_hessian = false;
+  for (const char* const* f = q->desc->features; f != nullptr && *f != nullptr; ++f)
+    needs_hessian = needs_hessian || std::string(*f) == "needs-hessian";
+  std::string hessian = "none";
+  if (needs_hessian) {
+    const int64_t n = cols + 256;
+    at::Tensor x = at::normal(0.0, 1.0, {n, cols}, gen) * at::exp(at::normal(0.0, 1.0, {1, cols}, gen));
+    req.hessian = at::matmul(x.t(), x).mul_(2.0 / static_cast<double>(n));
+    req.nsamples = static_cast<uint64_t>(n);
+    hessian = fmt::format("synthetic, 2/n XᵀX of {} Gaussian rows with log-normal column scales", n);
+  }
 
   auto t0 = std::chrono::steady_clock::now();
   host::QuantResult r = host::quantize_layer(*q, req, params);
@@ -85,6 +98,7 @@ int quantize_layer_command(const Args& args, host::Registry& registry) {
               {"parameters", params.text()},
               {"shape", {rows, cols}},
               {"seed", vm["seed"].as<uint64_t>()},
+              {"hessian", hessian},
               {"format", r.format},
               {"metadata", json::parse(r.metadata)},
               {"packed_bytes", packed},
@@ -120,6 +134,7 @@ int quantize_layer_command(const Args& args, host::Registry& registry) {
   }
   fmt::print("input:            {}x{} random Gaussian matrix (seed {}), not a real model\n", rows,
              cols, vm["seed"].as<uint64_t>());
+  if (needs_hessian) fmt::print("hessian:          {}\n", hessian);
   std::string ps;
   for (const auto& [k, v] : params.text()) ps += fmt::format("{}{}={}", ps.empty() ? "" : " ", k, v);
   fmt::print("method:           {} ({})\n", id, ps.empty() ? "no parameters" : ps);

@@ -56,6 +56,11 @@ expect 0 "quantize-layer runs RTN" -- "$qforge" quantize-layer --method org.qfor
 contains "$out" "org.qforge.rtn/1" "format printed"
 contains "$out" "forward matches" "packed layer checked"
 
+expect 0 "quantize-layer runs GPTQ with a synthetic Hessian" -- "$qforge" quantize-layer --method org.qforge.gptq --set bits=4 --set group_size=32 --set desc_act=true --rows 48 --cols 96
+contains "$out" "org.qforge.gptq/1" "GPTQ format printed"
+contains "$out" "hessian:          synthetic" "the synthetic Hessian is said"
+contains "$out" "forward matches" "GPTQ packed layer checked"
+
 expect 2 "unknown command" -- "$qforge" frobnicate
 expect 2 "missing command" -- "$qforge"
 expect 2 "bad option" -- "$qforge" plugins --frob
