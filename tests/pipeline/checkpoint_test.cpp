@@ -174,6 +174,14 @@ TEST(GptqCheckpoint, WritesTheAutoGptqLayoutAndReadsBackLikeTheDequantizedModel)
   const double diff = (a - b).abs().max().item<double>();
   EXPECT_LT(diff, 2e-3 * scale) << "max |logit diff| " << diff << " for max |logit| " << scale;
   EXPECT_TRUE(at::equal(a.argmax(-1), b.argmax(-1)));
+
+  // Re-applying the saved results as a GPTQ checkpoint writes the same shards.
+  const std::string again = temp_dir("again");
+  qh::apply_results(registry(), shared_model, summary.results_file, again, qh::SaveFormat::gptq);
+  for (const char* f : {"model-block-00000.safetensors", "model-block-00004.safetensors",
+                        "model-rest.safetensors", "config.json", "quantize_config.json"})
+    EXPECT_EQ(read(fs::path(again) / f), read(fs::path(packed_dir) / f)) << f;
+  fs::remove_all(again);
   fs::remove_all(packed_dir);
   fs::remove_all(deq_dir);
 }
