@@ -96,18 +96,27 @@
 //                                        bit stream per group
 //   scales    float16 [groups, O]
 //   g_idx     int32   [I]                the group of each input column
-//   bias      float32 [O]                only when the layer has a bias
+//   bias      float32 [O]                only when the layer has a bias (the
+//                                        layer also takes float16 / bfloat16,
+//                                        as Hugging Face GPTQ checkpoints store it)
 //   W[o, i] = scales[g, o] · (q[i, o] − (qzeros[g, o] + 1)),  g = g_idx[i]
 // With desc_act, groups follow the processing order: g_idx[perm[i]] = i / G;
 // with static groups (or without desc_act) g_idx[j] = j / G.
 //
-// The inference layer keeps the packed codes (B bits per weight) and
-// dequantizes W on every call, block by block of rows, into one reused
-// buffer, multiplying each block with a LibTorch GEMM. The packed SIMD GEMV
-// kernels (kernels/) come in a later issue.
+// The inference layer repacks the tensors once into a kernels/ PackedMatrix
+// (B bits per weight, the inputs reordered so that each group's columns are
+// contiguous, whatever g_idx is; float16 scales and uint8 zero points when
+// they fit) and runs it through qforge_kernels/torch_matmul.hpp, shared with
+// the RTN layer: up to kGemvMaxRows rows of x the packed SIMD kernels
+// (AVX-512 / AVX2 / portable, picked at run time) compute y directly from the
+// codes; larger batches and backward_input dequantize W block by block into
+// one reused 4 MiB buffer and multiply with a LibTorch GEMM. dequantize gives
+// W bit for bit as the quantizer's dequantized weight.
 #include <qforge/cpp/plugin.hpp>
 #include <qforge/cpp/torch.hpp>
 #include <qforge_kernels/bitpack.hpp>
+#include <qforge_kernels/packed_matrix.hpp>
+#include <qforge_kernels/torch_matmul.hpp>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -119,6 +128,7 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -672,24 +682,50 @@ class GptqLayer {
     }
     const int64_t zero_words = qforge::kernels::words_for(out_, bits_);
     const at::Tensor qweight =
-        take(by_name, "qweight", DLDataType{kDLInt, 32, 1}, {words_, out_}, true);
+        take(by_name, "qweight", {DLDataType{kDLInt, 32, 1}}, {words_, out_}, true);
     const at::Tensor qzeros =
-        take(by_name, "qzeros", DLDataType{kDLInt, 32, 1}, {groups_, zero_words}, true);
+        take(by_name, "qzeros", {DLDataType{kDLInt, 32, 1}}, {groups_, zero_words}, true);
     const at::Tensor scales =
-        take(by_name, "scales", DLDataType{kDLFloat, 16, 1}, {groups_, out_}, true);
-    g_idx_ = take(by_name, "g_idx", DLDataType{kDLInt, 32, 1}, {in_}, true);
-    bias_ = take(by_name, "bias", DLDataType{kDLFloat, 32, 1}, {out_}, false);
+        take(by_name, "scales", {DLDataType{kDLFloat, 16, 1}}, {groups_, out_}, true);
+    const at::Tensor g_idx =
+        take(by_name, "g_idx", {DLDataType{kDLInt, 32, 1}}, {in_}, true);
+    const at::Tensor bias = take(by_name, "bias",
+                                 {DLDataType{kDLFloat, 32, 1}, DLDataType{kDLFloat, 16, 1},
+                                  DLDataType{kDLBfloat, 16, 1}},
+                                 {out_}, false);
 
-    if (g_idx_.lt(0).any().item<bool>() || g_idx_.ge(groups_).any().item<bool>())
+    if (g_idx.lt(0).any().item<bool>() || g_idx.ge(groups_).any().item<bool>())
       invalid(std::string(kFormat) + ": g_idx values must be in [0, " +
               std::to_string(groups_) + ")");
-    // Kept per output row: the codes as one row of words each, the scales
-    // and zero points as float32 [out, groups].
-    qweight_t_ = qweight.t().contiguous();
-    scales_t_ = scales.to(at::kFloat).t().contiguous();
-    if (!at::isfinite(scales_t_).all().item<bool>())
+    const at::Tensor scales_f = scales.to(at::kFloat);  // exact
+    if (!at::isfinite(scales_f).all().item<bool>())
       invalid(std::string(kFormat) + ": scales must be finite");
-    zeros_t_ = unpack_zeros(qzeros).t().contiguous();
+    const at::Tensor zeros = unpack_zeros(qzeros);  // float32 [groups, out]
+    // A copy in float32 (the inputs are only borrowed; the rest is repacked).
+    if (bias.defined()) bias_ = bias.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+
+    // qweight [words, out]: output o's stream is column o; scales, zeros,
+    // [groups, out]; the group of input i is g_idx[i].
+    qforge::kernels::QuantizedWeight w;
+    w.bits = bits_;
+    w.in_features = in_;
+    w.out_features = out_;
+    w.codes = reinterpret_cast<const uint32_t*>(qweight.data_ptr<int32_t>());
+    w.code_word_stride = out_;
+    w.code_out_stride = 1;
+    w.groups = groups_;
+    w.g_idx = g_idx.data_ptr<int32_t>();
+    w.scales = scales_f.data_ptr<float>();
+    w.scale_group_stride = out_;
+    w.scale_out_stride = 1;
+    w.zeros = zeros.data_ptr<float>();
+    w.zero_group_stride = out_;
+    w.zero_out_stride = 1;
+    try {
+      matrix_ = qforge::kernels::aten::pack(w);
+    } catch (const std::invalid_argument& e) {
+      invalid(std::string(kFormat) + ": " + e.what());
+    }
   }
 
   int64_t out_features() const { return out_; }
@@ -698,55 +734,26 @@ class GptqLayer {
   // y = x Wᵀ + bias
   void forward(const DLTensor& xd, const DLTensor& yd) const {
     const at::Tensor x = qforge::borrow(xd);
-    at::Tensor y = qforge::borrow(yd);
+    const at::Tensor y = qforge::borrow(yd);
     check_pair("forward", x, "x", in_, y, "y", out_);
-    const at::Tensor x2 = x.reshape({-1, in_});
-    at::Tensor y2 = y.is_contiguous() ? y.view({-1, out_}) : at::empty({x2.size(0), out_});
-    if (x2.size(0) > 0) {
-      // Block by block of W's rows: y[:, rows] = x W[rows]ᵀ + bias[rows].
-      for_each_block([&](int64_t r0, int64_t n, const at::Tensor& wb) {
-        at::Tensor yb = y2.narrow(1, r0, n);  // strided output: BLAS writes it in place
-        if (bias_.defined())
-          at::addmm_out(yb, bias_.narrow(0, r0, n), x2, wb.t());
-        else
-          at::mm_out(yb, x2, wb.t());
-      });
-    }
-    if (!y.is_contiguous()) y.copy_(y2.view(y.sizes()));
+    qforge::kernels::aten::linear_forward(matrix_, x, y, bias_);
   }
 
   // grad_x = grad_y W
   void backward_input(const DLTensor& gyd, const DLTensor& gxd) const {
     const at::Tensor gy = qforge::borrow(gyd);
-    at::Tensor gx = qforge::borrow(gxd);
+    const at::Tensor gx = qforge::borrow(gxd);
     check_pair("backward_input", gy, "grad_y", out_, gx, "grad_x", in_);
-    const at::Tensor gy2 = gy.reshape({-1, out_});
-    at::Tensor gx2 = gx.is_contiguous() ? gx.view({-1, in_}) : at::empty({gy2.size(0), in_});
-    if (gy2.size(0) > 0) {
-      for_each_block([&](int64_t r0, int64_t n, const at::Tensor& wb) {
-        const at::Tensor gyb = gy2.narrow(1, r0, n);
-        if (r0 == 0)
-          at::mm_out(gx2, gyb, wb);
-        else
-          gx2.addmm_(gyb, wb);
-      });
-    }
-    if (!gx.is_contiguous()) gx.copy_(gx2.view(gx.sizes()));
+    qforge::kernels::aten::linear_backward_input(matrix_, gy, gx);
   }
 
   void dequantize(const DLTensor& wd) const {
-    at::Tensor w = qforge::borrow(wd);
+    const at::Tensor w = qforge::borrow(wd);
     require_float_cpu(w, "dequantize: weight");
     if (w.dim() != 2 || w.size(0) != out_ || w.size(1) != in_)
       invalid("dequantize: weight must be [" + std::to_string(out_) + ", " +
               std::to_string(in_) + "], got " + shape_str(w.sizes()));
-    if (w.is_contiguous()) {
-      dequantize_rows(0, out_, w.data_ptr<float>());
-    } else {
-      at::Tensor tmp = at::empty({out_, in_}, at::kFloat);
-      dequantize_rows(0, out_, tmp.data_ptr<float>());
-      w.copy_(tmp);
-    }
+    qforge::kernels::aten::dequantize_into(matrix_, w);
   }
 
  private:
@@ -774,9 +781,10 @@ class GptqLayer {
     words_ = qforge::kernels::words_for(in_, bits_);
   }
 
-  // Validates tensor `name` against the metadata and copies it.
+  // Validates tensor `name` (one of `dtypes`) against the metadata; a
+  // contiguous view (or copy), valid while the constructor's arguments are.
   static at::Tensor take(const std::map<std::string, const DLTensor*>& by_name,
-                         const std::string& name, DLDataType dtype,
+                         const std::string& name, const std::vector<DLDataType>& dtypes,
                          std::vector<int64_t> shape, bool required) {
     const auto it = by_name.find(name);
     if (it == by_name.end()) {
@@ -787,7 +795,11 @@ class GptqLayer {
     const std::string what = std::string(kFormat) + " tensor '" + name + "'";
     if (t.device.device_type != kDLCPU)
       throw qforge::Error(QFORGE_STATUS_UNSUPPORTED, what + " must be on the CPU");
-    if (t.dtype.code != dtype.code || t.dtype.bits != dtype.bits || t.dtype.lanes != dtype.lanes)
+    bool dtype_ok = false;
+    for (const DLDataType& d : dtypes)
+      dtype_ok = dtype_ok ||
+                 (t.dtype.code == d.code && t.dtype.bits == d.bits && t.dtype.lanes == d.lanes);
+    if (!dtype_ok)
       invalid(what + " has the wrong dtype (DLPack code " + std::to_string(t.dtype.code) +
               ", bits " + std::to_string(t.dtype.bits) + ", lanes " +
               std::to_string(t.dtype.lanes) + ")");
@@ -800,7 +812,7 @@ class GptqLayer {
               (t.shape != nullptr ? shape_str(got) : std::string("no shape")));
     }
     if (t.data == nullptr) invalid(what + " has no data");
-    return qforge::borrow(t).clone(at::MemoryFormat::Contiguous);
+    return qforge::borrow(t).contiguous();
   }
 
   // qzeros [groups, words(out)] -> zero points (stored value + 1), float32 [groups, out].
@@ -828,54 +840,10 @@ class GptqLayer {
               "dimensions, got " + shape_str(a.sizes()) + " and " + shape_str(b.sizes()));
   }
 
-  // Calls f(first_row, rows, W[first_row : first_row + rows]) for consecutive
-  // blocks of W's rows, dequantized into one reused buffer of about
-  // kBlockElements floats: forward and backward never hold all of W in float32.
-  template <class F>
-  void for_each_block(F&& f) const {
-    const int64_t rows = std::min(out_, std::max<int64_t>(1, kBlockElements / in_));
-    const at::Tensor buffer = at::empty({rows, in_}, at::kFloat);
-    for (int64_t r0 = 0; r0 < out_; r0 += rows) {
-      const int64_t n = std::min(rows, out_ - r0);
-      const at::Tensor wb = buffer.narrow(0, 0, n);
-      dequantize_rows(r0, r0 + n, wb.data_ptr<float>());
-      f(r0, n, wb);
-    }
-  }
-
-  // Writes rows [first, last) of W to dst (contiguous, (last - first) x in):
-  // W[o, i] = scale[g, o] · (q[i, o] − zero[g, o]), g = g_idx[i], the same
-  // float32 operations as the quantizer, so the result is bit-identical to
-  // its dequantized weight.
-  void dequantize_rows(int64_t first, int64_t last, float* dst) const {
-    const auto* words = reinterpret_cast<const uint32_t*>(qweight_t_.data_ptr<int32_t>());
-    const float* scales = scales_t_.data_ptr<float>();
-    const float* zeros = zeros_t_.data_ptr<float>();
-    const int32_t* g_idx = g_idx_.data_ptr<int32_t>();
-    at::parallel_for(first, last, row_grain(in_), [&](int64_t begin, int64_t end) {
-      std::vector<uint8_t> codes(static_cast<size_t>(in_));
-      for (int64_t r = begin; r < end; ++r) {
-        qforge::kernels::unpack_bits(words + r * words_, in_, bits_, codes.data());
-        const float* s = scales + r * groups_;
-        const float* z = zeros + r * groups_;
-        float* row = dst + (r - first) * in_;
-        for (int64_t j = 0; j < in_; ++j) {
-          const int32_t g = g_idx[j];
-          row[j] = s[g] * (static_cast<float>(codes[j]) - z[g]);
-        }
-      }
-    });
-  }
-
-  // Floats of W dequantized at a time by forward / backward_input (4 MiB).
-  static constexpr int64_t kBlockElements = int64_t{1} << 20;
-
   int bits_ = 0;
   int64_t group_size_ = 0, groups_ = 0, in_ = 0, out_ = 0, words_ = 0;
-  at::Tensor qweight_t_;         // int32 [out, words]: output o's bit stream
-  at::Tensor scales_t_, zeros_t_;  // float32 [out, groups]
-  at::Tensor g_idx_;             // int32 [in]
-  at::Tensor bias_;              // float32 [out] or undefined
+  qforge::kernels::PackedMatrix matrix_;
+  at::Tensor bias_;  // float32 [out] or undefined
 };
 
 // ---------------------------------------------------------------------------
@@ -886,7 +854,7 @@ const qforge::ComponentList& components() {
   static const qforge::ComponentList list = [] {
     static const char* const quantizer_features[] = {
         "weight-only", "needs-hessian", "per-group", "per-channel", "act-order", nullptr};
-    static const char* const layer_features[] = {"cpu", "dequantize-per-call", nullptr};
+    static const char* const layer_features[] = {"cpu", "packed-kernels", nullptr};
     static const qforge_param_desc bits = qforge::param_range(
         QFORGE_PARAM_INT, "bits",
         "bits per weight code, 2..8 (2, 3, 4 and 8 are the tested widths)", "4", 2, 8);
@@ -937,8 +905,9 @@ const qforge::ComponentList& components() {
         QFORGE_COMPONENT_INFERENCE_LAYER, "org.qforge.gptq.layer", "GPTQ packed layer", "1.0.0",
         "qforge", "MIT",
         "Runs org.qforge.gptq/1 (AutoGPTQ v1 layout) layers on the CPU: keeps the bit-packed "
-        "codes with per-group float16 scales, zero points and g_idx, dequantizes per call and "
-        "multiplies with LibTorch.",
+        "codes with per-group float16 scales, zero points and g_idx (act-order included); "
+        "packed AVX-512/AVX2 kernels for small batches, dequantize + LibTorch GEMM for large "
+        "ones.",
         layer_features, nullptr, 0, qforge::inference_layer_vtable<GptqLayer>()));
     return l;
   }();

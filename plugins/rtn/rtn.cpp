@@ -40,15 +40,20 @@
 //   bias      float32 [O]                only when the layer has a bias
 //   W[r, j] = scales[r, g] * (code[r, j] - zeros[r, g]),  g = j / G
 //
-// The inference layer keeps only the packed tensors (B bits per weight plus
-// the per-group scales/zeros, no float32 copy of W). forward/backward_input
-// dequantize W on every call, block by block of rows into one reused buffer of
-// 2^20 floats (4 MiB), and multiply each block with a LibTorch GEMM; so the
-// transient memory stays bounded whatever the layer size. The packed SIMD GEMV
-// kernels (kernels/) that skip the float32 temporary come in a later issue.
+// The inference layer repacks the tensors once into a kernels/ PackedMatrix
+// (B bits per weight plus the per-group scales and zero points, no float32
+// copy of W) and runs it through qforge_kernels/torch_matmul.hpp, shared with
+// the GPTQ layer: up to kGemvMaxRows rows of x the packed SIMD kernels
+// (AVX-512 / AVX2 / portable, picked at run time) compute y directly from the
+// codes; larger batches and backward_input dequantize W block by block into
+// one reused 4 MiB buffer and multiply with a LibTorch GEMM, so the transient
+// memory stays bounded whatever the layer size. dequantize gives W bit for
+// bit as the quantizer's dequantized weight.
 #include <qforge/cpp/plugin.hpp>
 #include <qforge/cpp/torch.hpp>
 #include <qforge_kernels/bitpack.hpp>
+#include <qforge_kernels/packed_matrix.hpp>
+#include <qforge_kernels/torch_matmul.hpp>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -59,6 +64,7 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -277,13 +283,40 @@ class RtnLayer {
       if (!by_name.emplace(name, nt->tensor).second)
         invalid(std::string(kFormat) + ": tensor '" + name + "' given twice");
     }
-    qweight_ = take(by_name, "qweight", DLDataType{kDLInt, 32, 1}, {out_, words_}, true);
-    scales_ = take(by_name, "scales", DLDataType{kDLFloat, 32, 1}, {out_, groups_}, true);
-    zeros_ = take(by_name, "zeros", DLDataType{kDLUInt, 8, 1}, {out_, groups_}, true);
-    bias_ = take(by_name, "bias", DLDataType{kDLFloat, 32, 1}, {out_}, false);
+    const at::Tensor qweight =
+        take(by_name, "qweight", DLDataType{kDLInt, 32, 1}, {out_, words_}, true);
+    const at::Tensor scales =
+        take(by_name, "scales", DLDataType{kDLFloat, 32, 1}, {out_, groups_}, true);
+    const at::Tensor zeros =
+        take(by_name, "zeros", DLDataType{kDLUInt, 8, 1}, {out_, groups_}, true);
+    const at::Tensor bias = take(by_name, "bias", DLDataType{kDLFloat, 32, 1}, {out_}, false);
     const int64_t maxq = (int64_t{1} << bits_) - 1;
-    if (zeros_.gt(maxq).any().item<bool>())
+    if (zeros.gt(maxq).any().item<bool>())
       invalid(std::string(kFormat) + ": zeros exceed 2^bits - 1 = " + std::to_string(maxq));
+    if (bias.defined()) bias_ = bias.clone();  // the rest is repacked; the inputs are borrowed
+
+    // qweight [out, words]: output o's stream is row o; scales, zeros [out, groups].
+    const at::Tensor zeros_f = zeros.to(at::kFloat);
+    qforge::kernels::QuantizedWeight w;
+    w.bits = bits_;
+    w.in_features = in_;
+    w.out_features = out_;
+    w.codes = reinterpret_cast<const uint32_t*>(qweight.data_ptr<int32_t>());
+    w.code_word_stride = 1;
+    w.code_out_stride = words_;
+    w.groups = groups_;
+    w.group_size = group_size_;
+    w.scales = scales.data_ptr<float>();
+    w.scale_group_stride = 1;
+    w.scale_out_stride = groups_;
+    w.zeros = zeros_f.data_ptr<float>();
+    w.zero_group_stride = 1;
+    w.zero_out_stride = groups_;
+    try {
+      matrix_ = qforge::kernels::aten::pack(w);
+    } catch (const std::invalid_argument& e) {
+      invalid(std::string(kFormat) + ": " + e.what());
+    }
   }
 
   int64_t out_features() const { return out_; }
@@ -292,57 +325,31 @@ class RtnLayer {
   // y = x Wᵀ + bias
   void forward(const DLTensor& xd, const DLTensor& yd) const {
     const at::Tensor x = qforge::borrow(xd);
-    at::Tensor y = qforge::borrow(yd);
+    const at::Tensor y = qforge::borrow(yd);
     check_pair("forward", x, "x", in_, y, "y", out_);
-    const at::Tensor x2 = x.reshape({-1, in_});
-    at::Tensor y2 = y.is_contiguous() ? y.view({-1, out_}) : at::empty({x2.size(0), out_});
-    if (x2.size(0) > 0) {
-      // Block by block of W's rows: y[:, rows] = x W[rows]ᵀ + bias[rows].
-      for_each_block([&](int64_t r0, int64_t n, const at::Tensor& wb) {
-        at::Tensor yb = y2.narrow(1, r0, n);  // strided output: BLAS writes it in place
-        if (bias_.defined())
-          at::addmm_out(yb, bias_.narrow(0, r0, n), x2, wb.t());
-        else
-          at::mm_out(yb, x2, wb.t());
-      });
-    }
-    if (!y.is_contiguous()) y.copy_(y2.view(y.sizes()));
+    qforge::kernels::aten::linear_forward(matrix_, x, y, bias_);
   }
 
   // grad_x = grad_y W
   void backward_input(const DLTensor& gyd, const DLTensor& gxd) const {
     const at::Tensor gy = qforge::borrow(gyd);
-    at::Tensor gx = qforge::borrow(gxd);
+    const at::Tensor gx = qforge::borrow(gxd);
     check_pair("backward_input", gy, "grad_y", out_, gx, "grad_x", in_);
-    const at::Tensor gy2 = gy.reshape({-1, out_});
-    at::Tensor gx2 = gx.is_contiguous() ? gx.view({-1, in_}) : at::empty({gy2.size(0), in_});
-    if (gy2.size(0) > 0) {
-      // grad_x = sum over blocks of grad_y[:, rows] W[rows].
-      for_each_block([&](int64_t r0, int64_t n, const at::Tensor& wb) {
-        const at::Tensor gyb = gy2.narrow(1, r0, n);
-        if (r0 == 0)
-          at::mm_out(gx2, gyb, wb);
-        else
-          gx2.addmm_(gyb, wb);
-      });
-    }
-    if (!gx.is_contiguous()) gx.copy_(gx2.view(gx.sizes()));
+    qforge::kernels::aten::linear_backward_input(matrix_, gy, gx);
   }
 
   void dequantize(const DLTensor& wd) const {
-    at::Tensor w = qforge::borrow(wd);
+    const at::Tensor w = qforge::borrow(wd);
     require_float_cpu(w, "dequantize: weight");
     if (w.dim() != 2 || w.size(0) != out_ || w.size(1) != in_)
       invalid("dequantize: weight must be [" + std::to_string(out_) + ", " +
               std::to_string(in_) + "], got " + shape_str(w.sizes()));
-    if (w.is_contiguous())
-      dequantize_rows(0, out_, w.data_ptr<float>());
-    else
-      w.copy_(dequantized());
+    qforge::kernels::aten::dequantize_into(matrix_, w);
   }
 
  private:
-  // Validates tensor `name` against the metadata and copies it.
+  // Validates tensor `name` against the metadata; a contiguous view (or
+  // copy), valid while the constructor's arguments are.
   static at::Tensor take(const std::map<std::string, const DLTensor*>& by_name,
                          const std::string& name, DLDataType dtype,
                          std::vector<int64_t> shape, bool required) {
@@ -368,7 +375,7 @@ class RtnLayer {
               (t.shape != nullptr ? shape_str(got) : std::string("no shape")));
     }
     if (t.data == nullptr) invalid(what + " has no data");
-    return qforge::borrow(t).clone(at::MemoryFormat::Contiguous);
+    return qforge::borrow(t).contiguous();
   }
 
   void check_pair(const char* fn, const at::Tensor& a, const char* an, int64_t a_last,
@@ -383,56 +390,10 @@ class RtnLayer {
               "dimensions, got " + shape_str(a.sizes()) + " and " + shape_str(b.sizes()));
   }
 
-  at::Tensor dequantized() const {
-    at::Tensor w = at::empty({out_, in_}, at::kFloat);
-    dequantize_rows(0, out_, w.data_ptr<float>());
-    return w;
-  }
-
-  // Calls f(first_row, rows, W[first_row : first_row + rows]) for consecutive
-  // blocks of W's rows, dequantized into one reused buffer of about
-  // kBlockElements floats: forward and backward never hold all of W in float32.
-  template <class F>
-  void for_each_block(F&& f) const {
-    const int64_t rows = std::min(out_, std::max<int64_t>(1, kBlockElements / in_));
-    const at::Tensor buffer = at::empty({rows, in_}, at::kFloat);
-    for (int64_t r0 = 0; r0 < out_; r0 += rows) {
-      const int64_t n = std::min(rows, out_ - r0);
-      const at::Tensor wb = buffer.narrow(0, 0, n);
-      dequantize_rows(r0, r0 + n, wb.data_ptr<float>());
-      f(r0, n, wb);
-    }
-  }
-
-  // Writes rows [first, last) of W to dst (contiguous, (last - first) x in):
-  // W[r, j] = scale * (code - zero), the same float32 operations as the
-  // quantizer, so the result is bit-identical to its dequantized weight.
-  void dequantize_rows(int64_t first, int64_t last, float* dst) const {
-    const auto* words = reinterpret_cast<const uint32_t*>(qweight_.data_ptr<int32_t>());
-    const float* scales = scales_.data_ptr<float>();
-    const uint8_t* zeros = zeros_.data_ptr<uint8_t>();
-    at::parallel_for(first, last, row_grain(in_), [&](int64_t begin, int64_t end) {
-      std::vector<uint8_t> codes(static_cast<size_t>(in_));
-      for (int64_t r = begin; r < end; ++r) {
-        qforge::kernels::unpack_bits(words + r * words_, in_, bits_, codes.data());
-        float* row = dst + (r - first) * in_;
-        for (int64_t g = 0; g < groups_; ++g) {
-          const float s = scales[r * groups_ + g];
-          const float z = static_cast<float>(zeros[r * groups_ + g]);
-          const int64_t j1 = std::min(in_, (g + 1) * group_size_);
-          for (int64_t j = g * group_size_; j < j1; ++j)
-            row[j] = s * (static_cast<float>(codes[j]) - z);
-        }
-      }
-    });
-  }
-
-  // Floats of W dequantized at a time by forward / backward_input (4 MiB).
-  static constexpr int64_t kBlockElements = int64_t{1} << 20;
-
   int bits_ = 0;
   int64_t group_size_ = 0, groups_ = 0, in_ = 0, out_ = 0, words_ = 0;
-  at::Tensor qweight_, scales_, zeros_, bias_;  // contiguous copies; bias_ may be undefined
+  qforge::kernels::PackedMatrix matrix_;
+  at::Tensor bias_;  // float32 [out], or undefined
 };
 
 // ---------------------------------------------------------------------------
@@ -443,7 +404,7 @@ const qforge::ComponentList& components() {
   static const qforge::ComponentList list = [] {
     static const char* const quantizer_features[] = {"weight-only", "calibration-free",
                                                      "per-group", "per-channel", nullptr};
-    static const char* const layer_features[] = {"cpu", "dequantize-per-call", nullptr};
+    static const char* const layer_features[] = {"cpu", "packed-kernels", nullptr};
     static const qforge_param_desc bits =
         qforge::param_range(QFORGE_PARAM_INT, "bits", "bits per weight code (2..8)", "4", 2, 8);
     static const qforge_param_desc group_size = qforge::param_range(
@@ -469,7 +430,8 @@ const qforge::ComponentList& components() {
         QFORGE_COMPONENT_INFERENCE_LAYER, "org.qforge.rtn.layer", "RTN packed layer", "1.0.0",
         "qforge", "MIT",
         "Runs org.qforge.rtn/1 layers on the CPU: keeps the bit-packed codes with per-group "
-        "scales and zero points, dequantizes per call and multiplies with LibTorch.",
+        "scales and zero points; packed AVX-512/AVX2 kernels for small batches, dequantize + "
+        "LibTorch GEMM for large ones.",
         layer_features, nullptr, 0, qforge::inference_layer_vtable<RtnLayer>()));
     return l;
   }();

@@ -851,6 +851,25 @@ TEST_F(Gptq, InferenceLayerOverSeveralBlocks) {
   EXPECT_LT(hessian_error(w, r.dequantized, h), hessian_error(w, rtn.dequantized, h));
 }
 
+// Hugging Face GPTQ checkpoints store the bias in float16 (or bfloat16): the
+// layer takes it in those types too and adds it in float32.
+TEST_F(Gptq, InferenceLayerTakesHalfPrecisionBias) {
+  const int64_t out = 24, in = 96;
+  const at::Tensor w = gaussian({out, in}, 95);
+  const QuantResult r = quantize(*gptq_, w, synthetic_hessian(in, 96),
+                                 {{"bits", "4"}, {"group_size", "32"}}, gaussian({out}, 97));
+  const at::Tensor x = gaussian({3, in}, 98);
+  for (at::ScalarType type : {at::kHalf, at::kBFloat16}) {
+    QuantResult h = r;
+    h.tensors["bias"] = r.tensors.at("bias").to(type);
+    PackedLayer layer(*layer_, h);
+    const at::Tensor ref = at::matmul(x.to(at::kDouble), r.dequantized.to(at::kDouble).t()) +
+                           h.tensors.at("bias").to(at::kDouble);
+    EXPECT_TRUE(at::allclose(layer.forward(x).to(at::kDouble), ref, 1e-4, 1e-4))
+        << at::toString(type);
+  }
+}
+
 TEST_F(Gptq, MalformedPackedInputIsAnErrorNotACrash) {
   const int64_t out = 16, in = 70;
   const at::Tensor w = gaussian({out, in}, 91);
@@ -921,7 +940,8 @@ TEST_F(Gptq, MalformedPackedInputIsAnErrorNotACrash) {
   expect_refused(with_tensor("g_idx", at::full_like(gi, 3)), "g_idx past the groups");
   expect_refused(with_tensor("g_idx", at::full_like(gi, -1)), "g_idx negative");
   expect_refused(with_tensor("bias", at::zeros({15})), "bias of the wrong length");
-  expect_refused(with_tensor("bias", at::zeros({16}, at::kHalf)), "bias float16");
+  expect_refused(with_tensor("bias", at::zeros({16}, at::kInt)), "bias int32");
+  expect_refused(with_tensor("bias", at::zeros({16}, at::kDouble)), "bias float64");
   expect_refused(with_tensor("extra", at::zeros({1})), "unknown tensor");
   for (const char* name : {"qweight", "qzeros", "scales", "g_idx"})
     expect_refused(without(name), std::string(name) + " missing");

@@ -1,0 +1,309 @@
+// Packed low-bit GEMV (kernels/) against LibTorch's float32 matmul and against
+// the machine's memory bandwidth, all measured in the same run.
+//
+//   qforge_bench_gemv [--reps 25] [--threads N] [--isa portable|avx2|avx512]
+//                     [--no-batches]
+//
+// For W [out, in] = 4096 x 4096 and 11008 x 4096 (the projections of a 7B
+// Llama), batch 1: the time of one y = x Wᵀ through the qforge kernels (the
+// call the inference layers make: stage x, then the output tiles split
+// between at::parallel_for's threads), the time of LibTorch's float32
+// at::mm(x, Wᵀ) and at::mv(W, x) on the same shape (the faster is the
+// baseline), their ratio, and the kernel's effective bandwidth: the bytes it
+// streams (packed codes + scales + zero points) per second, against memcpy's
+// bandwidth on a 256 MiB buffer measured here too (bytes copied per second,
+// i.e. each byte read once and written once; the read-only bandwidth is
+// printed beside it). Every figure is the median of --reps timed calls after
+// warm-up; each call uses the next of several copies of the weights, so that
+// the working set (>= 256 MiB) never sits in the last-level cache, as in a
+// real model where every layer's weights are evicted by the other layers'.
+// A second table times batches of rows through the kernels and through
+// dequantize + GEMM (the path the layers take above kGemvMaxRows rows).
+// Like the qforge CLI, it sets OMP_WAIT_POLICY=PASSIVE when unset (and
+// re-executes itself), so that OpenMP threads spinning after the kernels'
+// parallel loops do not slow down OpenBLAS's threads.
+#include <qforge_kernels/bitpack.hpp>
+#include <qforge_kernels/packed_matrix.hpp>
+#include <qforge_kernels/torch_matmul.hpp>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+namespace qk = qforge::kernels;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr size_t kWorkingSet = size_t{256} << 20;
+
+struct Options {
+  int reps = 25;
+  int threads = 0;
+  std::string isa;
+  bool batches = true;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Median seconds of f(k), k = call number, after `warm` untimed calls.
+double time_median(int reps, int warm, const std::function<void(int)>& f) {
+  for (int k = 0; k < warm; ++k) f(k);
+  std::vector<double> t;
+  for (int k = 0; k < reps; ++k) {
+    const auto t0 = Clock::now();
+    f(warm + k);
+    t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  return median(t);
+}
+
+// memcpy of a 256 MiB buffer split between the threads; bytes copied per second.
+double memcpy_bandwidth(int reps, bool threaded) {
+  const size_t n = kWorkingSet;
+  std::unique_ptr<char[]> a(new char[n]), b(new char[n]);
+  std::memset(a.get(), 1, n);
+  std::memset(b.get(), 2, n);
+  const int64_t parts = 64;
+  const double s = time_median(reps, 2, [&](int) {
+    auto copy = [&](int64_t p0, int64_t p1) {
+      std::memcpy(b.get() + p0 * (n / parts), a.get() + p0 * (n / parts), (p1 - p0) * (n / parts));
+    };
+    if (threaded)
+      at::parallel_for(0, parts, 1, copy);
+    else
+      copy(0, parts);
+  });
+  return static_cast<double>(n) / s / 1e9;
+}
+
+// Read-only bandwidth (sum of a 256 MiB float buffer), bytes read per second.
+double read_bandwidth(int reps) {
+  const int64_t n = static_cast<int64_t>(kWorkingSet / sizeof(float));
+  std::vector<float> a(static_cast<size_t>(n), 1.f);
+  volatile float sink = 0;
+  const int64_t parts = 64;
+  const double s = time_median(reps, 2, [&](int) {
+    std::vector<float> part(parts, 0.f);
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        float acc[16] = {};
+        const float* x = a.data() + p * (n / parts);
+        for (int64_t i = 0; i < n / parts; i += 16)
+          for (int k = 0; k < 16; ++k) acc[k] += x[i + k];
+        for (float v : acc) part[p] += v;
+      }
+    });
+    sink = sink + part[0];
+  });
+  return static_cast<double>(kWorkingSet) / s / 1e9;
+}
+
+// A random quantized W [out, in]: random codes, float16 scales, integer zero
+// points, groups of group_size (shuffled g_idx with act_order).
+qk::PackedMatrix random_matrix(int bits, int64_t out, int64_t in, int64_t group_size,
+                               bool act_order, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int64_t words = qk::words_for(in, bits), groups = (in + group_size - 1) / group_size;
+  std::vector<uint32_t> codes(static_cast<size_t>(words * out));
+  for (auto& w : codes) w = rng();
+  std::vector<float> scales(static_cast<size_t>(groups * out)), zeros(scales.size());
+  std::uniform_int_distribution<int> z(0, (1 << bits) - 1);
+  for (size_t k = 0; k < scales.size(); ++k) {
+    scales[k] = std::ldexp(static_cast<float>(1024 + rng() % 1024), -17);  // float16 values
+    zeros[k] = static_cast<float>(z(rng));
+  }
+  std::vector<int32_t> g_idx(static_cast<size_t>(in));
+  for (int64_t i = 0; i < in; ++i) g_idx[i] = static_cast<int32_t>(i / group_size);
+  if (act_order) std::shuffle(g_idx.begin(), g_idx.end(), rng);
+  qk::QuantizedWeight d;
+  d.bits = bits;
+  d.in_features = in;
+  d.out_features = out;
+  d.codes = codes.data();
+  d.code_word_stride = out;  // AutoGPTQ's [words, out]
+  d.code_out_stride = 1;
+  d.groups = groups;
+  d.g_idx = g_idx.data();
+  d.scales = scales.data();
+  d.scale_group_stride = out;
+  d.scale_out_stride = 1;
+  d.zeros = zeros.data();
+  d.zero_group_stride = out;
+  d.zero_out_stride = 1;
+  return qk::aten::pack(d);
+}
+
+size_t copies_for(size_t bytes) {
+  return std::max<size_t>(1, (kWorkingSet + bytes - 1) / bytes);
+}
+
+struct Fp32 {
+  double mm = 0, mv = 0;
+  double best() const { return std::min(mm, mv); }
+};
+
+// LibTorch float32: at::mm(x [rows, in], Wᵀ) and, for one row, at::mv(W, x).
+Fp32 time_fp32(int64_t out, int64_t in, int64_t rows, int reps) {
+  const size_t copies = copies_for(static_cast<size_t>(out * in * 4));
+  std::vector<at::Tensor> w;
+  for (size_t k = 0; k < copies; ++k) w.push_back(at::randn({out, in}) * 0.02);
+  const at::Tensor x = at::randn({rows, in});
+  at::Tensor y = at::empty({rows, out});
+  Fp32 r;
+  r.mm = time_median(reps, 3, [&](int k) { at::mm_out(y, x, w[k % copies].t()); });
+  if (rows == 1) {
+    const at::Tensor xv = x.view({in});
+    at::Tensor yv = y.view({out});
+    r.mv = time_median(reps, 3, [&](int k) { at::mv_out(yv, w[k % copies], xv); });
+  } else {
+    r.mv = r.mm;
+  }
+  return r;
+}
+
+double time_kernel(const std::vector<qk::PackedMatrix>& m, int64_t rows, int reps, bool gemv) {
+  const int64_t in = m[0].in_features(), out = m[0].out_features();
+  const at::Tensor x = at::randn({rows, in});
+  at::Tensor y = at::empty({rows, out});
+  return time_median(reps, 3, [&](int k) {
+    const qk::PackedMatrix& w = m[static_cast<size_t>(k) % m.size()];
+    if (gemv)
+      qk::aten::gemv(w, x, y, at::Tensor());
+    else
+      qk::aten::gemm_dequantized(w, x, y, at::Tensor());
+  });
+}
+
+std::vector<qk::PackedMatrix> copies_of(qk::PackedMatrix m) {
+  const size_t n = copies_for(m.packed_bytes());
+  std::vector<qk::PackedMatrix> v(n, m);
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {  // libgomp reads it when loaded
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    execv("/proc/self/exe", argv);  // returns only on failure: carry on
+  }
+  Options o;
+  for (int k = 1; k < argc; ++k) {
+    const std::string a = argv[k];
+    auto next = [&]() -> std::string {
+      if (k + 1 >= argc) {
+        fmt::print(stderr, "{} needs a value\n", a);
+        std::exit(2);
+      }
+      return argv[++k];
+    };
+    if (a == "--reps") {
+      o.reps = std::max(3, std::atoi(next().c_str()));
+    } else if (a == "--threads") {
+      o.threads = std::atoi(next().c_str());
+    } else if (a == "--isa") {
+      o.isa = next();
+    } else if (a == "--no-batches") {
+      o.batches = false;
+    } else {
+      fmt::print(stderr,
+                 "usage: qforge_bench_gemv [--reps N] [--threads N] "
+                 "[--isa portable|avx2|avx512] [--no-batches]\n");
+      return 2;
+    }
+  }
+  at::set_num_threads(o.threads > 0 ? o.threads
+                                    : static_cast<int>(std::thread::hardware_concurrency()));
+  if (!o.isa.empty()) {
+    bool found = false;
+    for (qk::Isa isa : qk::supported_isas())
+      if (o.isa == qk::isa_name(isa)) {
+        qk::set_isa(isa);
+        found = true;
+      }
+    if (!found) {
+      fmt::print(stderr, "instruction set '{}' is not supported here\n", o.isa);
+      return 2;
+    }
+  }
+  std::string isas;
+  for (qk::Isa isa : qk::supported_isas()) isas += std::string(isas.empty() ? "" : ", ") + qk::isa_name(isa);
+  const char* wait = std::getenv("OMP_WAIT_POLICY");
+  fmt::print("qforge_bench_gemv: kernels {} (supported: {}), {} threads (at::parallel_for over "
+             "output tiles), OMP_WAIT_POLICY={}, median of {} calls\n",
+             qk::isa_name(qk::active_isa()), isas, at::get_num_threads(), wait ? wait : "unset",
+             o.reps);
+
+  const double copy_1t = memcpy_bandwidth(7, false);
+  const double copy_nt = memcpy_bandwidth(7, true);
+  const double read_nt = read_bandwidth(7);
+  const double copy_bw = std::max(copy_1t, copy_nt);
+  fmt::print("memcpy 256 MiB: {:.2f} GB/s copied with 1 thread, {:.2f} GB/s with {}; reference "
+             "= {:.2f} GB/s (read+write traffic {:.2f} GB/s); read-only stream {:.2f} GB/s\n\n",
+             copy_1t, copy_nt, at::get_num_threads(), copy_bw, 2 * copy_bw, read_nt);
+
+  struct Config {
+    int bits;
+    int64_t group;
+    bool act_order;
+  };
+  const std::vector<Config> configs = {
+      {4, 128, false}, {4, 128, true}, {3, 128, false}, {2, 128, false}, {8, 128, false}};
+  fmt::print("batch 1, y = x Wᵀ, W [out x in]; qforge = packed kernel incl. staging x; "
+             "fp32 = faster of LibTorch at::mm / at::mv;\nGB/s = packed bytes (codes + scales + "
+             "zero points as the kernel stores them) per second; % of the memcpy reference and "
+             "of the read-only stream\n");
+  fmt::print("{:<13} {:<16} {:>9} {:>10} {:>10} {:>8} {:>8} {:>9} {:>7}\n", "W", "format", "MB",
+             "qforge ms", "fp32 ms", "speedup", "GB/s", "% memcpy", "% read");
+  for (const auto& shape : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {11008, 4096}}) {
+    const int64_t out = shape.first, in = shape.second;
+    const Fp32 fp = time_fp32(out, in, 1, o.reps);
+    for (const Config& c : configs) {
+      const auto m = copies_of(random_matrix(c.bits, out, in, c.group, c.act_order, 7));
+      const double t = time_kernel(m, 1, o.reps, true);
+      const double mb = static_cast<double>(m[0].packed_bytes()) / 1e6;
+      const double gbs = mb / 1e3 / t;
+      fmt::print("{:<13} {:<16} {:>9.2f} {:>10.3f} {:>10.3f} {:>7.2f}x {:>8.2f} {:>8.0f}% {:>6.0f}%\n",
+                 fmt::format("{}x{}", out, in),
+                 fmt::format("{}-bit g{}{}", c.bits, c.group, c.act_order ? " act" : ""), mb,
+                 t * 1e3, fp.best() * 1e3, fp.best() / t, gbs, 100 * gbs / copy_bw,
+                 100 * gbs / read_nt);
+    }
+    fmt::print("{:<13} {:<16} {:>9.2f} {:>10} {:>10.3f}   (at::mm {:.3f} ms, at::mv {:.3f} ms)\n",
+               fmt::format("{}x{}", out, in), "fp32", out * in * 4 / 1e6, "", fp.best() * 1e3,
+               fp.mm * 1e3, fp.mv * 1e3);
+  }
+
+  if (o.batches) {
+    fmt::print("\nbatches, 4096x4096 4-bit g128: ms per call (forward uses the kernel up "
+               "to {} rows, dequantize + GEMM above; fp32 mm = LibTorch on a float32 W)\n",
+               qk::aten::kGemvMaxRows);
+    fmt::print("{:>5} {:>10} {:>14} {:>10}\n", "rows", "kernel", "dequant+GEMM", "fp32 mm");
+    const auto m = copies_of(random_matrix(4, 4096, 4096, 128, false, 9));
+    for (int64_t rows : {1, 2, 4, 8, 9, 16, 32, 64, 128, 256, 512}) {
+      const int reps = rows <= 16 ? o.reps : std::max(3, o.reps / 4);
+      const double tk = time_kernel(m, rows, reps, true);
+      const double tg = time_kernel(m, rows, reps, false);
+      const Fp32 fp = time_fp32(4096, 4096, rows, reps);
+      fmt::print("{:>5} {:>10.3f} {:>14.3f} {:>10.3f}\n", rows, tk * 1e3, tg * 1e3, fp.mm * 1e3);
+    }
+  }
+  return 0;
+}
