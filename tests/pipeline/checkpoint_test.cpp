@@ -148,8 +148,9 @@ TEST(GptqCheckpoint, WritesTheAutoGptqLayoutAndReadsBackLikeTheDequantizedModel)
   for (const auto& name : theirs.names()) {
     EXPECT_EQ(ours.info(name).shape, theirs.info(name).shape) << name;
     if (name.find(".q") != std::string::npos || name.find(".g_idx") != std::string::npos ||
-        name.find(".scales") != std::string::npos)
+        name.find(".scales") != std::string::npos) {
       EXPECT_EQ(ours.info(name).dtype, theirs.info(name).dtype) << name;
+    }
   }
 
   // An AutoGPTQ-style unpacker reads the dequantized weights the plugin made.
