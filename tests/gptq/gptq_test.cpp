@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "../model/test_data.hpp"
+#include "../support/plugins.hpp"
 
 namespace {
 
@@ -44,16 +45,7 @@ using qh::PluginError;
 using qh::QuantResult;
 using Settings = std::map<std::string, std::string>;
 
-qh::Registry& registry() {
-  static qh::Registry* r = [] {
-    auto* reg = new qh::Registry();
-    reg->use_default_directories(false);
-    reg->add_directory(std::string(QFORGE_TEST_BUILD_DIR) + "/lib/qforge/plugins");
-    reg->load();
-    return reg;
-  }();
-  return *r;
-}
+qh::Registry& registry() { return qforge::test::plugin_registry(); }
 
 std::string refusals() {
   std::string text;

@@ -11,6 +11,8 @@
 #include <qforge_host/registry.hpp>
 #include <qforge_kernels/torch_matmul.hpp>
 
+#include "../support/plugins.hpp"
+
 #include <cmath>
 #include <map>
 #include <random>
@@ -22,16 +24,7 @@ namespace {
 namespace qh = qforge::host;
 using Settings = std::map<std::string, std::string>;
 
-qh::Registry& registry() {
-  static qh::Registry* r = [] {
-    auto* reg = new qh::Registry();
-    reg->use_default_directories(false);
-    reg->add_directory(std::string(QFORGE_TEST_BUILD_DIR) + "/lib/qforge/plugins");
-    reg->load();
-    return reg;
-  }();
-  return *r;
-}
+qh::Registry& registry() { return qforge::test::plugin_registry(); }
 
 at::Tensor gaussian(std::vector<int64_t> shape, uint32_t seed) {
   std::mt19937 rng(seed);

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "../model/test_data.hpp"
+#include "../support/plugins.hpp"
 #include "qforge_host/checkpoint.hpp"
 #include "qforge_host/errors.hpp"
 #include "qforge_host/eval.hpp"
@@ -27,29 +28,13 @@ using nlohmann::json;
 namespace {
 
 std::string temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() /
-               ("qforge_checkpoint_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(p);
-  return p.string();
+  return qforge::test::temp_path("qforge_checkpoint", name);
 }
 
-qh::Registry& registry() {
-  static qh::Registry* r = [] {
-    auto* reg = new qh::Registry();
-    reg->use_default_directories(false);
-    reg->add_directory(std::string(QFORGE_TEST_BUILD_DIR) + "/lib/qforge/plugins");
-    reg->load();
-    return reg;
-  }();
-  return *r;
-}
+qh::Registry& registry() { return qforge::test::plugin_registry(); }
 
-std::string read(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using qforge::test::read_bytes;
+std::string read(const fs::path& p) { return read_bytes(p); }
 
 void write(const fs::path& p, const std::string& text) {
   std::ofstream out(p, std::ios::binary);

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "../model/test_data.hpp"
+#include "../support/plugins.hpp"
 #include "qforge_host/model.hpp"
 #include "qforge_host/pipeline.hpp"
 #include "qforge_host/safetensors.hpp"
@@ -19,21 +20,10 @@ namespace qh = qforge::host;
 namespace {
 
 std::string temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("qforge_pipeline_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(p);
-  return p.string();
+  return qforge::test::temp_path("qforge_pipeline", name);
 }
 
-qh::Registry& registry() {
-  static qh::Registry* r = [] {
-    auto* reg = new qh::Registry();
-    reg->use_default_directories(false);
-    reg->add_directory(std::string(QFORGE_TEST_BUILD_DIR) + "/lib/qforge/plugins");
-    reg->load();
-    return reg;
-  }();
-  return *r;
-}
+qh::Registry& registry() { return qforge::test::plugin_registry(); }
 
 qh::QuantizeOptions rtn_options(const std::string& shared, const std::string& out) {
   qh::QuantizeOptions o;
@@ -56,12 +46,7 @@ at::Tensor last_block_output(const std::string& dir, const at::Tensor& ids) {
   return h;
 }
 
-std::string bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string bytes(const fs::path& p) { return qforge::test::read_bytes(p); }
 
 }  // namespace
 
