@@ -105,7 +105,8 @@ ordered_json gptq_quantization_config(
   auto one = [](const auto& set, const char* what) {
     if (set.size() != 1)
       throw UsageError(fmt::format("--save-format gptq: the layers differ in {} ({}); a GPTQ "
-                                   "checkpoint holds one setting for the whole model",
+                                   "checkpoint holds one setting for the whole model (drop the "
+                                   "--override, or use --save-format dequantized)",
                                    what, fmt::join(set, ", ")));
     return *set.begin();
   };
@@ -183,8 +184,15 @@ void CheckpointWriter::check_plan(const std::vector<std::string>& formats,
 }
 
 void CheckpointWriter::write_block(size_t i, const Block& b,
-                                   const std::map<std::string, const QuantResult*>& results) const {
+                                   const std::map<std::string, const QuantResult*>& results) {
   const std::string p = fmt::format("model.layers.{}.", i);
+  if (format_ == SaveFormat::gptq) {
+    // Refuse mixed settings at the first block that brings one, not at the end.
+    for (const Linear* l : b.linears())
+      if (auto r = results.find(l->name); r != results.end())
+        seen_.emplace_back(r->second->format, r->second->metadata);
+    gptq_quantization_config(seen_);
+  }
   std::vector<std::pair<std::string, at::Tensor>> w;
   auto add_float = [&](const std::string& name, const at::Tensor& t) {
     w.emplace_back(name, to_half(name, t));

@@ -198,6 +198,20 @@ TEST(GptqCheckpoint, RefusesPlansItCannotHoldBeforeWriting) {
     }
     EXPECT_FALSE(fs::exists(o.out_dir));
   }
+  {
+    // Mixed bits cannot be one quantization_config: refused at the first
+    // block, before its shard is written.
+    auto o = gptq_options(shared, temp_dir("mixed"));
+    o.overrides = {{"*down_proj", {{"bits", "8"}}}};
+    try {
+      qh::quantize_model(registry(), o);
+      ADD_FAILURE() << "a GPTQ checkpoint with mixed bits was accepted";
+    } catch (const qh::UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find("differ in bits (4, 8)"), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(fs::path(o.out_dir) / "model-block-00000.safetensors"));
+    fs::remove_all(o.out_dir);
+  }
 }
 
 // A copy of a fixture checkpoint with its config edited (and optionally its

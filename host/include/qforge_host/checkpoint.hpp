@@ -59,9 +59,10 @@ class CheckpointWriter {
                   const std::vector<std::string>& selected) const;
 
   // Shard of block `i`: its norms, and each linear as its current weight
-  // (dequantized) or as the packed tensors of its result (gptq).
+  // (dequantized) or as the packed tensors of its result (gptq; refused as
+  // soon as a layer's setting differs from the layers written before).
   void write_block(size_t i, const Block& block,
-                   const std::map<std::string, const QuantResult*>& results) const;
+                   const std::map<std::string, const QuantResult*>& results);
 
   // Side files, config.json (+ quantize_config.json), the non-block tensors,
   // and last the index. `layer_formats_metadata`: (packed format, metadata)
@@ -76,6 +77,7 @@ class CheckpointWriter {
   std::filesystem::path out_;
   const TensorStore& store_;
   int64_t num_layers_;
+  std::vector<std::pair<std::string, std::string>> seen_;  // gptq: layers written
 };
 
 // For a model directory whose config.json has a quantization_config: a loader
