@@ -189,12 +189,26 @@ at::Tensor Model::embed(const at::Tensor& ids) const {
   return at::embedding(embed_tokens_, ids);
 }
 
+namespace {
+struct StopForward {};  // a LinearTap asked to stop; never leaves block_forward
+}  // namespace
+
 at::Tensor Model::block_forward(size_t layer, const at::Tensor& h, int64_t start,
                                 KVCache* cache, const LinearTap* tap) const {
   auto run = [tap](const Linear& l, const at::Tensor& x) {
-    if (tap != nullptr) (*tap)(l, x);
+    if (tap != nullptr && !(*tap)(l, x)) throw StopForward{};
     return l.forward(x);
   };
+  try {
+    return block_forward_impl(layer, h, start, cache, run);
+  } catch (const StopForward&) {
+    return at::Tensor();
+  }
+}
+
+template <class Run>
+at::Tensor Model::block_forward_impl(size_t layer, const at::Tensor& h, int64_t start,
+                                     KVCache* cache, const Run& run) const {
   const ModelConfig& c = config_;
   const Block& b = blocks_.at(layer);
   if (!b.input_norm.defined())

@@ -288,13 +288,18 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
       for (int64_t s = 0; s < n; s += o.chunk) {
         int64_t m = std::min(o.chunk, n - s);
         at::Tensor captured, captured_fp;
+        // Stops the pass at the probe: the rest of the block is not needed.
         LinearTap tap = [&](const Linear& l, const at::Tensor& in) {
-          if (l.name == probe) captured = in;
+          if (l.name != probe) return true;
+          captured = in;
+          return false;
         };
         model.block_forward(i, x.narrow(0, s, m).to(at::kFloat), 0, nullptr, &tap);
         if (o.qep) {
           LinearTap tap_fp = [&](const Linear& l, const at::Tensor& in) {
-            if (l.name == probe) captured_fp = in;
+            if (l.name != probe) return true;
+            captured_fp = in;
+            return false;
           };
           std::swap(model.blocks()[i], original);
           model.block_forward(i, x_fp.narrow(0, s, m).to(at::kFloat), 0, nullptr, &tap_fp);

@@ -245,6 +245,7 @@ const std::vector<RealLayer>& real_layers(const std::string& shared) {
     std::map<std::string, at::Tensor> inputs;
     qh::LinearTap tap = [&](const qh::Linear& l, const at::Tensor& x) {
       inputs[l.name] = x.reshape({-1, x.size(-1)}).to(at::kDouble);
+      return true;
     };
     at::Tensor h = model.embed(ids);
     for (size_t b = 0; b < model.blocks().size(); ++b) {

@@ -43,8 +43,11 @@ struct KVCache {
   int64_t capacity = 0;
 };
 
-// Called with each linear layer's input during a forward pass (calibration).
-using LinearTap = std::function<void(const Linear&, const at::Tensor& input)>;
+// Called with each linear layer's input during a block's forward pass
+// (calibration), before the layer runs. Returning false stops the pass there:
+// block_forward then returns an undefined tensor (the pipeline stops once it
+// has the input it needs, rather than running the rest of the block).
+using LinearTap = std::function<bool(const Linear&, const at::Tensor& input)>;
 
 // Reads a linear layer the model cannot read itself (e.g. packed tensors of a
 // quantized checkpoint): given the store, the layer's name and its [out, in]
@@ -95,6 +98,9 @@ class Model {
 
  private:
   at::Tensor rope_inv_freq() const;
+  template <class Run>  // Run(const Linear&, x) -> y: each linear layer's call
+  at::Tensor block_forward_impl(size_t layer, const at::Tensor& h, int64_t start, KVCache* cache,
+                                const Run& run) const;
   ModelConfig config_;
   at::ScalarType dtype_;
   at::Tensor embed_tokens_, final_norm_;
