@@ -106,7 +106,7 @@
 // The inference layer repacks the tensors once into a kernels/ PackedMatrix
 // (B bits per weight, the inputs reordered so that each group's columns are
 // contiguous, whatever g_idx is; float16 scales and uint8 zero points when
-// they fit) and runs it through qforge_kernels/torch_matmul.hpp, shared with
+// they fit) and runs it through qforge_kernels/torch_layer.hpp, shared with
 // the RTN layer: up to kGemvMaxRows rows of x the packed SIMD kernels
 // (AVX-512 / AVX2 / portable, picked at run time) compute y directly from the
 // codes; larger batches and backward_input dequantize W block by block into
@@ -116,7 +116,7 @@
 #include <qforge/cpp/torch.hpp>
 #include <qforge_kernels/bitpack.hpp>
 #include <qforge_kernels/packed_matrix.hpp>
-#include <qforge_kernels/torch_matmul.hpp>
+#include <qforge_kernels/torch_layer.hpp>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -146,24 +146,9 @@ namespace {
 constexpr const char* kFormat = "org.qforge.gptq/1";
 constexpr int64_t kMaxDim = std::numeric_limits<int32_t>::max();
 
-[[noreturn]] void invalid(const std::string& message) {
-  throw qforge::Error(QFORGE_STATUS_INVALID_ARGUMENT, message);
-}
-
-std::string shape_str(at::IntArrayRef s) {
-  std::string text = "[";
-  for (size_t k = 0; k < s.size(); ++k) text += (k ? ", " : "") + std::to_string(s[k]);
-  return text + "]";
-}
-
-// The ABI fixes float32 for every tensor these components take; another
-// device is a valid request this CPU-only plugin can't serve.
-void require_float_cpu(const at::Tensor& t, const std::string& what) {
-  if (!t.device().is_cpu())
-    throw qforge::Error(QFORGE_STATUS_UNSUPPORTED, what + " must be on the CPU");
-  if (t.scalar_type() != at::kFloat)
-    invalid(what + " must be float32, got " + at::toString(t.scalar_type()));
-}
+using qforge::kernels::aten::invalid;
+using qforge::kernels::aten::require_float_cpu;
+using qforge::kernels::aten::shape_str;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -655,7 +640,7 @@ int64_t meta_int(const nlohmann::json& m, const char* key, int64_t lo, int64_t h
   return v;
 }
 
-class GptqLayer {
+class GptqLayer : public qforge::kernels::aten::MatrixLayer {
  public:
   static const char* const* formats() {
     static const char* const list[] = {kFormat, nullptr};
@@ -728,33 +713,6 @@ class GptqLayer {
     }
   }
 
-  int64_t out_features() const { return out_; }
-  int64_t in_features() const { return in_; }
-
-  // y = x Wᵀ + bias
-  void forward(const DLTensor& xd, const DLTensor& yd) const {
-    const at::Tensor x = qforge::borrow(xd);
-    const at::Tensor y = qforge::borrow(yd);
-    check_pair("forward", x, "x", in_, y, "y", out_);
-    qforge::kernels::aten::linear_forward(matrix_, x, y, bias_);
-  }
-
-  // grad_x = grad_y W
-  void backward_input(const DLTensor& gyd, const DLTensor& gxd) const {
-    const at::Tensor gy = qforge::borrow(gyd);
-    const at::Tensor gx = qforge::borrow(gxd);
-    check_pair("backward_input", gy, "grad_y", out_, gx, "grad_x", in_);
-    qforge::kernels::aten::linear_backward_input(matrix_, gy, gx);
-  }
-
-  void dequantize(const DLTensor& wd) const {
-    const at::Tensor w = qforge::borrow(wd);
-    require_float_cpu(w, "dequantize: weight");
-    if (w.dim() != 2 || w.size(0) != out_ || w.size(1) != in_)
-      invalid("dequantize: weight must be [" + std::to_string(out_) + ", " +
-              std::to_string(in_) + "], got " + shape_str(w.sizes()));
-    qforge::kernels::aten::dequantize_into(matrix_, w);
-  }
 
  private:
   void read_metadata(const std::string& metadata) {
@@ -828,22 +786,9 @@ class GptqLayer {
     return zeros;
   }
 
-  void check_pair(const char* fn, const at::Tensor& a, const char* an, int64_t a_last,
-                  const at::Tensor& b, const char* bn, int64_t b_last) const {
-    require_float_cpu(a, std::string(fn) + ": " + an);
-    require_float_cpu(b, std::string(fn) + ": " + bn);
-    bool ok = a.dim() >= 1 && b.dim() == a.dim() && a.size(-1) == a_last && b.size(-1) == b_last;
-    for (int64_t k = 0; ok && k + 1 < a.dim(); ++k) ok = a.size(k) == b.size(k);
-    if (!ok)
-      invalid(std::string(fn) + ": expected " + an + " [..., " + std::to_string(a_last) +
-              "] and " + bn + " [..., " + std::to_string(b_last) + "] with the same leading " +
-              "dimensions, got " + shape_str(a.sizes()) + " and " + shape_str(b.sizes()));
-  }
 
   int bits_ = 0;
-  int64_t group_size_ = 0, groups_ = 0, in_ = 0, out_ = 0, words_ = 0;
-  qforge::kernels::PackedMatrix matrix_;
-  at::Tensor bias_;  // float32 [out] or undefined
+  int64_t group_size_ = 0, groups_ = 0, words_ = 0;
 };
 
 // ---------------------------------------------------------------------------
