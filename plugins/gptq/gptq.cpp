@@ -625,19 +625,8 @@ struct GptqQuantizer {
 // Inference layer
 // ---------------------------------------------------------------------------
 
-// Reads an integer field of the (untrusted) metadata object.
 int64_t meta_int(const nlohmann::json& m, const char* key, int64_t lo, int64_t hi) {
-  const auto it = m.find(key);
-  if (it == m.end()) invalid(std::string(kFormat) + " metadata lacks \"" + key + "\"");
-  if (!it->is_number_integer())
-    invalid(std::string(kFormat) + " metadata \"" + key + "\" must be an integer");
-  const bool too_big = it->is_number_unsigned() &&
-                       it->get<uint64_t>() > static_cast<uint64_t>(hi);
-  const int64_t v = too_big ? hi + 1 : it->get<int64_t>();
-  if (v < lo || v > hi)
-    invalid(std::string(kFormat) + " metadata \"" + key + "\" must be in [" +
-            std::to_string(lo) + ", " + std::to_string(hi) + "], got " + it->dump());
-  return v;
+  return qforge::kernels::aten::meta_int(m, kFormat, key, lo, hi);
 }
 
 class GptqLayer : public qforge::kernels::aten::MatrixLayer {
@@ -654,27 +643,18 @@ class GptqLayer : public qforge::kernels::aten::MatrixLayer {
                           "org.qforge.gptq.layer does not consume format '" + format + "'");
     read_metadata(metadata);
 
-    std::map<std::string, const DLTensor*> by_name;
-    for (const qforge_named_tensor* nt : tensors) {
-      if (nt == nullptr || nt->name == nullptr || nt->tensor == nullptr)
-        invalid(std::string(kFormat) + ": a tensor without name or data");
-      const std::string name = nt->name;
-      if (name != "qweight" && name != "qzeros" && name != "scales" && name != "g_idx" &&
-          name != "bias")
-        invalid(std::string(kFormat) + ": unexpected tensor '" + name + "'");
-      if (!by_name.emplace(name, nt->tensor).second)
-        invalid(std::string(kFormat) + ": tensor '" + name + "' given twice");
-    }
+    const qforge::kernels::aten::PackedTensors packed(kFormat, tensors,
+                                                      {"qweight", "qzeros", "scales", "g_idx", "bias"});
     const int64_t zero_words = qforge::kernels::words_for(out_, bits_);
     const at::Tensor qweight =
-        take(by_name, "qweight", {DLDataType{kDLInt, 32, 1}}, {words_, out_}, true);
+        packed.take("qweight", {DLDataType{kDLInt, 32, 1}}, {words_, out_}, true);
     const at::Tensor qzeros =
-        take(by_name, "qzeros", {DLDataType{kDLInt, 32, 1}}, {groups_, zero_words}, true);
+        packed.take("qzeros", {DLDataType{kDLInt, 32, 1}}, {groups_, zero_words}, true);
     const at::Tensor scales =
-        take(by_name, "scales", {DLDataType{kDLFloat, 16, 1}}, {groups_, out_}, true);
+        packed.take("scales", {DLDataType{kDLFloat, 16, 1}}, {groups_, out_}, true);
     const at::Tensor g_idx =
-        take(by_name, "g_idx", {DLDataType{kDLInt, 32, 1}}, {in_}, true);
-    const at::Tensor bias = take(by_name, "bias",
+        packed.take("g_idx", {DLDataType{kDLInt, 32, 1}}, {in_}, true);
+    const at::Tensor bias = packed.take("bias",
                                  {DLDataType{kDLFloat, 32, 1}, DLDataType{kDLFloat, 16, 1},
                                   DLDataType{kDLBfloat, 16, 1}},
                                  {out_}, false);
@@ -737,40 +717,6 @@ class GptqLayer : public qforge::kernels::aten::MatrixLayer {
       invalid(std::string(kFormat) + " metadata \"checkpoint_format\" must be \"gptq\" (v1)");
     groups_ = ceil_div(in_, group_size_);
     words_ = qforge::kernels::words_for(in_, bits_);
-  }
-
-  // Validates tensor `name` (one of `dtypes`) against the metadata; a
-  // contiguous view (or copy), valid while the constructor's arguments are.
-  static at::Tensor take(const std::map<std::string, const DLTensor*>& by_name,
-                         const std::string& name, const std::vector<DLDataType>& dtypes,
-                         std::vector<int64_t> shape, bool required) {
-    const auto it = by_name.find(name);
-    if (it == by_name.end()) {
-      if (required) invalid(std::string(kFormat) + ": tensor '" + name + "' is missing");
-      return at::Tensor();
-    }
-    const DLTensor& t = *it->second;
-    const std::string what = std::string(kFormat) + " tensor '" + name + "'";
-    if (t.device.device_type != kDLCPU)
-      throw qforge::Error(QFORGE_STATUS_UNSUPPORTED, what + " must be on the CPU");
-    bool dtype_ok = false;
-    for (const DLDataType& d : dtypes)
-      dtype_ok = dtype_ok ||
-                 (t.dtype.code == d.code && t.dtype.bits == d.bits && t.dtype.lanes == d.lanes);
-    if (!dtype_ok)
-      invalid(what + " has the wrong dtype (DLPack code " + std::to_string(t.dtype.code) +
-              ", bits " + std::to_string(t.dtype.bits) + ", lanes " +
-              std::to_string(t.dtype.lanes) + ")");
-    bool same = t.ndim == static_cast<int32_t>(shape.size()) && t.shape != nullptr;
-    for (size_t k = 0; same && k < shape.size(); ++k) same = t.shape[k] == shape[k];
-    if (!same) {
-      std::vector<int64_t> got;
-      if (t.shape != nullptr && t.ndim >= 0 && t.ndim <= 16) got.assign(t.shape, t.shape + t.ndim);
-      invalid(what + " must have shape " + shape_str(shape) + " for the metadata, got " +
-              (t.shape != nullptr ? shape_str(got) : std::string("no shape")));
-    }
-    if (t.data == nullptr) invalid(what + " has no data");
-    return qforge::borrow(t).contiguous();
   }
 
   // qzeros [groups, words(out)] -> zero points (stored value + 1), float32 [groups, out].

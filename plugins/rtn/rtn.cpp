@@ -214,19 +214,8 @@ struct RtnQuantizer {
 // Inference layer
 // ---------------------------------------------------------------------------
 
-// Reads an integer field of the (untrusted) metadata object.
 int64_t meta_int(const nlohmann::json& m, const char* key, int64_t lo, int64_t hi) {
-  const auto it = m.find(key);
-  if (it == m.end()) invalid(std::string(kFormat) + " metadata lacks \"" + key + "\"");
-  if (!it->is_number_integer())
-    invalid(std::string(kFormat) + " metadata \"" + key + "\" must be an integer");
-  const bool too_big = it->is_number_unsigned() &&
-                       it->get<uint64_t>() > static_cast<uint64_t>(hi);
-  const int64_t v = too_big ? hi + 1 : it->get<int64_t>();
-  if (v < lo || v > hi)
-    invalid(std::string(kFormat) + " metadata \"" + key + "\" must be in [" +
-            std::to_string(lo) + ", " + std::to_string(hi) + "], got " + it->dump());
-  return v;
+  return qforge::kernels::aten::meta_int(m, kFormat, key, lo, hi);
 }
 
 class RtnLayer : public qforge::kernels::aten::MatrixLayer {
@@ -258,23 +247,15 @@ class RtnLayer : public qforge::kernels::aten::MatrixLayer {
     groups_ = ceil_div(in_, group_size_);
     words_ = qforge::kernels::words_for(in_, bits_);
 
-    std::map<std::string, const DLTensor*> by_name;
-    for (const qforge_named_tensor* nt : tensors) {
-      if (nt == nullptr || nt->name == nullptr || nt->tensor == nullptr)
-        invalid(std::string(kFormat) + ": a tensor without name or data");
-      const std::string name = nt->name;
-      if (name != "qweight" && name != "scales" && name != "zeros" && name != "bias")
-        invalid(std::string(kFormat) + ": unexpected tensor '" + name + "'");
-      if (!by_name.emplace(name, nt->tensor).second)
-        invalid(std::string(kFormat) + ": tensor '" + name + "' given twice");
-    }
+    const qforge::kernels::aten::PackedTensors packed(kFormat, tensors,
+                                                      {"qweight", "scales", "zeros", "bias"});
     const at::Tensor qweight =
-        take(by_name, "qweight", DLDataType{kDLInt, 32, 1}, {out_, words_}, true);
+        packed.take("qweight", {DLDataType{kDLInt, 32, 1}}, {out_, words_}, true);
     const at::Tensor scales =
-        take(by_name, "scales", DLDataType{kDLFloat, 32, 1}, {out_, groups_}, true);
+        packed.take("scales", {DLDataType{kDLFloat, 32, 1}}, {out_, groups_}, true);
     const at::Tensor zeros =
-        take(by_name, "zeros", DLDataType{kDLUInt, 8, 1}, {out_, groups_}, true);
-    const at::Tensor bias = take(by_name, "bias", DLDataType{kDLFloat, 32, 1}, {out_}, false);
+        packed.take("zeros", {DLDataType{kDLUInt, 8, 1}}, {out_, groups_}, true);
+    const at::Tensor bias = packed.take("bias", {DLDataType{kDLFloat, 32, 1}}, {out_}, false);
     const int64_t maxq = (int64_t{1} << bits_) - 1;
     if (zeros.gt(maxq).any().item<bool>())
       invalid(std::string(kFormat) + ": zeros exceed 2^bits - 1 = " + std::to_string(maxq));
@@ -306,36 +287,6 @@ class RtnLayer : public qforge::kernels::aten::MatrixLayer {
 
 
  private:
-  // Validates tensor `name` against the metadata; a contiguous view (or
-  // copy), valid while the constructor's arguments are.
-  static at::Tensor take(const std::map<std::string, const DLTensor*>& by_name,
-                         const std::string& name, DLDataType dtype,
-                         std::vector<int64_t> shape, bool required) {
-    const auto it = by_name.find(name);
-    if (it == by_name.end()) {
-      if (required) invalid(std::string(kFormat) + ": tensor '" + name + "' is missing");
-      return at::Tensor();
-    }
-    const DLTensor& t = *it->second;
-    const std::string what = std::string(kFormat) + " tensor '" + name + "'";
-    if (t.device.device_type != kDLCPU)
-      throw qforge::Error(QFORGE_STATUS_UNSUPPORTED, what + " must be on the CPU");
-    if (t.dtype.code != dtype.code || t.dtype.bits != dtype.bits || t.dtype.lanes != dtype.lanes)
-      invalid(what + " has the wrong dtype (DLPack code " + std::to_string(t.dtype.code) +
-              ", bits " + std::to_string(t.dtype.bits) + ", lanes " +
-              std::to_string(t.dtype.lanes) + ")");
-    bool same = t.ndim == static_cast<int32_t>(shape.size()) && t.shape != nullptr;
-    for (size_t k = 0; same && k < shape.size(); ++k) same = t.shape[k] == shape[k];
-    if (!same) {
-      std::vector<int64_t> got;
-      if (t.shape != nullptr && t.ndim >= 0 && t.ndim <= 16) got.assign(t.shape, t.shape + t.ndim);
-      invalid(what + " must have shape " + shape_str(shape) + " for the metadata, got " +
-              (t.shape != nullptr ? shape_str(got) : std::string("no shape")));
-    }
-    if (t.data == nullptr) invalid(what + " has no data");
-    return qforge::borrow(t).contiguous();
-  }
-
 
   int bits_ = 0;
   int64_t group_size_ = 0, groups_ = 0, words_ = 0;

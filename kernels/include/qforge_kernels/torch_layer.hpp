@@ -9,9 +9,13 @@
 #include <qforge_kernels/torch_matmul.hpp>
 
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <initializer_list>
+#include <map>
 #include <string>
+#include <vector>
 
 namespace qforge::kernels::aten {
 
@@ -33,6 +37,78 @@ inline void require_float_cpu(const at::Tensor& t, const std::string& what) {
   if (t.scalar_type() != at::kFloat)
     invalid(what + " must be float32, got " + at::toString(t.scalar_type()));
 }
+
+// Reads integer `key` of a format's (untrusted) metadata object, in [lo, hi].
+inline int64_t meta_int(const nlohmann::json& m, const std::string& format, const char* key,
+                        int64_t lo, int64_t hi) {
+  const auto it = m.find(key);
+  if (it == m.end()) invalid(format + " metadata lacks \"" + key + "\"");
+  if (!it->is_number_integer()) invalid(format + " metadata \"" + key + "\" must be an integer");
+  const bool too_big = it->is_number_unsigned() && it->get<uint64_t>() > static_cast<uint64_t>(hi);
+  const int64_t v = too_big ? hi + 1 : it->get<int64_t>();
+  if (v < lo || v > hi)
+    invalid(format + " metadata \"" + key + "\" must be in [" + std::to_string(lo) + ", " +
+            std::to_string(hi) + "], got " + it->dump());
+  return v;
+}
+
+// The (untrusted) named tensors handed to an inference layer's create: each
+// name at most once and one the format knows.
+class PackedTensors {
+ public:
+  PackedTensors(std::string format, const std::vector<const qforge_named_tensor*>& tensors,
+                std::initializer_list<const char*> known)
+      : format_(std::move(format)) {
+    for (const qforge_named_tensor* nt : tensors) {
+      if (nt == nullptr || nt->name == nullptr || nt->tensor == nullptr)
+        invalid(format_ + ": a tensor without name or data");
+      const std::string name = nt->name;
+      bool ok = false;
+      for (const char* k : known) ok = ok || name == k;
+      if (!ok) invalid(format_ + ": unexpected tensor '" + name + "'");
+      if (!by_name_.emplace(name, nt->tensor).second)
+        invalid(format_ + ": tensor '" + name + "' given twice");
+    }
+  }
+
+  // Tensor `name` on the CPU, of one of `dtypes` and exactly `shape`: a
+  // contiguous view (or copy) valid while create's arguments are; undefined
+  // when absent and not `required`.
+  at::Tensor take(const std::string& name, std::initializer_list<DLDataType> dtypes,
+                  const std::vector<int64_t>& shape, bool required) const {
+    const auto it = by_name_.find(name);
+    if (it == by_name_.end()) {
+      if (required) invalid(format_ + ": tensor '" + name + "' is missing");
+      return at::Tensor();
+    }
+    const DLTensor& t = *it->second;
+    const std::string what = format_ + " tensor '" + name + "'";
+    if (t.device.device_type != kDLCPU)
+      throw qforge::Error(QFORGE_STATUS_UNSUPPORTED, what + " must be on the CPU");
+    bool dtype_ok = false;
+    for (const DLDataType& d : dtypes)
+      dtype_ok = dtype_ok ||
+                 (t.dtype.code == d.code && t.dtype.bits == d.bits && t.dtype.lanes == d.lanes);
+    if (!dtype_ok)
+      invalid(what + " has the wrong dtype (DLPack code " + std::to_string(t.dtype.code) +
+              ", bits " + std::to_string(t.dtype.bits) + ", lanes " +
+              std::to_string(t.dtype.lanes) + ")");
+    bool same = t.ndim == static_cast<int32_t>(shape.size()) && t.shape != nullptr;
+    for (size_t k = 0; same && k < shape.size(); ++k) same = t.shape[k] == shape[k];
+    if (!same) {
+      std::vector<int64_t> got;
+      if (t.shape != nullptr && t.ndim >= 0 && t.ndim <= 16) got.assign(t.shape, t.shape + t.ndim);
+      invalid(what + " must have shape " + shape_str(shape) + " for the metadata, got " +
+              (t.shape != nullptr ? shape_str(got) : std::string("no shape")));
+    }
+    if (t.data == nullptr) invalid(what + " has no data");
+    return qforge::borrow(t).contiguous();
+  }
+
+ private:
+  std::string format_;
+  std::map<std::string, const DLTensor*> by_name_;
+};
 
 // y = x Wᵀ + bias with W held as a PackedMatrix. A subclass per packed format
 // reads its tensors and sets in_, out_, matrix_ and bias_ (float32 or undefined).
