@@ -65,14 +65,7 @@ QuantResult quantize(const Component& c, const at::Tensor& w, const at::Tensor& 
   return qh::quantize_layer(c, req, params);
 }
 
-at::Tensor gaussian(std::vector<int64_t> shape, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.f, 1.f);
-  at::Tensor t = at::empty(shape, at::kFloat);
-  float* p = t.data_ptr<float>();
-  for (int64_t k = 0; k < t.numel(); ++k) p[k] = dist(rng);
-  return t;
-}
+using qforge::test::gaussian;
 
 // H = 2/n XᵀX for correlated inputs with uneven scales (so act-order matters).
 at::Tensor synthetic_hessian(int64_t in, uint32_t seed, int64_t n = 0) {

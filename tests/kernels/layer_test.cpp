@@ -26,14 +26,7 @@ using Settings = std::map<std::string, std::string>;
 
 qh::Registry& registry() { return qforge::test::plugin_registry(); }
 
-at::Tensor gaussian(std::vector<int64_t> shape, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.f, 1.f);
-  at::Tensor t = at::empty(shape, at::kFloat);
-  float* p = t.data_ptr<float>();
-  for (int64_t k = 0; k < t.numel(); ++k) p[k] = dist(rng);
-  return t;
-}
+using qforge::test::gaussian;
 
 // A positive definite 2/n XᵀX with uneven column scales.
 at::Tensor hessian(int64_t in, uint32_t seed) {

@@ -5,10 +5,14 @@
 
 #include <unistd.h>
 
+#include <ATen/ATen.h>
+
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "qforge_host/registry.hpp"
 
@@ -38,6 +42,17 @@ inline std::string read_bytes(const std::filesystem::path& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+// A float32 tensor of N(0, 1) draws from a seeded std::mt19937 (the same
+// values on every platform LibTorch's generators may differ on).
+inline at::Tensor gaussian(std::vector<int64_t> shape, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.f, 1.f);
+  at::Tensor t = at::empty(shape, at::kFloat);
+  float* p = t.data_ptr<float>();
+  for (int64_t k = 0; k < t.numel(); ++k) p[k] = dist(rng);
+  return t;
 }
 
 }  // namespace qforge::test
