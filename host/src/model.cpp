@@ -46,9 +46,23 @@ void check_shape(const at::Tensor& t, at::IntArrayRef want, const std::string& n
 
 }  // namespace
 
+// A batch of sequences [B, T, in] is multiplied one sequence at a time: BLAS
+// GEMMs (OpenBLAS's AVX2 kernels, and its AVX-512 ones for some shapes) give
+// a row results that depend on how many rows are multiplied with it, so a
+// [5·T, in] product is not bit-identical to five [T, in] ones. Per sequence,
+// every product has the same shape whatever the batch, so the calibration
+// activations (and the Hessians and codes built from them) do not depend on
+// --chunk.
 at::Tensor Linear::forward(const at::Tensor& x) const {
   if (packed) return packed->forward(x).to(x.scalar_type());
-  return at::linear(x, weight, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
+  c10::optional<at::Tensor> b = bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt;
+  if (x.dim() != 3) return at::linear(x, weight, b);
+  at::Tensor y = at::empty({x.size(0), x.size(1), weight.size(0)}, x.options());
+  for (int64_t s = 0; s < x.size(0); ++s) {
+    at::Tensor ys = y[s];
+    at::linear_out(ys, x[s], weight, b);
+  }
+  return y;
 }
 
 std::vector<Linear*> Block::linears() {
