@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "qforge_host/registry.hpp"
+#include "qforge_host/plugins/registry.hpp"
 
 namespace qforge::cli {
 
@@ -28,7 +28,6 @@ void load_plugins(host::Registry& registry);
 // "float32" | "bfloat16" | "float16"; a UsageError names `option` otherwise.
 at::ScalarType parse_dtype(const std::string& s, const char* option);
 // A whole file; a UsageError when it cannot be opened.
-std::string read_file(const std::string& path);
 
 // Parses repeated `--set name=value` into a map; a repeated name is an error.
 std::map<std::string, std::string> parse_sets(const std::vector<std::string>& sets);

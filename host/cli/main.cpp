@@ -12,9 +12,9 @@
 #include <thread>
 
 #include "commands.hpp"
-#include "qforge_host/errors.hpp"
-#include "qforge_host/log.hpp"
-#include "qforge_host/services.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/base/log.hpp"
+#include "qforge_host/plugins/services.hpp"
 
 namespace po = boost::program_options;
 using namespace qforge;
@@ -131,6 +131,12 @@ int main(int argc, char** argv) {
   } catch (const po::error& e) {
     fmt::print(stderr, "qforge: {}\n", e.what());
     return host::kExitUsage;
+  } catch (const host::Cancelled& e) {
+    fmt::print(stderr, "qforge: stopped: {}\n", e.what());
+    return host::kExitCancelled;
+  } catch (const host::IoError& e) {
+    fmt::print(stderr, "qforge: {}\n", e.what());
+    return host::kExitInternal;
   } catch (const host::PluginError& e) {
     fmt::print(stderr, "qforge: {}\n", e.what());
     return e.code() == QFORGE_STATUS_INVALID_ARGUMENT || e.code() == QFORGE_STATUS_UNSUPPORTED

@@ -10,13 +10,14 @@
 #include <sstream>
 
 #include "commands.hpp"
-#include "qforge_host/checkpoint.hpp"
-#include "qforge_host/errors.hpp"
-#include "qforge_host/log.hpp"
-#include "qforge_host/eval.hpp"
-#include "qforge_host/model.hpp"
-#include "qforge_host/progress.hpp"
-#include "qforge_host/tokenizer.hpp"
+#include "qforge_host/save/checkpoint.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/base/text.hpp"
+#include "qforge_host/base/log.hpp"
+#include "qforge_host/eval/eval.hpp"
+#include "qforge_host/model/model.hpp"
+#include "qforge_host/base/progress.hpp"
+#include "qforge_host/tokenizer/tokenizer.hpp"
 
 namespace po = boost::program_options;
 using nlohmann::json;
@@ -59,14 +60,6 @@ at::ScalarType parse_dtype(const std::string& s, const char* option) {
   if (s == "bfloat16") return at::kBFloat16;
   if (s == "float16") return at::kHalf;
   throw host::UsageError(fmt::format("{} '{}': expected float32, bfloat16 or float16", option, s));
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw host::UsageError(fmt::format("cannot open {}", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 int eval_command(const Args& args, host::Registry& registry) {
@@ -112,7 +105,7 @@ int eval_command(const Args& args, host::Registry& registry) {
     int64_t batch = vm["batch"].as<int64_t>();
     if (batch < 1) throw host::UsageError("--batch must be at least 1");
     std::string split = vm["split-on"].as<std::string>();
-    auto stream = host::perplexity_stream(*tok, read_file(file), split);
+    auto stream = host::perplexity_stream(*tok, host::read_file(file, "text file"), split);
     host::PerplexityResult r;
     {
       host::ProgressLine progress("perplexity", "windows");

@@ -6,9 +6,9 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
-#include "qforge_host/errors.hpp"
-#include "qforge_host/log.hpp"
-#include "qforge_host/params.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/base/log.hpp"
+#include "qforge_host/plugins/params.hpp"
 
 namespace po = boost::program_options;
 using nlohmann::json;

@@ -11,14 +11,16 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
-#include "qforge_host/checkpoint.hpp"
-#include "qforge_host/errors.hpp"
-#include "qforge_host/eval.hpp"
-#include "qforge_host/log.hpp"
-#include "qforge_host/model.hpp"
-#include "qforge_host/pipeline.hpp"
-#include "qforge_host/progress.hpp"
-#include "qforge_host/tokenizer.hpp"
+#include "qforge_host/save/checkpoint.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/base/text.hpp"
+#include "qforge_host/eval/eval.hpp"
+#include "qforge_host/base/log.hpp"
+#include "qforge_host/model/model.hpp"
+#include "qforge_host/pipeline/pipeline.hpp"
+#include "qforge_host/results/apply.hpp"
+#include "qforge_host/base/progress.hpp"
+#include "qforge_host/tokenizer/tokenizer.hpp"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -33,7 +35,7 @@ namespace {
 // command line win over the recipe.
 void apply_recipe(const std::string& path, const po::options_description& opts,
                   po::variables_map& vm) {
-  json r = json::parse(read_file(path), nullptr, false);
+  json r = json::parse(host::read_file(path, "recipe"), nullptr, false);
   if (r.is_discarded() || !r.is_object())
     throw host::UsageError(fmt::format("{}: a recipe must be a JSON object", path));
   std::vector<std::string> args;
@@ -111,7 +113,9 @@ int quantize_command(const Args& args, host::Registry& registry) {
       ("save-format", po::value<std::string>()->default_value("dequantized"),
        "dequantized: float16 safetensors with the dequantized weights; gptq: AutoGPTQ v1 packed "
        "checkpoint (quantization_config, quantize_config.json) for transformers/vLLM, needs a "
-       "method writing org.qforge.gptq/1 and every block linear quantized")
+       "method writing org.qforge.gptq/1 and every block linear quantized with one setting; "
+       "compressed-tensors: pack-quantized (llm-compressor's format, loaded by vLLM and "
+       "transformers) for any affine grid result, per-layer settings allowed")
       ("resume", "continue an interrupted run in --out from its checkpoint")
       ("from-results", po::value<std::string>(), "re-apply a quant_results.safetensors without quantizing")
       ("chunk", po::value<int64_t>()->default_value(4), "calibration sequences per forward pass")
@@ -130,12 +134,13 @@ int quantize_command(const Args& args, host::Registry& registry) {
   if (!vm.count("model")) throw host::UsageError("--model DIR is required");
   if (!vm.count("out")) throw host::UsageError("--out DIR is required");
   std::string model_dir = vm["model"].as<std::string>(), out = vm["out"].as<std::string>();
-  const host::SaveFormat save_format = host::parse_save_format(vm["save-format"].as<std::string>());
+  const std::string save_format = vm["save-format"].as<std::string>();
+  host::CheckpointWriter writer(host::make_save_format(save_format), model_dir, out);
   load_plugins(registry);
 
   json summary = {{"model", model_dir}, {"out", out}};
   if (vm.count("from-results")) {
-    host::apply_results(registry, model_dir, vm["from-results"].as<std::string>(), out, save_format);
+    host::apply_results(registry, model_dir, vm["from-results"].as<std::string>(), writer);
     summary["from_results"] = vm["from-results"].as<std::string>();
     fmt::print("wrote {} from {}\n", out, vm["from-results"].as<std::string>());
   } else {
@@ -167,14 +172,13 @@ int quantize_command(const Args& args, host::Registry& registry) {
     o.resume = vm.count("resume") > 0;
     o.chunk = vm["chunk"].as<int64_t>();
     o.act_dtype = parse_dtype(vm["act-dtype"].as<std::string>(), "--act-dtype");
-    o.save_format = save_format;
     host::QuantizeSummary s;
     try {
-      s = host::quantize_model(registry, o);
+      s = host::quantize_model(registry, o, writer);
     } catch (const host::Cancelled&) {
       fmt::print(stderr, "qforge: stopped; the finished blocks are checkpointed in {} — rerun "
                  "with --resume to continue\n", out);
-      return 130;
+      return host::kExitCancelled;
     }
     json layers = json::array();
     for (const auto& l : s.layers) layers.push_back({{"name", l.name}, {"format", l.format}, {"metrics", l.metrics}});
@@ -189,7 +193,7 @@ int quantize_command(const Args& args, host::Registry& registry) {
         fmt::print("{:<40} {:>12.4e} {:>12.4e} {:>9.3f}\n", l.name,
                    l.metrics.at("relative_output_error"), l.metrics.at("relative_weight_error"),
                    l.metrics.count("seconds") ? l.metrics.at("seconds") : 0.0);
-      fmt::print("wrote {} ({} checkpoint) and {}\n", out, host::save_format_name(save_format),
+      fmt::print("wrote {} ({} checkpoint) and {}\n", out, save_format,
                  s.results_file);
     }
   }
@@ -197,7 +201,7 @@ int quantize_command(const Args& args, host::Registry& registry) {
   if (vm.count("eval")) {
     auto tok = host::load_tokenizer(model_dir);
     std::string file = vm["eval"].as<std::string>();
-    auto stream = host::perplexity_stream(*tok, read_file(file), "");
+    auto stream = host::perplexity_stream(*tok, host::read_file(file, "text file"), "");
     host::Model original = host::Model::load(model_dir, at::kFloat);
     int64_t seqlen = vm.count("eval-seqlen") ? vm["eval-seqlen"].as<int64_t>()
                                              : std::min<int64_t>(2048, original.config().max_position_embeddings);
@@ -207,25 +211,10 @@ int quantize_command(const Args& args, host::Registry& registry) {
     // inference layer (when every format has one).
     std::string results = (fs::path(out) / "quant_results.safetensors").string();
     if (vm.count("from-results")) results = vm["from-results"].as<std::string>();
-    bool packed = true;
-    auto saved = host::load_results(results);
-    std::map<std::string, const host::SavedLayer*> by_name;
-    for (const auto& l : saved) {
-      by_name[l.report.name] = &l;
-      packed = packed && registry.find_inference_layer(l.result.format) != nullptr;
-    }
-    if (packed) {
-      for (auto& b : original.blocks())
-        for (host::Linear* l : b.linears())
-          if (auto it = by_name.find(l->name); it != by_name.end()) {
-            l->packed = std::make_shared<host::PackedLayer>(
-                *registry.find_inference_layer(it->second->result.format), it->second->result);
-            l->weight = at::Tensor();
-          }
-      ppl["packed"] = perplexity_of(original, stream, seqlen, "packed");
-    }
+    const bool packed = host::attach_packed_layers(registry, original, host::load_results(results));
+    if (packed) ppl["packed"] = perplexity_of(original, stream, seqlen, "packed");
     // The checkpoint as written to --out, read back.
-    const std::string saved_as = host::save_format_name(save_format);
+    const std::string saved_as = save_format;
     host::Model written = host::load_model(registry, out, at::kFloat);
     ppl[saved_as] = perplexity_of(written, stream, seqlen, saved_as);
     summary["perplexity"] = ppl;

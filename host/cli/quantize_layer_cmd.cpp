@@ -12,8 +12,8 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
-#include "qforge_host/errors.hpp"
-#include "qforge_host/quantize.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/plugins/abi_bridge.hpp"
 
 namespace po = boost::program_options;
 using nlohmann::json;

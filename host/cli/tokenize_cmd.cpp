@@ -9,8 +9,9 @@
 #include <sstream>
 
 #include "commands.hpp"
-#include "qforge_host/errors.hpp"
-#include "qforge_host/tokenizer.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/base/text.hpp"
+#include "qforge_host/tokenizer/tokenizer.hpp"
 
 namespace po = boost::program_options;
 using nlohmann::json;
@@ -22,11 +23,7 @@ std::string read_text(const std::string& path) {
   if (path == "-") {
     return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw host::UsageError(fmt::format("cannot read the text file '{}'", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  return host::read_file(path, "text file");
 }
 
 }  // namespace

@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "qforge_host/safetensors_header.hpp"
+#include "qforge_host/io/safetensors_header.hpp"
 
 namespace {
 

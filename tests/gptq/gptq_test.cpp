@@ -12,13 +12,13 @@
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
-#include <qforge_host/calibration.hpp>
-#include <qforge_host/errors.hpp>
-#include <qforge_host/model.hpp>
-#include <qforge_host/params.hpp>
-#include <qforge_host/quantize.hpp>
-#include <qforge_host/registry.hpp>
-#include <qforge_host/tokenizer.hpp>
+#include <qforge_host/data/calibration.hpp>
+#include <qforge_host/base/errors.hpp>
+#include <qforge_host/model/model.hpp>
+#include <qforge_host/plugins/params.hpp>
+#include <qforge_host/plugins/abi_bridge.hpp>
+#include <qforge_host/plugins/registry.hpp>
+#include <qforge_host/tokenizer/tokenizer.hpp>
 #include <qforge_kernels/bitpack.hpp>
 
 #include <cmath>

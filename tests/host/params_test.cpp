@@ -3,8 +3,8 @@
 
 #include <qforge/cpp/plugin.hpp>
 
-#include "qforge_host/errors.hpp"
-#include "qforge_host/params.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/plugins/params.hpp"
 
 using qforge::host::check_schema;
 using qforge::host::ParamValues;

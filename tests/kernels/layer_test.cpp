@@ -6,9 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
-#include <qforge_host/params.hpp>
-#include <qforge_host/quantize.hpp>
-#include <qforge_host/registry.hpp>
+#include <qforge_host/plugins/params.hpp>
+#include <qforge_host/plugins/abi_bridge.hpp>
+#include <qforge_host/plugins/registry.hpp>
 #include <qforge_kernels/torch_matmul.hpp>
 
 #include "../support/plugins.hpp"

@@ -10,10 +10,10 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "qforge_host/config.hpp"
-#include "qforge_host/errors.hpp"
-#include "qforge_host/model.hpp"
-#include "qforge_host/safetensors.hpp"
+#include "qforge_host/model/config.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/model/model.hpp"
+#include "qforge_host/io/safetensors.hpp"
 
 namespace fs = std::filesystem;
 using nlohmann::json;

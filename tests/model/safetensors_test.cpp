@@ -18,8 +18,8 @@
 #include <string>
 #include <vector>
 
-#include "qforge_host/errors.hpp"
-#include "qforge_host/safetensors.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/io/safetensors.hpp"
 
 namespace fs = std::filesystem;
 using qforge::host::ModelFileError;
@@ -105,6 +105,21 @@ void expect_model_error(const std::function<void()>& f, std::initializer_list<st
   std::string all;
   for (const auto& p : parts) all += " '" + p + "'";
   ADD_FAILURE() << "expected ModelFileError mentioning" << all << ", nothing thrown";
+}
+
+// Runs `f`, expecting an IoError (a write failure, not bad input) naming every string in `parts`.
+void expect_io_error(const std::function<void()>& f, std::initializer_list<std::string> parts) {
+  try {
+    f();
+  } catch (const qforge::host::IoError& e) {
+    const std::string msg = e.what();
+    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
+    return;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected IoError, got another exception: " << e.what();
+    return;
+  }
+  ADD_FAILURE() << "expected IoError, nothing was thrown";
 }
 
 // Writes `bytes` to <dir>/<name> and expects opening it to fail naming the
@@ -576,14 +591,14 @@ TEST(SafetensorsWriter, FailureLeavesNoFileAndNoTemporary) {
   const at::Tensor t = at::randn({64, 64});
 
   // The directory does not exist.
-  expect_model_error([&] { save_safetensors(dir / "no/such/dir/x.safetensors", {{"t", t}}); },
+  expect_io_error([&] { save_safetensors(dir / "no/such/dir/x.safetensors", {{"t", t}}); },
                      {"x.safetensors", "cannot create"});
   EXPECT_TRUE(dir.entries().empty());
 
   // The target is a directory: the rename fails, the temporary goes away.
   fs::create_directory(dir.path / "taken.safetensors");
   fs::create_directory(dir.path / "taken.safetensors" / "child");
-  expect_model_error([&] { save_safetensors(dir / "taken.safetensors", {{"t", t}}); }, {"taken.safetensors", "rename"});
+  expect_io_error([&] { save_safetensors(dir / "taken.safetensors", {{"t", t}}); }, {"taken.safetensors", "rename"});
   EXPECT_EQ(dir.entries(), (std::vector<std::string>{"child", "taken.safetensors"}));
   fs::remove_all(dir.path / "taken.safetensors");
 
@@ -598,7 +613,7 @@ TEST(SafetensorsWriter, FailureLeavesNoFileAndNoTemporary) {
     struct rlimit small = old_limit;
     small.rlim_cur = 4096;
     ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
-    expect_model_error([&] { save_safetensors(path, {{"t", t}}); }, {path, "cannot write"});
+    expect_io_error([&] { save_safetensors(path, {{"t", t}}); }, {path, "cannot write"});
     ::setrlimit(RLIMIT_FSIZE, &old_limit);
     std::signal(SIGXFSZ, old_handler);
   }
@@ -609,7 +624,7 @@ TEST(SafetensorsWriter, FailureLeavesNoFileAndNoTemporary) {
   if (::geteuid() != 0) {
     fs::create_directory(dir.path / "ro");
     fs::permissions(dir.path / "ro", fs::perms::owner_read | fs::perms::owner_exec);
-    expect_model_error([&] { save_safetensors(dir / "ro/x.safetensors", {{"t", t}}); }, {"x.safetensors"});
+    expect_io_error([&] { save_safetensors(dir / "ro/x.safetensors", {{"t", t}}); }, {"x.safetensors"});
     fs::permissions(dir.path / "ro", fs::perms::owner_all);
     EXPECT_TRUE(fs::is_empty(dir.path / "ro"));
   }

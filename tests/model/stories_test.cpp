@@ -9,9 +9,9 @@
 #include <regex>
 #include <sstream>
 
-#include "qforge_host/eval.hpp"
-#include "qforge_host/model.hpp"
-#include "qforge_host/tokenizer.hpp"
+#include "qforge_host/eval/eval.hpp"
+#include "qforge_host/model/model.hpp"
+#include "qforge_host/tokenizer/tokenizer.hpp"
 #include "test_data.hpp"
 
 using nlohmann::json;

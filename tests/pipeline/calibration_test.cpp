@@ -13,9 +13,9 @@
 #include <unistd.h>
 
 #include "../model/test_data.hpp"
-#include "qforge_host/calibration.hpp"
-#include "qforge_host/errors.hpp"
-#include "qforge_host/tokenizer.hpp"
+#include "qforge_host/data/calibration.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/tokenizer/tokenizer.hpp"
 
 namespace fs = std::filesystem;
 namespace qh = qforge::host;

@@ -12,14 +12,15 @@
 #include <sstream>
 
 #include "../model/test_data.hpp"
+#include "../support/pipeline.hpp"
 #include "../support/plugins.hpp"
-#include "qforge_host/checkpoint.hpp"
-#include "qforge_host/errors.hpp"
-#include "qforge_host/eval.hpp"
-#include "qforge_host/model.hpp"
-#include "qforge_host/pipeline.hpp"
-#include "qforge_host/safetensors.hpp"
-#include "qforge_host/tokenizer.hpp"
+#include "qforge_host/save/checkpoint.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/eval/eval.hpp"
+#include "qforge_host/model/model.hpp"
+#include "qforge_host/pipeline/pipeline.hpp"
+#include "qforge_host/io/safetensors.hpp"
+#include "qforge_host/tokenizer/tokenizer.hpp"
 
 namespace fs = std::filesystem;
 namespace qh = qforge::host;
@@ -78,7 +79,6 @@ qh::QuantizeOptions gptq_options(const std::string& shared, const std::string& o
   o.calibration.nsamples = 16;
   o.calibration.seqlen = 128;
   o.calibration.seed = 1;
-  o.save_format = qh::SaveFormat::gptq;
   return o;
 }
 
@@ -107,9 +107,8 @@ TEST(GptqCheckpoint, WritesTheAutoGptqLayoutAndReadsBackLikeTheDequantizedModel)
   QFORGE_REQUIRE_SHARED(fixture, "fixtures/gptq_v1_stories260K/gptq-w4-g32-asym-act");
   const std::string shared = qforge::test::shared_dir();
   const std::string packed_dir = temp_dir("gptq"), deq_dir = temp_dir("deq");
-  const auto summary = qh::quantize_model(registry(), gptq_options(shared, packed_dir));
-  qh::apply_results(registry(), shared_model, summary.results_file, deq_dir,
-                    qh::SaveFormat::dequantized);
+  const auto summary = qforge::test::quantize(registry(), gptq_options(shared, packed_dir), "gptq");
+  qforge::test::apply(registry(), shared_model, summary.results_file, deq_dir, "dequantized");
 
   // config.json and quantize_config.json say what serving engines need.
   const json config = json::parse(read(fs::path(packed_dir) / "config.json"));
@@ -163,7 +162,7 @@ TEST(GptqCheckpoint, WritesTheAutoGptqLayoutAndReadsBackLikeTheDequantizedModel)
 
   // Re-applying the saved results as a GPTQ checkpoint writes the same shards.
   const std::string again = temp_dir("again");
-  qh::apply_results(registry(), shared_model, summary.results_file, again, qh::SaveFormat::gptq);
+  qforge::test::apply(registry(), shared_model, summary.results_file, again, "gptq");
   for (const char* f : {"model-block-00000.safetensors", "model-block-00004.safetensors",
                         "model-rest.safetensors", "config.json", "quantize_config.json"})
     EXPECT_EQ(read(fs::path(again) / f), read(fs::path(packed_dir) / f)) << f;
@@ -180,7 +179,7 @@ TEST(GptqCheckpoint, RefusesPlansItCannotHoldBeforeWriting) {
     o.method = "org.qforge.rtn";  // writes org.qforge.rtn/1, not the GPTQ layout
     o.params = {{"bits", "4"}};
     try {
-      qh::quantize_model(registry(), o);
+      qforge::test::quantize(registry(), o, "gptq");
       ADD_FAILURE() << "RTN into a GPTQ checkpoint was accepted";
     } catch (const qh::UsageError& e) {
       EXPECT_NE(std::string(e.what()).find("org.qforge.gptq/1"), std::string::npos) << e.what();
@@ -191,7 +190,7 @@ TEST(GptqCheckpoint, RefusesPlansItCannotHoldBeforeWriting) {
     auto o = gptq_options(shared, temp_dir("partial"));
     o.selection.exclude_keywords = {"k_proj"};
     try {
-      qh::quantize_model(registry(), o);
+      qforge::test::quantize(registry(), o, "gptq");
       ADD_FAILURE() << "a GPTQ checkpoint with unquantized block layers was accepted";
     } catch (const qh::UsageError& e) {
       EXPECT_NE(std::string(e.what()).find("k_proj"), std::string::npos) << e.what();
@@ -204,7 +203,7 @@ TEST(GptqCheckpoint, RefusesPlansItCannotHoldBeforeWriting) {
     auto o = gptq_options(shared, temp_dir("mixed"));
     o.overrides = {{"*down_proj", {{"bits", "8"}}}};
     try {
-      qh::quantize_model(registry(), o);
+      qforge::test::quantize(registry(), o, "gptq");
       ADD_FAILURE() << "a GPTQ checkpoint with mixed bits was accepted";
     } catch (const qh::UsageError& e) {
       EXPECT_NE(std::string(e.what()).find("differ in bits (4, 8)"), std::string::npos) << e.what();

@@ -8,11 +8,14 @@
 #include <sstream>
 
 #include "../model/test_data.hpp"
+#include "../support/pipeline.hpp"
 #include "../support/plugins.hpp"
-#include "qforge_host/model.hpp"
-#include "qforge_host/pipeline.hpp"
-#include "qforge_host/safetensors.hpp"
-#include "qforge_host/tokenizer.hpp"
+#include "qforge_host/pipeline/metrics.hpp"
+#include "qforge_host/pipeline/qep.hpp"
+#include "qforge_host/model/model.hpp"
+#include "qforge_host/pipeline/pipeline.hpp"
+#include "qforge_host/io/safetensors.hpp"
+#include "qforge_host/tokenizer/tokenizer.hpp"
 
 namespace fs = std::filesystem;
 namespace qh = qforge::host;
@@ -56,8 +59,8 @@ TEST(Pipeline, QepLowersTheLastBlockOutputError) {
   auto plain = rtn_options(shared, temp_dir("plain"));
   auto qep = rtn_options(shared, temp_dir("qep"));
   qep.qep = true;
-  qh::quantize_model(registry(), plain);
-  qh::quantize_model(registry(), qep);
+  qforge::test::quantize(registry(), plain);
+  qforge::test::quantize(registry(), qep);
 
   auto tok = qh::load_tokenizer(plain.model_dir);
   at::Tensor ids = qh::load_calibration(*tok, plain.calibration).ids;
@@ -84,8 +87,8 @@ TEST(Pipeline, ResultsDoNotDependOnTheChunkSize) {
   a.chunk = 1;
   b.chunk = 5;
   a.qep = b.qep = true;  // the Hessian and the QEP cross term both see the chunking
-  qh::quantize_model(registry(), a);
-  qh::quantize_model(registry(), b);
+  qforge::test::quantize(registry(), a);
+  qforge::test::quantize(registry(), b);
   auto ra = qh::load_results(a.out_dir + "/quant_results.safetensors");
   auto rb = qh::load_results(b.out_dir + "/quant_results.safetensors");
   ASSERT_EQ(ra.size(), rb.size());
@@ -108,7 +111,7 @@ TEST(Pipeline, SavedResultsReapplyWithoutQuantizing) {
   auto o = rtn_options(shared, temp_dir("apply_src"));
   o.selection.exclude_keywords = {"k_proj"};
   o.overrides = {{"*down_proj", {{"bits", "8"}}}};
-  auto summary = qh::quantize_model(registry(), o);
+  auto summary = qforge::test::quantize(registry(), o);
   for (const auto& l : summary.layers) {
     EXPECT_EQ(l.name.find("k_proj"), std::string::npos) << "excluded layer quantized";
     if (l.name.find("down_proj") != std::string::npos) {
@@ -120,14 +123,14 @@ TEST(Pipeline, SavedResultsReapplyWithoutQuantizing) {
       EXPECT_TRUE(l.metrics.count(m)) << m;
   }
   std::string again = temp_dir("apply_dst");
-  qh::apply_results(registry(), o.model_dir, summary.results_file, again);
+  qforge::test::apply(registry(), o.model_dir, summary.results_file, again);
   for (const auto& entry : fs::directory_iterator(o.out_dir)) {
     std::string name = entry.path().filename().string();
     if (name.rfind("model-", 0) == 0) {
       EXPECT_EQ(bytes(entry.path()), bytes(fs::path(again) / name)) << name;
     }
   }
-  EXPECT_THROW(qh::apply_results(registry(), o.model_dir, summary.results_file, again),
+  EXPECT_THROW(qforge::test::apply(registry(), o.model_dir, summary.results_file, again),
                qh::UsageError);  // refuses to overwrite a model
   fs::remove_all(o.out_dir);
   fs::remove_all(again);

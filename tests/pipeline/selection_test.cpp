@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "qforge_host/errors.hpp"
-#include "qforge_host/selection.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/pipeline/selection.hpp"
 
 namespace qh = qforge::host;
 using Candidates = std::vector<std::pair<std::string, std::string>>;

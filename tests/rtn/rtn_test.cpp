@@ -5,10 +5,10 @@
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
-#include <qforge_host/errors.hpp>
-#include <qforge_host/params.hpp>
-#include <qforge_host/quantize.hpp>
-#include <qforge_host/registry.hpp>
+#include <qforge_host/base/errors.hpp>
+#include <qforge_host/plugins/params.hpp>
+#include <qforge_host/plugins/abi_bridge.hpp>
+#include <qforge_host/plugins/registry.hpp>
 #include <qforge_kernels/bitpack.hpp>
 
 #include <cmath>

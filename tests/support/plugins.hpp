@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "qforge_host/registry.hpp"
+#include "qforge_host/plugins/registry.hpp"
 
 namespace qforge::test {
 

@@ -9,8 +9,8 @@
 
 #include <random>
 
-#include "qforge_host/errors.hpp"
-#include "qforge_host/tokenizer.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/tokenizer/tokenizer.hpp"
 #include "shared_data.hpp"
 
 namespace fs = std::filesystem;

@@ -6,7 +6,7 @@
 #include <chrono>
 #include <cstdio>
 
-#include "qforge_host/tokenizer.hpp"
+#include "qforge_host/tokenizer/tokenizer.hpp"
 #include "shared_data.hpp"
 
 namespace {

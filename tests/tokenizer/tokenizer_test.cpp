@@ -9,8 +9,8 @@
 #include <random>
 #include <thread>
 
-#include "qforge_host/errors.hpp"
-#include "qforge_host/tokenizer.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/tokenizer/tokenizer.hpp"
 #include "shared_data.hpp"
 
 using nlohmann::json;

@@ -25,8 +25,8 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "qforge_host/model.hpp"
-#include "qforge_host/safetensors.hpp"
+#include "qforge_host/model/model.hpp"
+#include "qforge_host/io/safetensors.hpp"
 
 namespace fs = std::filesystem;
 using nlohmann::json;

@@ -24,9 +24,9 @@
 #include <string>
 #include <thread>
 
-#include "qforge_host/params.hpp"
-#include "qforge_host/quantize.hpp"
-#include "qforge_host/registry.hpp"
+#include "qforge_host/plugins/params.hpp"
+#include "qforge_host/plugins/abi_bridge.hpp"
+#include "qforge_host/plugins/registry.hpp"
 
 namespace qh = qforge::host;
 using Clock = std::chrono::steady_clock;

@@ -1,0 +1,128 @@
+// The Llama-family decoder: weights, forward pass with a KV cache.
+//
+// Layers are plain data (Linear, Block) so that later stages can replace a
+// linear layer's weight or give it a packed inference layer.
+#pragma once
+
+#include <ATen/Tensor.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "qforge_host/model/config.hpp"
+
+namespace qforge::host {
+
+class TensorStore;
+
+// A linear layer whose weight is not a dense tensor the model holds: a packed
+// layer run by an inference-layer plugin (plugins/abi_bridge.hpp implements
+// it). The model only calls it.
+class LinearKernel {
+ public:
+  virtual ~LinearKernel() = default;
+  virtual int64_t out_features() const = 0;
+  virtual int64_t in_features() const = 0;
+  virtual at::Tensor forward(const at::Tensor& x) const = 0;          // [..., in] -> [..., out]
+  virtual at::Tensor backward_input(const at::Tensor& gy) const = 0;  // [..., out] -> [..., in]
+  virtual at::Tensor dequantize() const = 0;                           // [out, in] float32
+};
+
+// y = x Wᵀ + b, or through a packed kernel when one is set.
+struct Linear {
+  std::string name;            // e.g. "model.layers.0.self_attn.q_proj"
+  at::Tensor weight;           // [out, in] in the compute dtype (undefined when packed)
+  at::Tensor bias;             // [out] or undefined
+  std::shared_ptr<LinearKernel> packed;
+  at::Tensor forward(const at::Tensor& x) const;
+};
+
+struct Block {
+  at::Tensor input_norm, post_attention_norm;  // [hidden]
+  at::Tensor q_norm, k_norm;                   // [head_dim] (Qwen3) or undefined
+  Linear q_proj, k_proj, v_proj, o_proj;
+  Linear gate_proj, up_proj, down_proj;
+  std::vector<Linear*> linears();              // in true-sequential order
+  std::vector<const Linear*> linears() const;
+  // The linear whose name ends with `suffix` (e.g. "mlp.up_proj"); null when none.
+  Linear* find(const std::string& suffix);
+};
+
+// Keys and values of past positions, per layer: [batch, kv_heads, capacity, head_dim].
+struct KVCache {
+  std::vector<at::Tensor> k, v;
+  int64_t length = 0;    // positions filled
+  int64_t capacity = 0;
+};
+
+// Called with each linear layer's input during a block's forward pass
+// (calibration), before the layer runs. Returning false stops the pass there:
+// block_forward then returns an undefined tensor (the pipeline stops once it
+// has the input it needs, rather than running the rest of the block).
+using LinearTap = std::function<bool(const Linear&, const at::Tensor& input)>;
+
+// Reads a linear layer the model cannot read itself (e.g. packed tensors of a
+// quantized checkpoint): given the store, the layer's name and its [out, in]
+// shape from the config, fills `linear` and returns true, or returns false to
+// let the model read "<name>.weight" (and "<name>.bias" when `bias`).
+using LinearLoader = std::function<bool(const TensorStore& store, Linear& linear, int64_t out,
+                                        int64_t in, bool bias)>;
+
+class Model {
+ public:
+  // Loads config.json and the weights of a Hugging Face model directory.
+  // `dtype`: compute dtype (float32 default; bfloat16/float16 selectable).
+  // With `with_blocks` false only the embeddings, final norm and head are
+  // read; load_block() brings in one block at a time (bounded memory).
+  // `loader`, when set, is asked first for every linear layer.
+  static Model load(const std::string& dir, at::ScalarType dtype, bool with_blocks = true,
+                    LinearLoader loader = {});
+  Model(ModelConfig config, at::ScalarType dtype);
+
+  // The config and the checkpoint, no weights yet: load_block() reads one
+  // block at a time (the pipeline's bounded-memory mode).
+  static Model open(const std::string& dir, at::ScalarType dtype, LinearLoader loader = {});
+  const TensorStore& store() const { return *store_; }
+
+  // Reads block `i`'s weights from the checkpoint (replacing what is there);
+  // release_block() frees them.
+  void load_block(size_t i);
+  void release_block(size_t i);
+
+  const ModelConfig& config() const { return config_; }
+  at::ScalarType dtype() const { return dtype_; }
+  std::vector<Block>& blocks() { return blocks_; }
+  const std::vector<Block>& blocks() const { return blocks_; }
+
+  // ids [batch, T] (int64) -> logits [batch, T, vocab] float32. With a cache,
+  // positions continue from cache->length and the cache grows by T.
+  at::Tensor forward(const at::Tensor& ids, KVCache* cache = nullptr) const;
+  KVCache new_cache(int64_t batch, int64_t capacity) const;
+
+  // Pieces of the forward pass, for block-by-block use.
+  at::Tensor embed(const at::Tensor& ids) const;  // [B,T] -> [B,T,hidden]
+  at::Tensor block_forward(size_t layer, const at::Tensor& h, int64_t start_pos,
+                           KVCache* cache, const LinearTap* tap = nullptr) const;
+  at::Tensor head(const at::Tensor& h) const;     // final norm + lm_head -> float32 logits
+
+  // Parameters as named in the checkpoint, e.g. for saving.
+  int64_t parameter_count() const;
+
+ private:
+  at::Tensor rope_inv_freq() const;
+  template <class Run>  // Run(const Linear&, x) -> y: each linear layer's call
+  at::Tensor block_forward_impl(size_t layer, const at::Tensor& h, int64_t start, KVCache* cache,
+                                const Run& run) const;
+  ModelConfig config_;
+  at::ScalarType dtype_;
+  at::Tensor embed_tokens_, final_norm_;
+  Linear lm_head_;
+  std::vector<Block> blocks_;
+  at::Tensor inv_freq_;  // [head_dim/2] float32
+  std::shared_ptr<TensorStore> store_;
+  LinearLoader loader_;
+};
+
+}  // namespace qforge::host

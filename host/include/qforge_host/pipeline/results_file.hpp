@@ -1,0 +1,36 @@
+// The per-layer results file (quant_results.safetensors): each layer's packed
+// tensors as "<layer>/<name>" and a JSON report (format, metadata, error
+// figures) in the metadata key "qforge.results". The pipeline writes one per
+// block while it runs (for --resume) and merges them at the end.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "qforge_host/plugins/abi_bridge.hpp"
+
+namespace qforge::host {
+
+struct LayerReport {
+  std::string name;
+  std::string format;
+  std::string metadata;
+  std::map<std::string, double> metrics;  // see error_metrics()
+};
+
+struct SavedLayer {
+  LayerReport report;
+  QuantResult result;  // dequantized is set only when no inference layer can rebuild it
+};
+
+void save_results(const std::string& path, const std::string& method,
+                  const std::vector<SavedLayer>& layers);
+std::vector<SavedLayer> load_results(const std::string& path);
+
+// Merges per-block results files into one at `path` (from mapped views: no
+// copy of every layer's packed tensors in memory at once); returns the reports.
+std::vector<LayerReport> merge_results(const std::vector<std::string>& parts,
+                                       const std::string& method, const std::string& path);
+
+}  // namespace qforge::host

@@ -1,0 +1,58 @@
+// Calling quantizer and inference-layer components through the ABI.
+#pragma once
+
+#include <ATen/Tensor.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "qforge_host/model/model.hpp"
+#include "qforge_host/plugins/params.hpp"
+#include "qforge_host/plugins/registry.hpp"
+
+namespace qforge::host {
+
+// What a quantizer returned for one layer.
+struct QuantResult {
+  std::string format;                         // e.g. "org.qforge.rtn/1"
+  std::string metadata;                       // JSON object text
+  std::map<std::string, at::Tensor> tensors;  // packed tensors by name
+  at::Tensor dequantized;                     // [out, in] float32
+  std::map<std::string, double> metrics;      // plugin-reported figures
+};
+
+struct QuantizeRequest {
+  std::string layer_name;
+  at::Tensor weight;   // [out, in] float32
+  at::Tensor bias;     // optional
+  at::Tensor hessian;  // optional [in, in] float32
+  uint64_t nsamples = 0;
+};
+
+// Runs `quantizer` on one layer; checks that the result is complete and well
+// shaped. Throws PluginError / UsageError.
+QuantResult quantize_layer(const Component& quantizer, const QuantizeRequest& request,
+                           const ParamValues& params);
+
+// A layer held by an inference-layer component.
+class PackedLayer final : public LinearKernel {
+ public:
+  PackedLayer(const Component& component, const QuantResult& result);
+  ~PackedLayer() override;
+  PackedLayer(const PackedLayer&) = delete;
+  PackedLayer& operator=(const PackedLayer&) = delete;
+
+  int64_t out_features() const override { return out_; }
+  int64_t in_features() const override { return in_; }
+  at::Tensor forward(const at::Tensor& x) const override;
+  at::Tensor backward_input(const at::Tensor& gy) const override;
+  at::Tensor dequantize() const override;
+
+ private:
+  const qforge_inference_layer* vt_;
+  qforge_layer* layer_ = nullptr;
+  int64_t out_ = 0, in_ = 0;
+};
+
+}  // namespace qforge::host

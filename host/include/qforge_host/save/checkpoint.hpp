@@ -1,0 +1,58 @@
+// Writing a quantized model directory block by block in any SaveFormat, and
+// reading one back.
+//
+// Every format is sharded safetensors (one shard per block, written as the
+// block finishes, plus model-rest), with the tokenizer files, config.json
+// (+ the format's side files) and model.safetensors.index.json written last,
+// so an interrupted run never leaves a directory that looks complete. Every
+// floating tensor is float16 (a value beyond float16's range is an error).
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "qforge_host/io/safetensors.hpp"
+#include "qforge_host/pipeline/pipeline.hpp"
+#include "qforge_host/save/save_format.hpp"
+
+namespace qforge::host {
+
+class CheckpointWriter final : public BlockSink {
+ public:
+  CheckpointWriter(std::unique_ptr<SaveFormat> format, std::string model_dir,
+                   std::filesystem::path out_dir);
+
+  std::string name() const override { return format_->name(); }
+  void check_plan(const std::vector<std::string>& formats,
+                  const std::vector<std::string>& selected) const override;
+  void write_block(size_t i, const Block& block,
+                   const std::map<std::string, const QuantResult*>& results) override;
+  void finish(const std::vector<LayerReport>& layers) override;
+
+  static std::string shard_name(size_t i);
+
+ private:
+  std::unique_ptr<SaveFormat> format_;
+  std::string model_dir_;
+  std::filesystem::path out_;
+  TensorStore store_;
+  ModelConfig config_;
+};
+
+// For a model directory whose config.json has a quantization_config: a loader
+// that builds each packed linear through `registry` (which must be loaded).
+// Returns an empty function for an unquantized model; throws UsageError for a
+// quantization_config qforge cannot read.
+LinearLoader packed_linear_loader(const Registry& registry, const std::string& model_dir);
+
+// Model::load with packed_linear_loader.
+Model load_model(const Registry& registry, const std::string& dir, at::ScalarType dtype,
+                 bool with_blocks = true);
+
+// Floating tensors as float16; a value beyond float16's range is an error.
+at::Tensor to_half(const std::string& name, const at::Tensor& t);
+
+}  // namespace qforge::host

@@ -1,0 +1,67 @@
+#include "qforge_host/base/text.hpp"
+
+#include <fstream>
+#include <sstream>
+
+#include "qforge_host/base/errors.hpp"
+
+namespace qforge::host {
+
+std::string read_file(const std::string& path, const std::string& what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw UsageError(what + " " + path + ": cannot open it");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) throw UsageError(what + " " + path + ": read error");
+  return ss.str();
+}
+
+std::string read_file(const std::string& path, const std::string& what, uint64_t limit) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) throw UsageError(what + " " + path + ": cannot open it");
+  const auto size = static_cast<uint64_t>(in.tellg());
+  if (size > limit)
+    throw UsageError(what + " " + path + ": " + std::to_string(size) +
+                     " bytes, more than the limit of " + std::to_string(limit));
+  in.seekg(0);
+  std::string text(size, '\0');
+  if (!in.read(text.data(), static_cast<std::streamsize>(size)))
+    throw UsageError(what + " " + path + ": read error");
+  return text;
+}
+
+std::string strip(std::string_view s) {
+  const char* ws = " \t\r\n\f\v";
+  size_t b = s.find_first_not_of(ws);
+  if (b == std::string_view::npos) return {};
+  return std::string(s.substr(b, s.find_last_not_of(ws) - b + 1));
+}
+
+std::string quote(std::string_view s) {
+  constexpr std::size_t kMax = 160;
+  static const char* hex = "0123456789abcdef";
+  std::string out = "'";
+  for (std::size_t i = 0; i < s.size() && i < kMax; ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f || c == '\\') {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (s.size() > kMax) out += "...";
+  return out + "'";
+}
+
+std::string grouped(int64_t v) {
+  std::string digits = std::to_string(v < 0 ? -v : v), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return v < 0 ? "-" + out : out;
+}
+
+}  // namespace qforge::host

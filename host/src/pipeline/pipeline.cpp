@@ -1,0 +1,179 @@
+// The block loop; see qforge_host/pipeline/pipeline.hpp. Capture, QEP,
+// metrics, resume and the results file are one file away each.
+#include "qforge_host/pipeline/pipeline.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <set>
+
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/base/log.hpp"
+#include "qforge_host/base/progress.hpp"
+#include "qforge_host/io/safetensors.hpp"
+#include "qforge_host/pipeline/capture.hpp"
+#include "qforge_host/pipeline/metrics.hpp"
+#include "qforge_host/pipeline/qep.hpp"
+#include "qforge_host/pipeline/resume.hpp"
+#include "qforge_host/plugins/abi_bridge.hpp"
+#include "qforge_host/plugins/services.hpp"
+#include "qforge_host/tokenizer/tokenizer.hpp"
+
+namespace fs = std::filesystem;
+
+namespace qforge::host {
+namespace {
+
+// Every block linear of the model (then lm_head), selected as the options say.
+std::vector<std::string> select(const ModelConfig& cfg, const LayerSelection& selection) {
+  std::vector<std::pair<std::string, std::string>> candidates;
+  for (int64_t i = 0; i < cfg.num_layers; ++i)
+    for (const auto& name : cfg.arch.layout->linear_names(i)) candidates.emplace_back(name, "linear");
+  candidates.emplace_back("lm_head", "linear");
+  std::vector<std::string> selected = select_layers(candidates, selection);
+  for (const auto& name : selected)
+    if (name == "lm_head")
+      throw UsageError("quantizing lm_head is not supported by the pipeline yet; exclude it");
+  return selected;
+}
+
+// The calibration sequences' embeddings, streamed from the mapped table.
+ResumeState start_fresh(const QuantizeOptions& o, const TensorStore& store) {
+  auto tok = load_tokenizer(o.model_dir);
+  Calibration cal = load_calibration(*tok, o.calibration);
+  log(LogLevel::info, "calibration: {}", cal.description);
+  at::Tensor table = store.view("model.embed_tokens.weight");  // no float32 copy of the table
+  if (cal.ids.max().item<int64_t>() >= table.size(0))
+    throw UsageError("calibration token ids exceed the model's vocabulary");
+  ResumeState s;
+  s.calibration = cal.description;
+  s.x = at::embedding(table, cal.ids).to(o.act_dtype);
+  if (o.qep) s.x_fp = s.x.clone();
+  return s;
+}
+
+}  // namespace
+
+QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& o,
+                               BlockSink& sink) {
+  at::NoGradGuard no_grad;
+  const Component* q = registry.find(o.method);
+  if (q == nullptr || q->quantizer() == nullptr)
+    throw UsageError(fmt::format("no quantizer with id '{}' (see `qforge plugins`)", o.method));
+  if (o.out_dir.empty()) throw UsageError("--out DIR is required");
+  if (o.chunk < 1) throw UsageError("--chunk must be at least 1");
+  auto params_for = [&](const std::string& layer) {
+    auto merged = o.params;
+    for (const auto& [k, v] : overrides_for(layer, o.overrides)) merged[k] = v;
+    return ParamValues(o.method, q->desc->params, q->desc->param_count, merged);
+  };
+  ParamValues(o.method, q->desc->params, q->desc->param_count, o.params);  // before any work
+
+  Model model = Model::open(o.model_dir, at::kFloat);
+  const ModelConfig& cfg = model.config();
+  const BlockLayout& layout = *cfg.arch.layout;
+  std::vector<std::string> selected = select(cfg, o.selection);
+  std::set<std::string> chosen(selected.begin(), selected.end());
+  for (const auto& name : selected) params_for(name);  // every override is valid
+  std::vector<std::string> formats;
+  for (const char* const* f = q->quantizer()->output_formats; f != nullptr && *f != nullptr; ++f)
+    formats.emplace_back(*f);
+  sink.check_plan(formats, selected);
+
+  const fs::path out(o.out_dir);
+  RunCheckpoint ckpt(out);
+  const std::string fingerprint = options_fingerprint(o, sink.name());
+  QuantizeSummary summary;
+  ResumeState state;
+  if (o.resume && ckpt.exists()) {
+    state = ckpt.load(fingerprint, o.act_dtype);
+    summary.resumed_from_block = state.next_block;
+    log(LogLevel::info, "resuming at block {}/{} from {}", state.next_block, cfg.num_layers,
+        ckpt.dir().string());
+  } else {
+    if (fs::exists(out / "model.safetensors.index.json") || fs::exists(ckpt.dir()))
+      throw UsageError(fmt::format("{} already holds a model or a checkpoint; choose another "
+                                   "--out, delete it, or pass --resume", out.string()));
+    state = start_fresh(o, model.store());
+    fs::create_directories(ckpt.dir());  // only once the inputs are known to be good
+  }
+  summary.calibration = state.calibration;
+
+  int64_t done_layers = 0;
+  for (const auto& name : selected)
+    if (layout.block_of(name).value_or(0) < state.next_block) ++done_layers;
+  ProgressLine progress("quantize", "layers");
+  for (int64_t i = state.next_block; i < cfg.num_layers; ++i) {
+    model.load_block(i);
+    Block& b = model.blocks()[i];
+    Block original = b;  // shares the original weights (never modified in place)
+    std::vector<SavedLayer> block_results;
+    for (const auto& stage : layout.stages) {
+      std::vector<Linear*> todo;
+      for (const auto& s : stage)
+        if (chosen.count(layout.prefix(i) + s)) todo.push_back(b.find(s));
+      if (todo.empty()) continue;
+      GramAccumulator acc = capture_inputs(model, i, original, todo.front()->name, state.x,
+                                           o.qep ? state.x_fp : at::Tensor(), o.chunk);
+      // H = 2/n XᵀX in place (one n×n copy); the QEP cross term is scaled
+      // alike, which leaves W Δ (G + λI)⁻¹ unchanged.
+      at::Tensor hessian = acc.gram.mul_(2.0 / static_cast<double>(acc.rows));
+      if (acc.delta.defined()) acc.delta.mul_(2.0 / static_cast<double>(acc.rows));
+      for (Linear* l : todo) {
+        if (cancel_requested()) throw Cancelled("stopped by the user");
+        auto t0 = std::chrono::steady_clock::now();
+        QuantizeRequest req;
+        req.layer_name = l->name;
+        req.weight = o.qep ? qep_correct(l->weight, hessian, acc.delta, o.qep_percdamp,
+                                         o.qep_perccorr)
+                           : l->weight;
+        req.bias = l->bias;
+        req.hessian = hessian;
+        req.nsamples = static_cast<uint64_t>(acc.rows);
+        SavedLayer saved;
+        saved.result = quantize_layer(*q, req, params_for(l->name));
+        saved.report = {l->name, saved.result.format, saved.result.metadata,
+                        error_metrics(l->weight, saved.result.dequantized, hessian, acc.rows)};
+        for (const auto& [k, v] : saved.result.metrics) saved.report.metrics["plugin." + k] = v;
+        saved.report.metrics["seconds"] =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        l->weight = saved.result.dequantized.to(at::kFloat);
+        if (registry.find_inference_layer(saved.result.format) != nullptr)
+          saved.result.dequantized = at::Tensor();  // rebuilt from the packed tensors
+        log(LogLevel::debug, "{}: relative output error {:.3e}", l->name,
+            saved.report.metrics["relative_output_error"]);
+        block_results.push_back(std::move(saved));
+        progress.update(++done_layers, static_cast<int64_t>(selected.size()));
+      }
+    }
+    // The next block's inputs: the quantized block on the quantized stream,
+    // the original block on the full-precision stream.
+    state.x = forward_block(model, i, state.x, o.chunk);
+    if (o.qep) {
+      std::swap(model.blocks()[i], original);
+      state.x_fp = forward_block(model, i, state.x_fp, o.chunk);
+      std::swap(model.blocks()[i], original);
+    }
+    state.next_block = i + 1;
+    // The block's weights, its results, then the state that says all of that
+    // is complete (each written atomically).
+    std::map<std::string, const QuantResult*> packed;
+    for (const auto& r : block_results) packed[r.report.name] = &r.result;
+    sink.write_block(i, b, packed);
+    save_results(ckpt.results_path(i), o.method, block_results);
+    ckpt.save(state, fingerprint);
+    model.release_block(i);
+    log(LogLevel::info, "block {}/{} done", i + 1, cfg.num_layers);
+  }
+
+  std::vector<std::string> parts;
+  for (int64_t i = 0; i < cfg.num_layers; ++i) parts.push_back(ckpt.results_path(i));
+  summary.results_file = (out / "quant_results.safetensors").string();
+  summary.layers = merge_results(parts, o.method, summary.results_file);
+  sink.finish(summary.layers);
+  ckpt.remove();
+  return summary;
+}
+
+}  // namespace qforge::host

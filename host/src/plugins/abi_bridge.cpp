@@ -1,0 +1,184 @@
+// Calling quantizer and inference-layer components; the one host translation
+// unit that bridges at::Tensor and DLPack (through qforge/cpp/torch.hpp).
+#include "qforge_host/plugins/abi_bridge.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <nlohmann/json.hpp>
+#include <qforge/cpp/torch.hpp>
+
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/plugins/services.hpp"
+
+namespace qforge::host {
+namespace {
+
+// The sink a quantizer writes into (sdk/include/qforge/quantizer.h).
+struct Sink {
+  qforge_quantize_output table{};
+  QuantResult result;
+  bool has_format = false;
+  std::string error;  // first protocol error, reported after the call
+
+  static Sink& of(const qforge_quantize_output* out) {
+    return *static_cast<Sink*>(out->host_data);
+  }
+  static qforge_status* fail(const std::string& message) {
+    const qforge_host* h = services();
+    return h->status_create(h, QFORGE_STATUS_INVALID_ARGUMENT, message.c_str());
+  }
+  static qforge_status* set_format(const qforge_quantize_output* out, const char* id,
+                                   const char* metadata) {
+    Sink& s = of(out);
+    if (id == nullptr || id[0] == '\0') return fail("set_format: empty format id");
+    if (s.has_format) return fail("set_format called twice");
+    std::string meta = metadata ? metadata : "{}";
+    auto parsed = nlohmann::json::parse(meta, nullptr, false);
+    if (parsed.is_discarded() || !parsed.is_object())
+      return fail("set_format: metadata is not a JSON object");
+    s.result.format = id;
+    s.result.metadata = meta;
+    s.has_format = true;
+    return nullptr;
+  }
+  static qforge_status* add_tensor(const qforge_quantize_output* out, const char* name,
+                                   DLManagedTensor* t) {
+    Sink& s = of(out);
+    return guard(services(), [&] {
+      at::Tensor tensor = adopt(t);  // owns t from here, even if we fail below
+      if (name == nullptr || name[0] == '\0') invalid_argument("add_tensor: empty name");
+      if (!s.result.tensors.emplace(name, tensor).second)
+        invalid_argument(fmt::format("add_tensor: tensor '{}' added twice", name));
+    });
+  }
+  static qforge_status* set_dequantized(const qforge_quantize_output* out, DLManagedTensor* t) {
+    Sink& s = of(out);
+    return guard(services(), [&] {
+      at::Tensor tensor = adopt(t);
+      if (s.result.dequantized.defined()) invalid_argument("set_dequantized called twice");
+      s.result.dequantized = tensor;
+    });
+  }
+  static qforge_status* set_metric(const qforge_quantize_output* out, const char* name,
+                                   double value) {
+    if (name == nullptr || name[0] == '\0') return fail("set_metric: empty name");
+    of(out).result.metrics[name] = value;
+    return nullptr;
+  }
+};
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw PluginError(QFORGE_STATUS_INTERNAL, message);
+}
+
+}  // namespace
+
+QuantResult quantize_layer(const Component& component, const QuantizeRequest& req,
+                           const ParamValues& params) {
+  const qforge_quantizer* q = component.quantizer();
+  if (q == nullptr) throw UsageError(fmt::format("'{}' is not a quantizer", component.desc->id));
+  if (!req.weight.defined() || req.weight.dim() != 2)
+    throw UsageError(fmt::format("{}: weight must be a 2-D tensor", req.layer_name));
+  at::Tensor w = req.weight.to(at::kFloat).contiguous();
+  at::Tensor b = req.bias.defined() ? req.bias.to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor h = req.hessian.defined() ? req.hessian.to(at::kFloat).contiguous() : at::Tensor();
+  DLView wv(w);
+  std::unique_ptr<DLView> bv = b.defined() ? std::make_unique<DLView>(b) : nullptr;
+  std::unique_ptr<DLView> hv = h.defined() ? std::make_unique<DLView>(h) : nullptr;
+
+  qforge_quantize_input in{};
+  in.struct_size = sizeof in;
+  in.layer_name = req.layer_name.c_str();
+  in.weight = wv.get();
+  in.bias = bv ? bv->get() : nullptr;
+  in.hessian = hv ? hv->get() : nullptr;
+  in.nsamples = req.nsamples;
+  in.params = params.data();
+  in.param_count = params.size();
+
+  Sink sink;
+  sink.table.struct_size = sizeof(qforge_quantize_output);
+  sink.table.host_data = &sink;
+  sink.table.set_format = &Sink::set_format;
+  sink.table.add_tensor = &Sink::add_tensor;
+  sink.table.set_dequantized = &Sink::set_dequantized;
+  sink.table.set_metric = &Sink::set_metric;
+
+  throw_if_error(q->quantize(services(), &in, &sink.table),
+                 fmt::format("{} on {}", component.desc->id, req.layer_name));
+
+  // The result must be complete and consistent with the layer.
+  QuantResult r = std::move(sink.result);
+  std::string who = fmt::format("{} on {}", component.desc->id, req.layer_name);
+  require(sink.has_format, who + ": the quantizer did not name its packed format");
+  require(r.dequantized.defined(), who + ": the quantizer returned no dequantized weight");
+  require(r.dequantized.sizes() == w.sizes(),
+          fmt::format("{}: dequantized weight has shape {}, expected {}", who,
+                      fmt::join(r.dequantized.sizes(), "x"), fmt::join(w.sizes(), "x")));
+  r.dequantized = r.dequantized.to(at::kFloat);
+  return r;
+}
+
+PackedLayer::PackedLayer(const Component& component, const QuantResult& result)
+    : vt_(component.inference_layer()) {
+  if (vt_ == nullptr)
+    throw UsageError(fmt::format("'{}' is not an inference layer", component.desc->id));
+  std::vector<std::unique_ptr<DLView>> views;
+  std::vector<qforge_named_tensor> named;
+  named.reserve(result.tensors.size());
+  for (const auto& [name, t] : result.tensors) {
+    views.push_back(std::make_unique<DLView>(t.contiguous()));
+    named.push_back({sizeof(qforge_named_tensor), 0, name.c_str(), views.back()->get()});
+  }
+  std::vector<const qforge_named_tensor*> pointers;
+  for (const auto& n : named) pointers.push_back(&n);
+  throw_if_error(vt_->create(services(), result.format.c_str(), result.metadata.c_str(),
+                             pointers.data(), static_cast<uint32_t>(pointers.size()), &layer_),
+                 fmt::format("{}: creating a layer of format {}", component.desc->id,
+                             result.format));
+  if (layer_ == nullptr)
+    throw PluginError(QFORGE_STATUS_INTERNAL, fmt::format("{}: create returned no layer",
+                                                          component.desc->id));
+  vt_->shape(layer_, &out_, &in_);
+}
+
+PackedLayer::~PackedLayer() {
+  if (layer_) vt_->destroy(layer_);
+}
+
+at::Tensor PackedLayer::forward(const at::Tensor& x) const {
+  if (x.dim() < 1 || x.size(-1) != in_)
+    throw UsageError(fmt::format("forward: input has shape [{}], expected [..., {}]",
+                                 fmt::join(x.sizes(), ", "), in_));
+  at::Tensor xc = x.to(at::kFloat).contiguous();
+  auto shape = xc.sizes().vec();
+  shape.back() = out_;
+  at::Tensor y = at::empty(shape, xc.options());
+  DLView xv(xc), yv(y);
+  throw_if_error(vt_->forward(layer_, xv.get(), yv.get()), "forward");
+  return y;
+}
+
+at::Tensor PackedLayer::backward_input(const at::Tensor& gy) const {
+  if (gy.dim() < 1 || gy.size(-1) != out_)
+    throw UsageError(fmt::format("backward: gradient has shape [{}], expected [..., {}]",
+                                 fmt::join(gy.sizes(), ", "), out_));
+  at::Tensor gc = gy.to(at::kFloat).contiguous();
+  auto shape = gc.sizes().vec();
+  shape.back() = in_;
+  at::Tensor gx = at::empty(shape, gc.options());
+  DLView gv(gc), xv(gx);
+  throw_if_error(vt_->backward_input(layer_, gv.get(), xv.get()), "backward_input");
+  return gx;
+}
+
+at::Tensor PackedLayer::dequantize() const {
+  at::Tensor w = at::empty({out_, in_}, at::kFloat);
+  DLView wv(w);
+  throw_if_error(vt_->dequantize(layer_, wv.get()), "dequantize");
+  return w;
+}
+
+}  // namespace qforge::host

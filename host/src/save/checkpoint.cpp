@@ -1,0 +1,151 @@
+// Quantized model directories; see qforge_host/save/checkpoint.hpp. What a
+// format stores for a quantized linear is its own file's business
+// (dequantized.cpp, gptq_v1.cpp, ...); this file writes the shards, the side
+// files, config.json and the index, and picks the reader on load.
+#include "qforge_host/save/checkpoint.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "qforge_host/base/atomic_file.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/base/text.hpp"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using nlohmann::ordered_json;
+
+namespace qforge::host {
+namespace {
+
+// Files copied from the source model next to the written weights.
+const char* const kSideFiles[] = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                                  "special_tokens_map.json", "generation_config.json"};
+
+fs::path config_path(const std::string& model_dir) {
+  return fs::is_directory(model_dir) ? fs::path(model_dir) / "config.json" : fs::path(model_dir);
+}
+
+}  // namespace
+
+at::Tensor to_half(const std::string& name, const at::Tensor& t) {
+  if (!at::isFloatingType(t.scalar_type())) return t.contiguous();
+  at::Tensor h = t.to(at::kHalf).contiguous();
+  if (!at::isfinite(h).all().item<bool>() && at::isfinite(t).all().item<bool>())
+    throw UsageError(fmt::format("{}: values beyond float16's range (max |x| = {}); a float16 "
+                                 "checkpoint cannot hold it",
+                                 name, t.abs().max().item<double>()));
+  return h;
+}
+
+CheckpointWriter::CheckpointWriter(std::unique_ptr<SaveFormat> format, std::string model_dir,
+                                   fs::path out_dir)
+    : format_(std::move(format)), model_dir_(std::move(model_dir)), out_(std::move(out_dir)),
+      store_(model_dir_), config_(load_config(model_dir_)) {
+  if (fs::exists(out_ / "model.safetensors.index.json"))
+    throw UsageError(fmt::format("{} already holds a model; choose another --out or delete it",
+                                 out_.string()));
+}
+
+std::string CheckpointWriter::shard_name(size_t i) {
+  return fmt::format("model-block-{:05}.safetensors", i);
+}
+
+void CheckpointWriter::check_plan(const std::vector<std::string>& formats,
+                                  const std::vector<std::string>& selected) const {
+  format_->check_plan(formats, selected, config_);
+}
+
+void CheckpointWriter::write_block(size_t i, const Block& b,
+                                   const std::map<std::string, const QuantResult*>& results) {
+  const std::string p = config_.arch.layout->prefix(static_cast<int64_t>(i));
+  NamedTensors w;
+  auto add_float = [&](const std::string& name, const at::Tensor& t) {
+    w.emplace_back(name, to_half(name, t));
+  };
+  add_float(p + "input_layernorm.weight", b.input_norm);
+  add_float(p + "post_attention_layernorm.weight", b.post_attention_norm);
+  if (b.q_norm.defined()) {
+    add_float(p + "self_attn.q_norm.weight", b.q_norm);
+    add_float(p + "self_attn.k_norm.weight", b.k_norm);
+  }
+  for (const Linear* l : b.linears()) {
+    if (auto r = results.find(l->name); r != results.end()) {
+      NamedTensors packed = format_->packed_linear(l->name, *r->second);
+      if (!packed.empty()) {
+        for (auto& [name, t] : packed) add_float(name, t);
+        continue;
+      }
+    }
+    add_float(l->name + ".weight", l->weight);
+    if (l->bias.defined()) add_float(l->name + ".bias", l->bias);
+  }
+  fs::create_directories(out_);
+  save_safetensors((out_ / shard_name(i)).string(), w);
+}
+
+void CheckpointWriter::finish(const std::vector<LayerReport>& layers) {
+  // Everything that can be refused is checked before the first file is written.
+  ordered_json config = ordered_json::parse(
+      read_file((fs::path(model_dir_) / "config.json").string(), "model config"), nullptr, false);
+  if (!config.is_object())
+    throw UsageError(fmt::format("{}/config.json is not a JSON object", model_dir_));
+  config.erase("quantization_config");
+  config["torch_dtype"] = "float16";
+  ordered_json quant = format_->quantization_config(layers);
+  if (!quant.is_null()) config["quantization_config"] = quant;
+  for (const char* f : kSideFiles)
+    if (fs::exists(fs::path(model_dir_) / f)) {
+      fs::copy_file(fs::path(model_dir_) / f, out_ / f, fs::copy_options::overwrite_existing);
+      fs::permissions(out_ / f, fs::perms::owner_read | fs::perms::owner_write,
+                      fs::perm_options::add);  // sources may be read-only
+    }
+  write_text_atomic((out_ / "config.json").string(), config.dump(2) + "\n");
+  for (const auto& [name, text] : format_->side_files(quant))
+    write_text_atomic((out_ / name).string(), text);
+
+  NamedTensors rest;
+  for (const auto& name : store_.names())
+    if (!config_.arch.layout->block_of(name))
+      rest.emplace_back(name, to_half(name, store_.view(name)));
+  save_safetensors((out_ / "model-rest.safetensors").string(), rest);
+  json map = json::object();
+  uint64_t total = 0;
+  auto index_file = [&](const std::string& file) {
+    SafetensorsFile shard((out_ / file).string());
+    for (const auto& [name, info] : shard.tensors()) {
+      map[name] = file;
+      total += info.end - info.begin;
+    }
+  };
+  index_file("model-rest.safetensors");
+  for (int64_t i = 0; i < config_.num_layers; ++i) index_file(shard_name(i));
+  json index = {{"metadata", {{"total_size", total}, {"producer", "qforge"}}}, {"weight_map", map}};
+  write_text_atomic((out_ / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+}
+
+LinearLoader packed_linear_loader(const Registry& registry, const std::string& model_dir) {
+  const fs::path path = config_path(model_dir);
+  json config = json::parse(read_file(path.string(), "model config"), nullptr, false);
+  if (!config.is_object() || !config.contains("quantization_config")) return {};
+  const std::string where = path.string() + " quantization_config";
+  const json& q = config["quantization_config"];
+  if (!q.is_object()) throw UsageError(where + " must be a JSON object");
+  const std::string method = q.value("quant_method", std::string());
+  std::string known;
+  for (const auto& r : checkpoint_readers()) {
+    if (method == r.quant_method) return r.loader(registry, model_dir, q, where);
+    known += (known.empty() ? "\"" : ", \"") + std::string(r.quant_method) + "\"";
+  }
+  throw UsageError(fmt::format("{}: quant_method '{}' is not one qforge reads (it reads {})",
+                               where, method, known));
+}
+
+Model load_model(const Registry& registry, const std::string& dir, at::ScalarType dtype,
+                 bool with_blocks) {
+  return Model::load(dir, dtype, with_blocks, packed_linear_loader(registry, dir));
+}
+
+}  // namespace qforge::host

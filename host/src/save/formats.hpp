@@ -1,0 +1,15 @@
+// The rows of the save-format and reader tables (save_format.cpp); one file
+// per format defines its row.
+#pragma once
+
+#include <memory>
+
+#include "qforge_host/save/save_format.hpp"
+
+namespace qforge::host {
+
+std::unique_ptr<SaveFormat> make_dequantized_format();   // dequantized.cpp
+std::unique_ptr<SaveFormat> make_gptq_v1_format();       // gptq_v1.cpp
+extern const CheckpointReader kGptqV1Reader;             // gptq_v1.cpp
+
+}  // namespace qforge::host

@@ -1,0 +1,200 @@
+// --save-format gptq: the AutoGPTQ v1 checkpoint ("gptq" checkpoint_format)
+// that transformers, vLLM and GPTQModel load. Each quantized linear stores
+// the tensors of the packed format org.qforge.gptq/1 as they are (qweight,
+// qzeros, scales, g_idx, optional bias); config.json gets quant_method
+// "gptq", bits, group_size (-1: one group per row), desc_act, sym,
+// damp_percent, true_sequential, static_groups, checkpoint_format, and the
+// same object is written as quantize_config.json. The format holds one
+// setting for the whole model and needs every block linear quantized.
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <set>
+
+#include "formats.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/io/safetensors.hpp"
+
+using nlohmann::json;
+using nlohmann::ordered_json;
+
+namespace qforge::host {
+namespace {
+
+constexpr const char* kPackedFormat = "org.qforge.gptq/1";
+
+// The packed tensors of a GPTQ linear and the dtype each must have.
+const std::pair<const char*, at::ScalarType> kTensors[] = {
+    {"qweight", at::kInt}, {"qzeros", at::kInt}, {"scales", at::kHalf}, {"g_idx", at::kInt}};
+
+// quantization_config for layers in org.qforge.gptq/1: one setting for the
+// whole model, as the format requires.
+ordered_json gptq_config(const std::vector<std::pair<std::string, std::string>>& layers) {
+  if (layers.empty()) throw UsageError("--save-format gptq: no layer was quantized");
+  std::set<int64_t> bits, group_sizes;
+  std::set<bool> sym, desc_act, static_groups;
+  bool per_channel = true;
+  double damp = -1;
+  for (const auto& [format, metadata] : layers) {
+    if (format != kPackedFormat)
+      throw UsageError(fmt::format("--save-format gptq needs every layer in {}, got a layer in {}",
+                                   kPackedFormat, format));
+    json m = json::parse(metadata, nullptr, false);
+    const std::string where = fmt::format("{} metadata", format);
+    if (!m.is_object()) throw UsageError(where + " is not a JSON object");
+    bits.insert(json_int(m, "bits", where));
+    const int64_t g = json_int(m, "group_size", where);
+    group_sizes.insert(g);
+    per_channel = per_channel && g == json_int(m, "in_features", where);
+    sym.insert(json_bool(m, "sym", true, where));
+    desc_act.insert(json_bool(m, "desc_act", false, where));
+    static_groups.insert(json_bool(m, "static_groups", false, where));
+    if (auto d = m.find("damp_percent"); d != m.end() && d->is_number())
+      damp = damp < 0 ? d->get<double>() : std::min(damp, d->get<double>());
+  }
+  auto one = [](const auto& set, const char* what) {
+    if (set.size() != 1)
+      throw UsageError(fmt::format("--save-format gptq: the layers differ in {} ({}); a GPTQ "
+                                   "checkpoint holds one setting for the whole model (drop the "
+                                   "--override, or use --save-format compressed-tensors or "
+                                   "dequantized)",
+                                   what, fmt::join(set, ", ")));
+    return *set.begin();
+  };
+  const int64_t group_size = per_channel ? -1 : one(group_sizes, "group_size");
+  ordered_json q;
+  q["bits"] = one(bits, "bits");
+  q["group_size"] = group_size;
+  q["damp_percent"] = damp < 0 ? 0.01 : damp;
+  q["desc_act"] = one(desc_act, "desc_act");
+  q["static_groups"] = one(static_groups, "static_groups");
+  q["sym"] = one(sym, "sym");
+  q["true_sequential"] = true;  // the pipeline always quantizes sub-layers in order
+  q["quant_method"] = "gptq";
+  q["checkpoint_format"] = "gptq";
+  return q;
+}
+
+class GptqV1 final : public SaveFormat {
+ public:
+  std::string name() const override { return "gptq"; }
+
+  void check_plan(const std::vector<std::string>& formats, const std::vector<std::string>& selected,
+                  const ModelConfig& config) const override {
+    if (std::find(formats.begin(), formats.end(), kPackedFormat) == formats.end())
+      throw UsageError(fmt::format(
+          "--save-format gptq needs layers packed in {}, but they come in {}; choose a method "
+          "that writes {} (see `qforge plugins`) or --save-format dequantized",
+          kPackedFormat,
+          formats.empty() ? std::string("no format") : fmt::format("{}", fmt::join(formats, ", ")),
+          kPackedFormat));
+    const std::set<std::string> chosen(selected.begin(), selected.end());
+    for (int64_t i = 0; i < config.num_layers; ++i)
+      for (const auto& name : config.arch.layout->linear_names(i))
+        if (!chosen.count(name))
+          throw UsageError(fmt::format(
+              "--save-format gptq needs every linear layer of every block quantized, and {} is "
+              "not selected (serving engines load a GPTQ checkpoint with one setting for all of "
+              "them)",
+              name));
+  }
+
+  NamedTensors packed_linear(const std::string& layer, const QuantResult& q) override {
+    if (q.format != kPackedFormat)
+      throw UsageError(fmt::format("--save-format gptq: layer {} came in {}, not {}", layer,
+                                   q.format, kPackedFormat));
+    // Refuse a differing setting at the first block that brings one, not at the end.
+    seen_.emplace_back(q.format, q.metadata);
+    gptq_config(seen_);
+    NamedTensors out;
+    for (const auto& [t, dtype] : kTensors) {
+      auto it = q.tensors.find(t);
+      if (it == q.tensors.end() || it->second.scalar_type() != dtype)
+        throw UsageError(fmt::format("layer {}: its {} result has no {} tensor {}", layer,
+                                     q.format, at::toString(dtype), t));
+      out.emplace_back(layer + "." + t, it->second.contiguous());
+    }
+    if (auto bias = q.tensors.find("bias"); bias != q.tensors.end())
+      out.emplace_back(layer + ".bias", bias->second);
+    return out;
+  }
+
+  ordered_json quantization_config(const std::vector<LayerReport>& layers) const override {
+    std::vector<std::pair<std::string, std::string>> fm;
+    for (const auto& l : layers) fm.emplace_back(l.format, l.metadata);
+    return gptq_config(fm);
+  }
+
+  std::vector<std::pair<std::string, std::string>> side_files(
+      const ordered_json& config) const override {
+    return {{"quantize_config.json", config.dump(2) + "\n"}};
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> seen_;
+};
+
+LinearLoader gptq_v1_loader(const Registry& registry, const std::string& model_dir,
+                            const json& q, const std::string& where) {
+  const auto fmt_it = q.find("checkpoint_format");
+  const std::string checkpoint_format =
+      fmt_it == q.end() || fmt_it->is_null() ? "gptq"
+      : fmt_it->is_string()                  ? fmt_it->get<std::string>()
+                                             : "?";
+  if (checkpoint_format != "gptq")
+    throw UsageError(fmt::format("{}: checkpoint_format '{}' is not read by qforge (it reads "
+                                 "AutoGPTQ v1, \"gptq\", whose qzeros store zero - 1)",
+                                 where, checkpoint_format));
+  const int64_t bits = json_int(q, "bits", where);
+  const int64_t group_size = json_int(q, "group_size", where);
+  if (bits < 2 || bits > 8)
+    throw UsageError(fmt::format("{}: bits must be in [2, 8], got {}", where, bits));
+  if (group_size == 0 || group_size < -1)
+    throw UsageError(
+        fmt::format("{}: group_size must be -1 or positive, got {}", where, group_size));
+  const bool sym = json_bool(q, "sym", true, where);
+  const bool desc_act = json_bool(q, "desc_act", false, where);
+  if (registry.find_inference_layer(kPackedFormat) == nullptr)
+    throw UsageError(fmt::format("{} is a GPTQ checkpoint, but no loaded inference layer reads "
+                                 "{} (see `qforge plugins`)",
+                                 model_dir, kPackedFormat));
+  return [=, &registry](const TensorStore& store, Linear& l, int64_t out, int64_t in, bool) {
+    if (!store.contains(l.name + ".qweight")) return false;
+    QuantResult r;
+    r.format = kPackedFormat;
+    r.metadata = json{{"bits", bits},
+                      {"group_size", group_size == -1 ? in : group_size},
+                      {"sym", sym},
+                      {"desc_act", desc_act},
+                      {"in_features", in},
+                      {"out_features", out},
+                      {"checkpoint_format", "gptq"}}
+                     .dump();
+    for (const auto& [t, dtype] : kTensors) {
+      const std::string name = l.name + "." + t;
+      if (store.contains(name)) {
+        r.tensors[t] = store.view(name);
+      } else if (std::string(t) == "g_idx" && !desc_act) {
+        // Old checkpoints without g_idx: columns in order, group = column / group_size.
+        r.tensors[t] =
+            at::div(at::arange(in, at::kInt), group_size == -1 ? in : group_size, "floor");
+      } else {
+        throw UsageError(fmt::format("{}: {} has a qweight but no {}", model_dir, l.name, name));
+      }
+    }
+    // AutoGPTQ wrote a (zero) bias for every layer in some versions: take it when present.
+    if (store.contains(l.name + ".bias")) r.tensors["bias"] = store.view(l.name + ".bias");
+    attach_packed(registry, model_dir, l, r, out, in);
+    return true;
+  };
+}
+
+}  // namespace
+
+std::unique_ptr<SaveFormat> make_gptq_v1_format() { return std::make_unique<GptqV1>(); }
+
+const CheckpointReader kGptqV1Reader = {"gptq", gptq_v1_loader};
+
+}  // namespace qforge::host
