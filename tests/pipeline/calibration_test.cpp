@@ -12,7 +12,7 @@
 #include <sstream>
 #include <unistd.h>
 
-#include "../model/test_data.hpp"
+#include "../support/test_data.hpp"
 #include "qforge_host/calibration.hpp"
 #include "qforge_host/errors.hpp"
 #include "qforge_host/tokenizer.hpp"
