@@ -10,10 +10,13 @@
 // turns checked tensors into a QuantizedWeight. The table-driven inference
 // layer (plugins/affine) and unpack_affine() (affine_aten.hpp) serve every row.
 //
-// Adding a format: its SDK header; a row, an `extern const AffineFormat`
-// defined in kernels/src/formats/<name>.cpp (see rtn_v1.cpp: tensor specs,
-// read_metadata, describe); its name in kAffineFormats in
-// kernels/src/affine_format.cpp; a case in kernels/test/affine_format_test.cpp.
+// Adding a format (e.g. compressed-tensors pack-quantized): its SDK header
+// (sdk/include/qforge/formats/<name>.h); its row, `extern const AffineFormat
+// <name>` in kernels/src/formats/formats.hpp, defined in
+// kernels/src/formats/<name>.cpp (see gptq_v1.cpp: tensor specs,
+// read_metadata, describe) and listed in kernels/CMakeLists.txt; its address
+// in kAffineFormats (kernels/src/affine_format.cpp); a case in
+// kernels/test/affine_format_test.cpp.
 //
 // No LibTorch here: tensors are plain CPU buffers (TensorData). Errors are
 // qforge::Error(INVALID_ARGUMENT) with messages that start with the format id.
