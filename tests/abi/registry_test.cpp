@@ -2,7 +2,7 @@
 // (c_plugin.c) and deliberately broken ones (broken/*.c), each broken case in
 // its own directory. Every broken library must be refused with a one-line
 // reason that says what is wrong, and must never stop the good plugin from
-// loading (qforge_host/registry.hpp).
+// loading (qforge_host/plugins/registry.hpp).
 #include <dlfcn.h>
 #include <gtest/gtest.h>
 

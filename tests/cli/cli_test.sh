@@ -28,7 +28,7 @@ contains "$out" "plugin ABI 1." "--version names the ABI"
 expect 0 "plugins lists RTN" -- "$qforge" plugins
 contains "$out" "org.qforge.rtn" "plugins table"
 contains "$out" "bits=4" "plugins table shows parameters"
-contains "$out" "org.qforge.rtn.layer" "plugins table shows the inference layer"
+contains "$out" "org.qforge.affine.layer" "plugins table shows the inference layer"
 
 expect 0 "plugins --json" -- "$qforge" plugins --json
 contains "$out" '"id": "org.qforge.rtn"' "plugins --json"

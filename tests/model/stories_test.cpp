@@ -12,7 +12,7 @@
 #include "qforge_host/eval/eval.hpp"
 #include "qforge_host/model/model.hpp"
 #include "qforge_host/tokenizer/tokenizer.hpp"
-#include "test_data.hpp"
+#include "../support/test_data.hpp"
 
 using nlohmann::json;
 namespace qh = qforge::host;

@@ -12,7 +12,7 @@
 #include <sstream>
 #include <unistd.h>
 
-#include "../model/test_data.hpp"
+#include "../support/test_data.hpp"
 #include "qforge_host/data/calibration.hpp"
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/tokenizer/tokenizer.hpp"

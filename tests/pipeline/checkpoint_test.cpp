@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "../model/test_data.hpp"
+#include "../support/test_data.hpp"
 #include "../support/pipeline.hpp"
 #include "../support/plugins.hpp"
 #include "qforge_host/save/checkpoint.hpp"

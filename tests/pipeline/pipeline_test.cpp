@@ -7,7 +7,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "../model/test_data.hpp"
+#include "../support/test_data.hpp"
 #include "../support/pipeline.hpp"
 #include "../support/plugins.hpp"
 #include "qforge_host/pipeline/metrics.hpp"

@@ -1,20 +1,24 @@
 // Test support: the in-tree plugins of this build tree, loaded once per test
-// process (QFORGE_TEST_BUILD_DIR is compiled in by qforge_gtest), and small
-// file helpers.
+// process (QFORGE_TEST_BUILD_DIR is compiled in by qforge_gtest), one layer
+// through a quantizer, seeded inputs, and small file helpers.
 #pragma once
 
 #include <unistd.h>
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "qforge_host/plugins/registry.hpp"
+#include "qforge_host/plugins/params.hpp"
+#include "qforge_host/plugins/abi_bridge.hpp"
 
 namespace qforge::test {
 
@@ -27,6 +31,30 @@ inline host::Registry& plugin_registry() {
     return reg;
   }();
   return *r;
+}
+
+// "\n  library: reason" for every library the registry refused.
+inline std::string plugin_refusals() {
+  std::string text;
+  for (const auto& r : plugin_registry().refusals()) text += "\n  " + r.library + ": " + r.reason;
+  return text;
+}
+
+using Settings = std::map<std::string, std::string>;
+
+// Quantizes one layer with quantizer `c` through the host, as the pipeline
+// does; `h` may be undefined (no calibration).
+inline host::QuantResult quantize(const host::Component& c, const at::Tensor& w,
+                                  const at::Tensor& h, const Settings& settings,
+                                  const at::Tensor& bias = at::Tensor()) {
+  host::ParamValues params(c.desc->id, c.desc->params, c.desc->param_count, settings);
+  host::QuantizeRequest req;
+  req.layer_name = "test.layer";
+  req.weight = w;
+  req.bias = bias;
+  req.hessian = h;
+  req.nsamples = h.defined() ? 1 : 0;
+  return host::quantize_layer(c, req, params);
 }
 
 // A fresh (removed) path in the temporary directory, unique to this process.
@@ -53,6 +81,17 @@ inline at::Tensor gaussian(std::vector<int64_t> shape, uint32_t seed) {
   float* p = t.data_ptr<float>();
   for (int64_t k = 0; k < t.numel(); ++k) p[k] = dist(rng);
   return t;
+}
+
+// H = 2/n XᵀX for n samples (4 in by default) of correlated inputs with
+// uneven scales (so that act-order matters).
+inline at::Tensor synthetic_hessian(int64_t in, uint32_t seed, int64_t n = 0) {
+  if (n == 0) n = 4 * in;
+  const at::Tensor z = gaussian({n, in}, seed);
+  const at::Tensor mix =
+      at::eye(in) + 0.3 * gaussian({in, in}, seed + 1) / std::sqrt(static_cast<double>(in));
+  const at::Tensor x = z.mm(mix) * at::exp(gaussian({in}, seed + 2));
+  return (x.t().mm(x) * (2.0 / n)).contiguous();
 }
 
 }  // namespace qforge::test

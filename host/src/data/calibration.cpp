@@ -1,4 +1,4 @@
-// Calibration data from local files (qforge_host/calibration.hpp).
+// Calibration data from local files (qforge_host/data/calibration.hpp).
 #include "qforge_host/data/calibration.hpp"
 
 #include <ATen/ATen.h>

@@ -1,4 +1,4 @@
-// Perplexity, multiple choice and greedy generation (qforge_host/eval.hpp).
+// Perplexity, multiple choice and greedy generation (qforge_host/eval/eval.hpp).
 #include "qforge_host/eval/eval.hpp"
 
 #include <ATen/ATen.h>

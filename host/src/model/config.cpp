@@ -1,4 +1,4 @@
-// config.json parsing and the architecture table (qforge_host/config.hpp).
+// config.json parsing and the architecture table (qforge_host/model/config.hpp).
 #include "qforge_host/model/config.hpp"
 
 #include <fmt/format.h>

@@ -1,4 +1,4 @@
-// The Llama-family decoder (qforge_host/model.hpp): Llama 2/3, Mistral,
+// The Llama-family decoder (qforge_host/model/model.hpp): Llama 2/3, Mistral,
 // Qwen2, Qwen3 with grouped-query attention, RoPE (default, linear, llama3
 // scaling), RMSNorm, SwiGLU, tied or untied embeddings. Follows the Hugging
 // Face reference modelling code's conventions (rotate-half RoPE on HF-layout

@@ -1,4 +1,4 @@
-// Layer selection and per-layer overrides (qforge_host/selection.hpp).
+// Layer selection and per-layer overrides (qforge_host/pipeline/selection.hpp).
 #include "qforge_host/pipeline/selection.hpp"
 
 #include <fmt/format.h>

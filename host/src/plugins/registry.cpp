@@ -1,4 +1,4 @@
-// Plugin discovery and loading; see qforge_host/registry.hpp.
+// Plugin discovery and loading; see qforge_host/plugins/registry.hpp.
 #include "qforge_host/plugins/registry.hpp"
 
 #include <fmt/format.h>

@@ -13,7 +13,9 @@
  *   entry.h            the exported entry point
  *
  * Every header compiles as C99 and C++. Struct layouts are pinned by
- * tests/abi/layout_test.c. Optional C++ helpers: qforge/cpp/plugin.hpp. */
+ * tests/abi/layout_test.c. Optional C++ helpers: qforge/cpp/plugin.hpp.
+ * Packed formats, included on their own where needed: qforge/formats/<name>.h
+ * (one per format: id, tensors, metadata keys, decoding). */
 #ifndef QFORGE_QFORGE_H
 #define QFORGE_QFORGE_H
 

@@ -8,7 +8,9 @@
 //   qforge::postprocess_vtable<T>(): the C function tables for a C++ class.
 // - QFORGE_DEFINE_PLUGIN(name, version, components...): the entry point.
 //
-// Tensor conversion to at::Tensor (zero-copy) is in qforge/cpp/torch.hpp.
+// Tensor conversion to at::Tensor (zero-copy) is in qforge/cpp/torch.hpp; a
+// method's shared numerics in qforge/cpp/grid.hpp, hessian.hpp and
+// layer_input.hpp.
 #ifndef QFORGE_CPP_PLUGIN_HPP
 #define QFORGE_CPP_PLUGIN_HPP
 
@@ -308,14 +310,40 @@ inline bool same_dtype(DLDataType a, DLDataType b) {
   return a.code == b.code && a.bits == b.bits && a.lanes == b.lanes;
 }
 
+// "float32", "int32", ...; "DLPack code C, bits B, lanes L" for the rest.
+inline std::string dtype_str(DLDataType t) {
+  const char* kind = t.code == kDLFloat    ? "float"
+                     : t.code == kDLBfloat ? "bfloat"
+                     : t.code == kDLInt    ? "int"
+                     : t.code == kDLUInt   ? "uint"
+                                           : nullptr;
+  if (kind != nullptr && t.lanes == 1) return kind + std::to_string(t.bits);
+  return "DLPack code " + std::to_string(t.code) + ", bits " + std::to_string(t.bits) +
+         ", lanes " + std::to_string(t.lanes);
+}
+
+// "[2, 3]" for any sequence of sizes (std::vector, at::IntArrayRef).
+template <class Sizes>
+std::string shape_str(const Sizes& sizes) {
+  std::string text = "[";
+  for (size_t k = 0; k < sizes.size(); ++k) text += (k ? ", " : "") + std::to_string(sizes[k]);
+  return text + "]";
+}
+
+// Checks that `t` is on the CPU (else UNSUPPORTED: a valid request a CPU-only
+// plugin can't serve) and of `dtype` (else INVALID_ARGUMENT).
+inline void require_cpu_dtype(const DLTensor& t, DLDataType dtype, const std::string& what) {
+  if (t.device.device_type != kDLCPU)
+    throw Error(QFORGE_STATUS_UNSUPPORTED, what + " must be on the CPU");
+  if (!same_dtype(t.dtype, dtype))
+    invalid_argument(what + " must be " + dtype_str(dtype) + ", got " + dtype_str(t.dtype));
+}
+
 // Checks that `t` is a CPU tensor of element type T with `ndim` dimensions and
 // returns a pointer to element 0 (strides are the caller's business).
 template <class T>
 const T* checked_data(const DLTensor& t, int32_t ndim, const char* what) {
-  if (t.device.device_type != kDLCPU)
-    throw Error(QFORGE_STATUS_UNSUPPORTED, std::string(what) + ": only CPU tensors are supported");
-  if (!same_dtype(t.dtype, dl_dtype_of<T>()))
-    throw Error(QFORGE_STATUS_UNSUPPORTED, std::string(what) + ": unexpected dtype");
+  require_cpu_dtype(t, dl_dtype_of<T>(), what);
   if (t.ndim != ndim)
     invalid_argument(std::string(what) + ": expected " + std::to_string(ndim) + " dimensions");
   return reinterpret_cast<const T*>(static_cast<const char*>(t.data) + t.byte_offset);

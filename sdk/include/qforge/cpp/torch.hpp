@@ -3,6 +3,7 @@
 // needs <ATen/ATen.h> and never includes ATen's own dlpack.h.
 //
 //   at::Tensor qforge::borrow(const DLTensor&)      view, valid while the DLTensor is
+//   at::Tensor qforge::borrow_float_cpu(t, what)    the same, checked float32 on the CPU
 //   at::Tensor qforge::adopt(DLManagedTensor*)      takes ownership (deleter called once)
 //   DLManagedTensor* qforge::export_tensor(at::Tensor)  gives ownership away
 #ifndef QFORGE_CPP_TORCH_HPP
@@ -92,6 +93,12 @@ inline at::Tensor borrow(const DLTensor& t) {
   auto opts = at::TensorOptions().dtype(scalar_type(t.dtype)).device(device_of(t.device));
   char* base = static_cast<char*>(t.data) + t.byte_offset;
   return at::from_blob(base, sizes, strides, opts);
+}
+
+// A view of `t` after checking that it is float32 on the CPU (require_cpu_dtype).
+inline at::Tensor borrow_float_cpu(const DLTensor& t, const std::string& what) {
+  require_cpu_dtype(t, DLDataType{kDLFloat, 32, 1}, what);
+  return borrow(t);
 }
 
 // Takes ownership of `m`: the returned tensor calls m->deleter when freed.

@@ -1,0 +1,78 @@
+// The affine format table over at::Tensors (affine_aten.hpp).
+#include <qforge/cpp/plugin.hpp>
+#include <qforge/cpp/torch.hpp>
+#include <qforge_kernels/affine_aten.hpp>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace qforge::kernels {
+
+AffineInput describe_affine(const AffineFormat& format, const std::string& metadata_json,
+                            const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+  AffineInput in;
+  std::vector<std::pair<std::string, TensorData>> data;
+  for (const auto& [name, t] : tensors) {
+    if (!t.defined())
+      invalid_argument(std::string(format.id) + ": tensor '" + name + "' is undefined");
+    if (!t.device().is_cpu())
+      throw Error(QFORGE_STATUS_UNSUPPORTED,
+                  std::string(format.id) + " tensor '" + name + "' must be on the CPU");
+    const at::Tensor& dense = in.tensors.emplace_back(t.contiguous());
+    data.emplace_back(
+        name, TensorData{dl_dtype(dense.scalar_type()), dense.sizes().vec(), dense.data_ptr()});
+  }
+  in.weight = describe_affine(format, metadata_json, data);
+  return in;
+}
+
+bool AffineTensors::sequential_groups() const {
+  return at::equal(g_idx, at::arange(in_features, at::kInt).div_(group_size, "floor"));
+}
+
+AffineTensors unpack_affine(const std::string& format, const std::string& metadata_json,
+                            const std::map<std::string, at::Tensor>& tensors) {
+  const AffineFormat* f = find_affine_format(format.c_str());
+  if (f == nullptr)
+    throw Error(QFORGE_STATUS_UNSUPPORTED, "'" + format + "' is not an affine grid format");
+  const AffineInput input = describe_affine(
+      *f, metadata_json,
+      std::vector<std::pair<std::string, at::Tensor>>(tensors.begin(), tensors.end()));
+  const QuantizedWeight& w = input.weight.weight;
+  const AffineShape& s = input.weight.shape;
+  AffineTensors a;
+  a.bits = s.bits;
+  a.in_features = s.in_features;
+  a.out_features = s.out_features;
+  a.group_size = s.group_size;
+  a.groups = s.groups;
+
+  a.codes = at::empty({s.out_features, s.in_features}, at::kInt);
+  int32_t* codes = a.codes.data_ptr<int32_t>();
+  at::parallel_for(0, s.out_features, 1, [&](int64_t o0, int64_t o1) {
+    std::vector<uint8_t> q(static_cast<size_t>(s.in_features));
+    for (int64_t o = o0; o < o1; ++o) {
+      read_codes(w, o, q.data());
+      std::copy(q.begin(), q.end(), codes + o * s.in_features);
+    }
+  });
+  a.scales = at::empty({s.groups, s.out_features}, at::kFloat);
+  a.zeros = at::empty({s.groups, s.out_features}, at::kFloat);
+  float* scales = a.scales.data_ptr<float>();
+  float* zeros = a.zeros.data_ptr<float>();
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t o = 0; o < s.out_features; ++o) {
+      scales[g * s.out_features + o] = w.scales[g * w.scale_group_stride + o * w.scale_out_stride];
+      zeros[g * s.out_features + o] = w.zeros[g * w.zero_group_stride + o * w.zero_out_stride];
+    }
+  a.g_idx = at::empty({s.in_features}, at::kInt);
+  int32_t* g_idx = a.g_idx.data_ptr<int32_t>();
+  for (int64_t i = 0; i < s.in_features; ++i)
+    g_idx[i] = w.g_idx != nullptr ? w.g_idx[i] : static_cast<int32_t>(i / w.group_size);
+  if (!input.weight.bias.empty()) a.bias = at::tensor(input.weight.bias, at::kFloat);
+  return a;
+}
+
+}  // namespace qforge::kernels

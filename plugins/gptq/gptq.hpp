@@ -1,0 +1,45 @@
+// GPTQ (Frantar et al., 2023) inside the qforge-gptq plugin: what Algorithm 1
+// (gptq.cpp), its column-form reference (gptq_ref.cpp) and the ABI glue
+// (plugin.cpp) share.
+#pragma once
+
+#include <qforge/cpp/grid.hpp>
+#include <qforge/cpp/plugin.hpp>
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace qforge::gptq {
+
+struct Settings {
+  grid::Spec grid;           // bits, sym, mse, and what the packed format can store
+  int64_t group_size = 128;  // effective: in_features for one group per row
+  bool desc_act = false;     // act-order: columns by decreasing H_jj
+  bool static_groups = false;
+  double percdamp = 0.01;
+  int64_t block_size = 128;  // B, the columns of one lazy batch update
+};
+
+struct Result {
+  at::Tensor Q;                   // float32 [out, in]: the quantized weight, original order
+  at::Tensor codes;               // uint8 [out, in]: its codes, original order
+  std::vector<grid::Grid> grids;  // [groups][out]
+  std::vector<int32_t> g_idx;     // [in]: the group of every input
+  int64_t groups = 0;
+  double hessian_error = 0;  // Σ (w − q)² / Hinv_jj² / 2, the reference's Losses
+  double percdamp_used = 0;
+  int64_t dead_inputs = 0;
+};
+
+// Algorithm 1 with lazy batch updates, row by row (gptq.cpp). W [out, in] and
+// H [in, in] float32 contiguous, consumed.
+Result gptq(const Host& host, const Settings& s, at::Tensor W, at::Tensor H);
+
+// The same algorithm transcribed column by column in LibTorch ops from
+// gptq.py's fasterquant (gptq_ref.cpp): the spec gptq() is tested against.
+// No dampening retry; `grids` is left empty.
+Result gptq_ref(const Settings& s, at::Tensor W, at::Tensor H);
+
+}  // namespace qforge::gptq

@@ -1,0 +1,67 @@
+// Optional header-only helper (ATen): the checks every quantizer makes on the
+// tensors of a quantize call.
+//
+//   const qforge::LayerInput in = qforge::LayerInput::from(input);
+//   in.weight   float32 [out, in] on the CPU, finite (a view of the input)
+//   in.bias     float32 [out], a contiguous copy; undefined without a bias
+//   in.hessian  float32 [in, in] on the CPU, finite (a view); undefined when
+//               the host passed none
+#ifndef QFORGE_CPP_LAYER_INPUT_HPP
+#define QFORGE_CPP_LAYER_INPUT_HPP
+
+#include <ATen/ATen.h>
+#include <qforge/cpp/plugin.hpp>
+#include <qforge/cpp/torch.hpp>
+
+#include <cstdint>
+#include <limits>
+#include <string>
+
+namespace qforge {
+
+struct LayerInput {
+  at::Tensor weight, bias, hessian;
+
+  int64_t out_features() const { return weight.size(0); }
+  int64_t in_features() const { return weight.size(1); }
+
+  // Throws INVALID_ARGUMENT (UNSUPPORTED for a tensor on another device).
+  static LayerInput from(const qforge_quantize_input& input) {
+    constexpr int64_t kMaxDim = std::numeric_limits<int32_t>::max();
+    LayerInput in;
+    if (input.weight == nullptr) invalid_argument("no weight given");
+    in.weight = borrow_float_cpu(*input.weight, "weight");
+    const at::Tensor& w = in.weight;
+    if (w.dim() != 2 || w.size(0) < 1 || w.size(1) < 1 || w.size(0) > kMaxDim ||
+        w.size(1) > kMaxDim)
+      invalid_argument("weight must be a non-empty 2-D [out, in] tensor, got " +
+                       shape_str(w.sizes()));
+    if (!at::isfinite(w).all().item<bool>())
+      invalid_argument("weight contains NaN or infinite values");
+    const int64_t out_f = w.size(0), in_f = w.size(1);
+
+    if (input.hessian != nullptr) {
+      in.hessian = borrow_float_cpu(*input.hessian, "hessian");
+      const at::Tensor& h = in.hessian;
+      if (h.dim() != 2 || h.size(0) != in_f || h.size(1) != in_f)
+        invalid_argument("hessian must be [" + std::to_string(in_f) + ", " + std::to_string(in_f) +
+                         "] for a weight " + shape_str(w.sizes()) + ", got " +
+                         shape_str(h.sizes()));
+      if (!at::isfinite(h).all().item<bool>())
+        invalid_argument("hessian contains NaN or infinite values");
+    }
+
+    if (input.bias != nullptr) {
+      const at::Tensor bias = borrow_float_cpu(*input.bias, "bias");
+      if (bias.dim() != 1 || bias.size(0) != out_f)
+        invalid_argument("bias must be [" + std::to_string(out_f) + "], got " +
+                         shape_str(bias.sizes()));
+      in.bias = bias.clone(at::MemoryFormat::Contiguous);  // the input is only borrowed
+    }
+    return in;
+  }
+};
+
+}  // namespace qforge
+
+#endif  // QFORGE_CPP_LAYER_INPUT_HPP
