@@ -1,10 +1,12 @@
 // compressed-tensors pack-quantized codec (host/src/save/compressed_tensors_codec.*):
 // the §4.7 worked example, an independent decoder written here from
 // <qforge/formats/ct_pack_quantized_v1.h>, pack -> unpack round trips,
-// refusals of malformed tensors.
+// refusals of malformed tensors, and quantization_config (the §2.8 example of
+// ../shared/research/llm-compressor.md, per-layer overrides, fused shards).
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 #include <qforge/formats/ct_pack_quantized_v1.h>
 
 #include <algorithm>
@@ -19,6 +21,8 @@
 #include "qforge_host/errors.hpp"
 
 namespace ct = qforge::host::ct;
+using nlohmann::json;
+using nlohmann::ordered_json;
 using Tensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 namespace {
@@ -151,6 +155,20 @@ void expect_same(const ct::AffineLinear& a, const ct::AffineLinear& b) {
   EXPECT_TRUE(at::equal(a.zeros, b.zeros));
   EXPECT_TRUE(at::equal(a.g_idx, b.g_idx));
   EXPECT_EQ(a.symmetric, b.symmetric);
+}
+
+// Every object's keys in sorted order, recursively (json.dumps(sort_keys=True)).
+void expect_sorted(const ordered_json& j, const std::string& where = "") {
+  if (j.is_object()) {
+    std::string last;
+    for (const auto& [k, v] : j.items()) {
+      EXPECT_LT(last, k) << where;
+      last = k;
+      expect_sorted(v, where + "." + k);
+    }
+  } else if (j.is_array()) {
+    for (const auto& v : j) expect_sorted(v, where);
+  }
 }
 
 }  // namespace
@@ -353,6 +371,233 @@ TEST(CompressedTensors, UnpackRefusesMalformedTensors) {
   EXPECT_NO_THROW(ct::unpack(m, sym));
   m["bias"] = at::zeros({10});  // other tensors of the linear are not the codec's
   EXPECT_NO_THROW(ct::unpack(m, sym));
+}
+
+// ---------------------------------------------------- (e) quantization_config --
+namespace {
+
+std::vector<std::string> llama_linears(int blocks) {
+  std::vector<std::string> names;
+  for (int b = 0; b < blocks; ++b)
+    for (const char* n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"})
+      names.push_back("model.layers." + std::to_string(b) + "." + n);
+  return names;
+}
+
+ct::Scheme w4g128(ct::ActOrder order = ct::ActOrder::weight) {
+  ct::Scheme s;
+  s.num_bits = 4;
+  s.symmetric = true;
+  s.strategy = ct::Strategy::group;
+  s.group_size = 128;
+  s.actorder = order;
+  return s;
+}
+
+}  // namespace
+
+TEST(CompressedTensors, ConfigMatchesWorkedExample) {
+  // §2.8, key for key: the text Python's json.dumps(config, indent=2,
+  // sort_keys=True) prints for it (as compressed-tensors writes config.json).
+  const std::string expected = R"({
+  "config_groups": {
+    "group_0": {
+      "format": "pack-quantized",
+      "input_activations": null,
+      "output_activations": null,
+      "targets": [
+        "Linear"
+      ],
+      "weights": {
+        "actorder": "static",
+        "block_structure": null,
+        "dynamic": false,
+        "group_size": 128,
+        "num_bits": 4,
+        "observer": "memoryless_minmax",
+        "observer_kwargs": {},
+        "scale_dtype": null,
+        "strategy": "group",
+        "symmetric": true,
+        "type": "int",
+        "zp_dtype": null
+      }
+    }
+  },
+  "format": "pack-quantized",
+  "global_compression_ratio": null,
+  "ignore": [
+    "lm_head"
+  ],
+  "kv_cache_scheme": null,
+  "quant_method": "compressed-tensors",
+  "quantization_status": "compressed",
+  "sparsity_config": {},
+  "transform_config": {},
+  "version": "0.18.0"
+})";
+  std::vector<std::pair<std::string, ct::Scheme>> layers;
+  for (const auto& n : llama_linears(2)) layers.emplace_back(n, w4g128());
+  const ordered_json q = ct::quantization_config(layers, {"lm_head"});
+  EXPECT_EQ(q.dump(2), expected);
+  expect_sorted(q);
+  for (const auto& [name, s] : layers) EXPECT_EQ(ct::parse_scheme(json::parse(q.dump()), name), s);
+  EXPECT_EQ(ct::parse_scheme(json::parse(q.dump()), "lm_head"), std::nullopt);
+
+  // Without act-order: actorder null; asymmetric: zp_dtype torch.int8; channel: group_size null.
+  ct::Scheme asym_channel;
+  asym_channel.num_bits = 8;
+  asym_channel.symmetric = false;
+  asym_channel.strategy = ct::Strategy::channel;
+  asym_channel.group_size = -1;
+  const ordered_json c = ct::quantization_config({{"a.q_proj", asym_channel}}, {});
+  const auto& w = c["config_groups"]["group_0"]["weights"];
+  EXPECT_TRUE(w["actorder"].is_null());
+  EXPECT_TRUE(w["group_size"].is_null());
+  EXPECT_EQ(w["strategy"], "channel");
+  EXPECT_EQ(w["zp_dtype"], "torch.int8");
+  EXPECT_EQ(w["symmetric"], false);
+  EXPECT_EQ(ct::parse_scheme(json::parse(c.dump()), "a.q_proj"), asym_channel);
+}
+
+TEST(CompressedTensors, ConfigTwoSchemesDownProjOverride) {
+  ct::Scheme w8 = w4g128();
+  w8.num_bits = 8;
+  std::vector<std::pair<std::string, ct::Scheme>> layers;
+  for (const auto& n : llama_linears(3))
+    layers.emplace_back(n, n.find("down_proj") != std::string::npos ? w8 : w4g128());
+  const ordered_json q = ct::quantization_config(layers, {"lm_head"});
+  expect_sorted(q);
+  ASSERT_EQ(q["config_groups"].size(), 2u);
+  EXPECT_EQ(q["format"], "pack-quantized");
+  EXPECT_EQ(q["config_groups"]["group_0"]["targets"],
+            ordered_json::parse(R"(["re:.*\\.self_attn\\.q_proj$", "re:.*\\.self_attn\\.k_proj$",
+              "re:.*\\.self_attn\\.v_proj$", "re:.*\\.self_attn\\.o_proj$", "re:.*\\.mlp\\.gate_proj$",
+              "re:.*\\.mlp\\.up_proj$"])"));
+  EXPECT_EQ(q["config_groups"]["group_1"]["targets"], ordered_json::parse(R"(["re:.*\\.mlp\\.down_proj$"])"));
+  EXPECT_EQ(q["config_groups"]["group_1"]["weights"]["num_bits"], 8);
+  const json parsed = json::parse(q.dump());
+  for (const auto& [name, s] : layers) EXPECT_EQ(ct::parse_scheme(parsed, name), s) << name;
+  EXPECT_EQ(ct::parse_scheme(parsed, "lm_head"), std::nullopt);
+
+  // One block's down_proj only: exact names where a suffix regex would catch others.
+  layers.clear();
+  for (const auto& n : llama_linears(3))
+    layers.emplace_back(n, n == "model.layers.1.mlp.down_proj" ? w8 : w4g128());
+  const ordered_json one = ct::quantization_config(layers, {"lm_head"});
+  EXPECT_EQ(one["config_groups"]["group_1"]["targets"], ordered_json::parse(R"(["model.layers.1.mlp.down_proj"])"));
+  const auto& t0 = one["config_groups"]["group_0"]["targets"];
+  EXPECT_NE(std::find(t0.begin(), t0.end(), "model.layers.0.mlp.down_proj"), t0.end());
+  EXPECT_EQ(std::find(t0.begin(), t0.end(), "model.layers.1.mlp.down_proj"), t0.end());
+  const json p1 = json::parse(one.dump());
+  for (const auto& [name, s] : layers) EXPECT_EQ(ct::parse_scheme(p1, name), s) << name;
+}
+
+TEST(CompressedTensors, ConfigRefusesFusedShardMismatch) {
+  ct::Scheme w8 = w4g128();
+  w8.num_bits = 8;
+  std::vector<std::pair<std::string, ct::Scheme>> layers;
+  for (const auto& n : llama_linears(2))
+    layers.emplace_back(n, n == "model.layers.1.self_attn.k_proj" ? w8 : w4g128());
+  const std::string m = refusal([&] { ct::quantization_config(layers, {}); });
+  EXPECT_NE(m.find("model.layers.1.self_attn.k_proj"), std::string::npos) << m;
+  EXPECT_NE(m.find("vLLM"), std::string::npos) << m;
+
+  // gate_proj ignored while up_proj is quantized.
+  layers.clear();
+  for (const auto& n : llama_linears(2))
+    if (n != "model.layers.0.mlp.gate_proj") layers.emplace_back(n, w4g128());
+  const std::string g = refusal([&] { ct::quantization_config(layers, {"model.layers.0.mlp.gate_proj"}); });
+  EXPECT_NE(g.find("model.layers.0.mlp.up_proj"), std::string::npos) << g;
+  EXPECT_NE(g.find("ignored"), std::string::npos) << g;
+  // ... and via a regex.
+  EXPECT_FALSE(refusal([&] { ct::quantization_config(layers, {"re:.*gate_proj"}); }).empty());
+  // A layer both quantized and ignored; a duplicate.
+  EXPECT_FALSE(refusal([&] { ct::quantization_config(layers, {layers[0].first}); }).empty());
+  layers.push_back(layers[0]);
+  EXPECT_FALSE(refusal([&] { ct::quantization_config(layers, {}); }).empty());
+}
+
+TEST(CompressedTensors, ParseSchemeMatchingAndRefusals) {
+  std::vector<std::pair<std::string, ct::Scheme>> layers = {{"model.layers.0.mlp.down_proj", w4g128()}};
+  const json base = json::parse(ct::quantization_config(layers, {"lm_head"}).dump());
+  const std::string lin = "model.layers.0.mlp.down_proj";
+
+  // An exact name beats the class name; regexes are anchored at the start.
+  json q = base;
+  q["config_groups"]["group_1"] = q["config_groups"]["group_0"];
+  q["config_groups"]["group_1"]["targets"] = {lin};
+  q["config_groups"]["group_1"]["weights"]["num_bits"] = 8;
+  EXPECT_EQ(ct::parse_scheme(q, lin)->num_bits, 8);
+  EXPECT_EQ(ct::parse_scheme(q, "model.layers.1.mlp.down_proj")->num_bits, 4);
+  q["config_groups"]["group_1"]["targets"] = {"re:mlp\\.down_proj"};  // not at the start
+  EXPECT_EQ(ct::parse_scheme(q, lin)->num_bits, 4);
+  q["config_groups"]["group_1"]["targets"] = {"re:model\\.layers\\.\\d+\\.mlp"};
+  EXPECT_EQ(ct::parse_scheme(q, lin)->num_bits, 8);
+  q["config_groups"]["group_1"]["targets"] = {"Linear"};  // two groups at the same level
+  EXPECT_NE(refusal([&] { ct::parse_scheme(q, lin); }).find("two config groups"), std::string::npos);
+  q["config_groups"]["group_1"]["targets"] = {"re:(unclosed"};
+  EXPECT_NE(refusal([&] { ct::parse_scheme(q, lin); }).find("bad regex"), std::string::npos);
+
+  // Not targeted / ignored by regex: a dense linear.
+  q = base;
+  q["config_groups"]["group_0"]["targets"] = {"re:.*q_proj$"};
+  EXPECT_EQ(ct::parse_scheme(q, lin), std::nullopt);
+  q = base;
+  q["ignore"] = {"re:.*down_proj"};
+  EXPECT_EQ(ct::parse_scheme(q, lin), std::nullopt);
+
+  // Legacy spellings: actorder true / "group" / "weight", strategy inferred from group_size.
+  q = base;
+  q["config_groups"]["group_0"]["weights"]["actorder"] = true;
+  EXPECT_EQ(ct::parse_scheme(q, lin)->actorder, ct::ActOrder::group);
+  q["config_groups"]["group_0"]["weights"]["actorder"] = "weight";
+  EXPECT_EQ(ct::parse_scheme(q, lin)->actorder, ct::ActOrder::weight);
+  q["config_groups"]["group_0"]["weights"].erase("strategy");
+  EXPECT_EQ(ct::parse_scheme(q, lin)->strategy, ct::Strategy::group);
+  q["config_groups"]["group_0"]["weights"]["group_size"] = -1;
+  q["config_groups"]["group_0"]["weights"]["actorder"] = nullptr;
+  EXPECT_EQ(ct::parse_scheme(q, lin)->strategy, ct::Strategy::channel);
+
+  // Refusals, each naming its key.
+  auto refused = [&](const std::function<void(json&)>& edit, const std::string& key) {
+    json c = base;
+    edit(c);
+    const std::string m = refusal([&] { ct::parse_scheme(c, lin); });
+    EXPECT_NE(m.find(key), std::string::npos) << m;
+  };
+  auto w = [](json& c) -> json& { return c["config_groups"]["group_0"]["weights"]; };
+  refused([](json& c) { c["quant_method"] = "gptq"; }, "quant_method");
+  refused([](json& c) { c["config_groups"]["group_0"]["format"] = "int-quantized"; }, "group_0.format");
+  refused([](json& c) { c["config_groups"]["group_0"].erase("format"); c["format"] = "float-quantized"; },
+          "quantization_config.format");
+  refused([](json& c) { c["config_groups"]["group_0"]["input_activations"] = {{"num_bits", 8}}; },
+          "input_activations");
+  refused([](json& c) { c["config_groups"]["group_0"]["output_activations"] = {{"num_bits", 8}}; },
+          "output_activations");
+  refused([&](json& c) { w(c)["type"] = "float"; }, "weights.type");
+  refused([&](json& c) { w(c)["strategy"] = "tensor"; }, "weights.strategy");
+  refused([&](json& c) { w(c)["strategy"] = "block"; }, "weights.strategy");
+  refused([&](json& c) { w(c)["dynamic"] = true; }, "weights.dynamic");
+  refused([&](json& c) { w(c)["num_bits"] = 16; }, "weights.num_bits");
+  refused([&](json& c) { w(c)["actorder"] = "sideways"; }, "weights.actorder");
+  refused([&](json& c) { w(c)["block_structure"] = {128, 128}; }, "weights.block_structure");
+  refused([&](json& c) { w(c) = nullptr; }, "weights");
+  refused([](json& c) { c["quantization_status"] = "frozen"; }, "quantization_status");
+  refused([](json& c) { c["transform_config"] = {{"config_groups", json::object()}}; }, "transform_config");
+  refused([](json& c) { c["sparsity_config"] = {{"format", "sparse-24-bitmask"}}; }, "sparsity_config");
+  refused([](json& c) { c["config_groups"]["group_0"] = json::array({"Linear"}); }, "group_0");
+  // 3-bit: the packing changed in compressed-tensors 0.17.
+  refused([&](json& c) { w(c)["num_bits"] = 3; c["version"] = "0.16.0"; }, "version");
+  refused([&](json& c) { w(c)["num_bits"] = 3; c.erase("version"); }, "version");
+  json ok = base;
+  w(ok)["num_bits"] = 3;
+  ok["version"] = "0.17.1.dev4";
+  EXPECT_EQ(ct::parse_scheme(ok, lin)->num_bits, 3);
+  ok.erase("version");
+  w(ok)["num_bits"] = 8;  // 2/4/8 bits are the same bytes in every version
+  EXPECT_EQ(ct::parse_scheme(ok, lin)->num_bits, 8);
 }
 
 TEST(CompressedTensors, HeaderNamesMatchCodec) {

@@ -8,12 +8,18 @@
 #include <qforge/formats/ct_pack_quantized_v1.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <limits>
+#include <regex>
+#include <string_view>
 
 #include "qforge_host/errors.hpp"
 
 namespace qforge::host::ct {
 namespace {
+
+using nlohmann::json;
+using nlohmann::ordered_json;
 
 constexpr int64_t kMaxDim = std::numeric_limits<int32_t>::max();
 
@@ -117,8 +123,151 @@ void check_range(const std::string& what, const at::Tensor& t, int64_t lo, int64
     refuse(fmt::format("{}: values must be in [{}, {}], found {}", what, lo, hi, mn < lo ? mn : mx));
 }
 
+// ------------------------------------------------------------------ matching --
+// compressed-tensors / vLLM target matching: "re:" + regex (re.match: anchored
+// at the start), the class name "Linear", or an exact module name.
+enum class Match { none, class_name, name };
+Match match(const std::string& target, const std::string& name, const std::string& where) {
+  if (target.rfind("re:", 0) == 0) {
+    try {
+      const std::regex re(target.substr(3), std::regex::ECMAScript);
+      return std::regex_search(name, re, std::regex_constants::match_continuous) ? Match::name
+                                                                                 : Match::none;
+    } catch (const std::regex_error& e) {
+      refuse(fmt::format("{}: bad regex '{}': {}", where, target, e.what()));
+    }
+  }
+  if (target == "Linear") return Match::class_name;
+  return target == name ? Match::name : Match::none;
+}
+
+bool ignored(const std::vector<std::string>& ignore, const std::string& name, const std::string& where) {
+  for (const auto& t : ignore)
+    if (match(t, name, where) != Match::none) return true;
+  return false;
+}
+
 const char* actorder_name(ActOrder a) {
   return a == ActOrder::group ? "group" : a == ActOrder::weight ? "static" : nullptr;
+}
+
+// The shards vLLM fuses into one layer (qkv_proj, gate_up_proj).
+const std::vector<std::vector<std::string>> kFusedShards = {{"q_proj", "k_proj", "v_proj"},
+                                                           {"gate_proj", "up_proj"}};
+
+std::string escape_regex(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (std::string_view(".^$|()[]{}*+?\\").find(c) != std::string_view::npos) out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+// The part of a module name after its last all-digit component
+// ("model.layers.3.mlp.down_proj" -> "mlp.down_proj"); empty when none.
+std::string repeated_suffix(const std::string& name) {
+  std::string suffix;
+  size_t start = 0;
+  while (start <= name.size()) {
+    size_t end = name.find('.', start);
+    if (end == std::string::npos) end = name.size();
+    const std::string part = name.substr(start, end - start);
+    if (!part.empty() && end < name.size() &&
+        std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      suffix = name.substr(end + 1);
+    start = end + 1;
+  }
+  return suffix;
+}
+
+json weights_args(const Scheme& s) {
+  json w;
+  const char* order = actorder_name(s.actorder);
+  w["actorder"] = order ? json(order) : json(nullptr);
+  w["block_structure"] = nullptr;
+  w["dynamic"] = false;
+  w["group_size"] = s.strategy == Strategy::group ? json(s.group_size) : json(nullptr);
+  w["num_bits"] = s.num_bits;
+  w["observer"] = "memoryless_minmax";
+  w["observer_kwargs"] = json::object();
+  w["scale_dtype"] = nullptr;
+  w["strategy"] = s.strategy == Strategy::group ? "group" : "channel";
+  w["symmetric"] = s.symmetric;
+  w["type"] = "int";
+  w["zp_dtype"] = s.symmetric ? json(nullptr) : json("torch.int8");
+  return w;
+}
+
+// "0.18.0", "0.17.1.dev3" -> {0, 18}; {-1, -1} when unparsable.
+std::pair<int, int> major_minor(const std::string& v) {
+  int major = -1, minor = -1;
+  if (std::sscanf(v.c_str(), "%d.%d", &major, &minor) != 2) return {-1, -1};
+  return {major, minor};
+}
+
+// A JSON value of `obj` at `key`, or null when absent.
+const json& at_or_null(const json& obj, const std::string& key) {
+  static const json null_value;
+  const auto it = obj.find(key);
+  return it == obj.end() ? null_value : *it;
+}
+
+Scheme parse_weights(const json& w, const std::string& where) {
+  if (!w.is_object())
+    refuse(where + ": must be an object (a null weights means the linear is not weight-quantized)");
+  auto key = [&](const char* k) { return where + "." + k; };
+  const json& type = at_or_null(w, "type");
+  if (!type.is_null() && !(type.is_string() && type.get<std::string>() == "int"))
+    refuse(fmt::format("{}: {} (qforge reads int weights only)", key("type"), type.dump()));
+  Scheme s;
+  const json& bits = at_or_null(w, "num_bits");
+  s.num_bits = bits.is_null() ? 8 : bits.is_number_integer() ? bits.get<int>() : -1;
+  if (s.num_bits < 2 || s.num_bits > 8)
+    refuse(fmt::format("{}: {} (qforge reads 2..8 bits)", key("num_bits"), bits.dump()));
+  const json& sym = at_or_null(w, "symmetric");
+  if (!sym.is_null() && !sym.is_boolean()) refuse(key("symmetric") + ": must be true or false");
+  s.symmetric = sym.is_null() || sym.get<bool>();
+  const json& dynamic = at_or_null(w, "dynamic");
+  if (!dynamic.is_null() && dynamic != json(false))
+    refuse(fmt::format("{}: {} (pack-quantized weights are static)", key("dynamic"), dynamic.dump()));
+  if (!at_or_null(w, "block_structure").is_null())
+    refuse(key("block_structure") + ": block quantization is not pack-quantized group/channel");
+  const json& gs = at_or_null(w, "group_size");
+  if (!gs.is_null() && !gs.is_number_integer()) refuse(key("group_size") + ": must be an integer");
+  const int64_t group_size = gs.is_null() ? 0 : gs.get<int64_t>();
+  const json& st = at_or_null(w, "strategy");
+  std::string strategy;
+  if (st.is_string()) {
+    strategy = st.get<std::string>();
+  } else if (st.is_null()) {  // compressed-tensors' inference
+    strategy = gs.is_null() ? "tensor" : group_size > 0 ? "group" : group_size == -1 ? "channel" : "";
+  }
+  if (strategy == "group") {
+    if (group_size <= 0) refuse(fmt::format("{}: {} (strategy group needs > 0)", key("group_size"), gs.dump()));
+    s.strategy = Strategy::group;
+    s.group_size = group_size;
+  } else if (strategy == "channel") {
+    if (!gs.is_null() && group_size != -1)
+      refuse(fmt::format("{}: {} (strategy channel needs null or -1)", key("group_size"), gs.dump()));
+    s.strategy = Strategy::channel;
+    s.group_size = -1;
+  } else {
+    refuse(fmt::format("{}: {} (qforge reads group and channel)", key("strategy"), st.dump()));
+  }
+  const json& ao = at_or_null(w, "actorder");
+  if (ao.is_null() || ao == json(false)) {
+    s.actorder = ActOrder::none;
+  } else if (ao == json(true) || ao == json("group") || ao == json("dynamic")) {
+    s.actorder = ActOrder::group;
+  } else if (ao == json("weight") || ao == json("static")) {
+    s.actorder = ActOrder::weight;
+  } else {
+    refuse(fmt::format("{}: unknown value {}", key("actorder"), ao.dump()));
+  }
+  if (s.actorder != ActOrder::none && s.strategy != Strategy::group)
+    refuse(key("actorder") + ": needs strategy group");
+  return s;
 }
 
 }  // namespace
@@ -310,6 +459,174 @@ AffineLinear unpack(const std::map<std::string, at::Tensor>& tensors, const Sche
     l.zeros = zeros.to(at::kFloat);
   }
   return l;
+}
+
+// ------------------------------------------------------ quantization_config --
+ordered_json quantization_config(const std::vector<std::pair<std::string, Scheme>>& layers,
+                                 const std::vector<std::string>& ignore) {
+  if (layers.empty()) refuse("quantization_config: no quantized layers");
+  const std::string where = "ignore";
+  std::map<std::string, const Scheme*> scheme_of_name;
+  for (const auto& [name, s] : layers) {
+    check_scheme(s, name);
+    if (!scheme_of_name.emplace(name, &s).second) refuse(name + ": listed twice");
+    if (ignored(ignore, name, where)) refuse(name + ": both quantized and in ignore");
+  }
+  // vLLM fuses these shards into one layer: one scheme, one ignore status.
+  for (const auto& [name, s] : layers) {
+    const size_t dot = name.rfind('.');
+    const std::string parent = dot == std::string::npos ? "" : name.substr(0, dot + 1);
+    const std::string leaf = name.substr(parent.size());
+    for (const auto& shards : kFusedShards) {
+      if (std::find(shards.begin(), shards.end(), leaf) == shards.end()) continue;
+      for (const auto& other : shards) {
+        const std::string sibling = parent + other;
+        if (sibling == name) continue;
+        if (ignored(ignore, sibling, where))
+          refuse(fmt::format("{} is quantized but {} is ignored; vLLM fuses them and needs one scheme",
+                             name, sibling));
+        const auto it = scheme_of_name.find(sibling);
+        if (it != scheme_of_name.end() && *it->second != s)
+          refuse(fmt::format("{} ({}) and {} ({}) differ; vLLM fuses them and needs one scheme", name,
+                             describe(s), sibling, describe(*it->second)));
+      }
+    }
+  }
+  // One group per scheme, in order of first appearance.
+  std::vector<std::pair<Scheme, std::vector<std::string>>> groups;
+  for (const auto& [name, s] : layers) {
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == s; });
+    if (it == groups.end()) it = groups.insert(groups.end(), {s, {}});
+    it->second.push_back(name);
+  }
+  json config_groups = json::object();
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const auto& [scheme, names] = groups[i];
+    json targets = json::array();
+    if (groups.size() == 1) {
+      targets.push_back("Linear");
+    } else {
+      // A suffix regex ("re:.*\.mlp\.down_proj$") when it matches exactly this
+      // group's layers among all layers; exact names otherwise.
+      // (The regex matches exactly the names ending in "." + suffix.)
+      std::map<std::string, bool> regex_ok;  // suffix -> the regex is exact
+      for (const auto& name : names) {
+        const std::string suffix = repeated_suffix(name);
+        if (suffix.empty()) {
+          targets.push_back(name);
+          continue;
+        }
+        auto [it, first] = regex_ok.emplace(suffix, true);
+        if (first) {
+          const std::string tail = "." + suffix;
+          for (const auto& [other, s] : layers) {
+            const bool hit = other.size() >= tail.size() &&
+                             other.compare(other.size() - tail.size(), tail.size(), tail) == 0;
+            if (hit && s != scheme) it->second = false;
+          }
+          if (it->second) targets.push_back("re:.*\\." + escape_regex(suffix) + "$");
+        }
+        if (!it->second) targets.push_back(name);
+      }
+    }
+    config_groups["group_" + std::to_string(i)] = {{"format", QFORGE_CT_FORMAT_PACK_QUANTIZED},
+                                                   {"input_activations", nullptr},
+                                                   {"output_activations", nullptr},
+                                                   {"targets", targets},
+                                                   {"weights", weights_args(scheme)}};
+  }
+  // nlohmann::json keeps keys sorted, as Python's json.dumps(sort_keys=True).
+  const json q = {{"config_groups", config_groups},
+                  {"format", QFORGE_CT_FORMAT_PACK_QUANTIZED},
+                  {"global_compression_ratio", nullptr},
+                  {"ignore", ignore},
+                  {"kv_cache_scheme", nullptr},
+                  {"quant_method", "compressed-tensors"},
+                  {"quantization_status", "compressed"},
+                  {"sparsity_config", json::object()},
+                  {"transform_config", json::object()},
+                  {"version", QFORGE_CT_WRITER_VERSION}};
+  return ordered_json::parse(q.dump());
+}
+
+// ------------------------------------------------------------- parse_scheme --
+std::optional<Scheme> parse_scheme(const json& q, const std::string& linear_name) {
+  const std::string qc = "quantization_config";
+  if (!q.is_object()) refuse(qc + ": must be an object");
+  const json& method = at_or_null(q, "quant_method");
+  if (method != json("compressed-tensors"))
+    refuse(fmt::format("{}.quant_method: {} (not compressed-tensors)", qc, method.dump()));
+  const json& status = at_or_null(q, "quantization_status");
+  if (!status.is_null() && status != json("compressed"))
+    refuse(fmt::format("{}.quantization_status: {} (only \"compressed\" checkpoints are packed)", qc,
+                       status.dump()));
+  const json& transform = at_or_null(q, "transform_config");
+  if (!transform.is_null() && transform != json::object())
+    refuse(qc + ".transform_config: transforms (rotations) are not supported");
+  const json& sparsity = at_or_null(q, "sparsity_config");
+  if (!sparsity.is_null() && sparsity != json::object() &&
+      at_or_null(sparsity, "format") != json("dense"))
+    refuse(qc + ".sparsity_config: sparse formats are not supported");
+
+  const json& ignore = at_or_null(q, "ignore");
+  if (!ignore.is_null() && !ignore.is_array()) refuse(qc + ".ignore: must be a list");
+  if (ignore.is_array())
+    for (const auto& t : ignore) {
+      if (!t.is_string()) refuse(qc + ".ignore: entries must be strings");
+      if (match(t.get<std::string>(), linear_name, qc + ".ignore") != Match::none) return std::nullopt;
+    }
+
+  const json& cg = at_or_null(q, "config_groups");
+  if (!cg.is_object()) refuse(qc + ".config_groups: must be an object");
+  // The best-matching groups: by name (exact or regex) before class name.
+  Match best = Match::none;
+  std::vector<std::string> matched;
+  for (const auto& [key, group] : cg.items()) {
+    const std::string where = qc + ".config_groups." + key;
+    if (!group.is_object()) refuse(where + ": must be an object (preset lists are not supported)");
+    const json& targets = at_or_null(group, "targets");
+    if (!targets.is_array()) refuse(where + ".targets: must be a list");
+    Match m = Match::none;
+    for (const auto& t : targets) {
+      if (!t.is_string()) refuse(where + ".targets: entries must be strings");
+      m = std::max(m, match(t.get<std::string>(), linear_name, where + ".targets"));
+    }
+    if (m == Match::none || m < best) continue;
+    if (m > best) matched.clear();
+    best = m;
+    matched.push_back(key);
+  }
+  if (matched.empty()) return std::nullopt;
+
+  std::optional<Scheme> result;
+  for (const auto& key : matched) {
+    const std::string where = qc + ".config_groups." + key;
+    const json& group = cg.at(key);
+    const json& gfmt = at_or_null(group, "format");
+    const json& fmt_value = gfmt.is_null() ? at_or_null(q, "format") : gfmt;
+    if (fmt_value != json(QFORGE_CT_FORMAT_PACK_QUANTIZED))
+      refuse(fmt::format("{}: {} (qforge reads pack-quantized)", gfmt.is_null() ? qc + ".format" : where + ".format",
+                         fmt_value.dump()));
+    for (const char* a : {"input_activations", "output_activations"})
+      if (!at_or_null(group, a).is_null())
+        refuse(fmt::format("{}.{}: quantized activations are not supported", where, a));
+    const Scheme s = parse_weights(at_or_null(group, "weights"), where + ".weights");
+    if (result && *result != s)
+      refuse(fmt::format("{}: {} matches two config groups with different schemes", qc, linear_name));
+    result = s;
+  }
+  const int b = result->num_bits;
+  if (b != 2 && b != 4 && b != 8) {
+    const json& version = at_or_null(q, "version");
+    const auto [major, minor] = version.is_string() ? major_minor(version.get<std::string>())
+                                                    : std::pair<int, int>{-1, -1};
+    const auto [min_major, min_minor] = major_minor(QFORGE_CT_PACK_QUANTIZED_V1_MIN_VERSION);
+    if (major < 0 || std::make_pair(major, minor) < std::make_pair(min_major, min_minor))
+      refuse(fmt::format("{}.version: {}; {}-bit pack-quantized before compressed-tensors {} packs "
+                         "floor(32/{}) codes per word, which qforge does not read",
+                         qc, version.dump(), b, QFORGE_CT_PACK_QUANTIZED_V1_MIN_VERSION, b));
+  }
+  return result;
 }
 
 }  // namespace qforge::host::ct

@@ -17,9 +17,11 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -83,5 +85,31 @@ std::vector<std::pair<std::string, at::Tensor>> pack(const std::string& prefix,
 // The result has float32 scales/zeros [groups, out], int32 codes and g_idx,
 // group_size -1 for channel.
 AffineLinear unpack(const std::map<std::string, at::Tensor>& tensors, const Scheme& scheme);
+
+// config.json's "quantization_config" for a model whose quantized linears are
+// `layers` (name, scheme) and whose other linears are listed in `ignore`
+// (exact names or "re:" regexes). One scheme: one group targeting "Linear"
+// (so every Linear of the model must be in `layers` or `ignore`). Several:
+// one group per scheme, in order of first appearance, targeting "re:"
+// suffix regexes where they pick exactly that group's layers and exact names
+// otherwise, so no linear matches two groups. Keys sorted recursively as
+// compressed-tensors writes them (json.dumps sort_keys). Refuses a layer also
+// ignored, a duplicate name, and fused shards (q/k/v_proj, gate/up_proj of
+// one module) with different schemes or ignore status, which vLLM rejects.
+nlohmann::ordered_json quantization_config(
+    const std::vector<std::pair<std::string, Scheme>>& layers,
+    const std::vector<std::string>& ignore);
+
+// The scheme of linear `linear_name` in a checkpoint's quantization_config:
+// nullopt when it is ignored or no group targets it (a dense linear).
+// Matching: exact name or "re:" regex (anchored at the start) before the
+// class name "Linear"; two groups matching at the same level with different
+// schemes are refused. Refuses, naming the key, what qforge can't read: other
+// quant_method / format, quantized activations, float type, strategies other
+// than group/channel, dynamic, block_structure, transforms, sparsity, a
+// quantization_status other than "compressed", and 3/5/6/7 bits written by a
+// compressed-tensors older than the dense packing (or without "version").
+std::optional<Scheme> parse_scheme(const nlohmann::json& quantization_config,
+                                   const std::string& linear_name);
 
 }  // namespace qforge::host::ct
