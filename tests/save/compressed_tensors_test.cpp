@@ -1,7 +1,8 @@
 // compressed-tensors pack-quantized codec (host/src/save/compressed_tensors_codec.*):
 // the §4.7 worked example, an independent decoder written here from
 // <qforge/formats/ct_pack_quantized_v1.h>, pack -> unpack round trips,
-// refusals of malformed tensors, and quantization_config (the §2.8 example of
+// refusals of malformed tensors, the AutoGPTQ v1 fixtures converted (§4.8),
+// and quantization_config (the §2.8 example of
 // ../shared/research/llm-compressor.md, per-layer overrides, fused shards).
 #include <gtest/gtest.h>
 
@@ -15,10 +16,13 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "../model/test_data.hpp"
 #include "compressed_tensors_codec.hpp"
 #include "qforge_host/errors.hpp"
+#include "qforge_host/safetensors.hpp"
 
 namespace ct = qforge::host::ct;
 using nlohmann::json;
@@ -371,6 +375,78 @@ TEST(CompressedTensors, UnpackRefusesMalformedTensors) {
   EXPECT_NO_THROW(ct::unpack(m, sym));
   m["bias"] = at::zeros({10});  // other tensors of the linear are not the codec's
   EXPECT_NO_THROW(ct::unpack(m, sym));
+}
+
+// -------------------------------------------- (f) AutoGPTQ v1 fixtures, §4.8 --
+// Two checkpoints of an independent GPTQ packer (4-bit act-order, 3-bit; both
+// asymmetric g32, dims not multiples of 32/b). Read as AffineLinear the v1 way
+// (qweight: one LSB-first stream of codes per output column; qzeros: zero - 1,
+// one stream per group), then packed: weight_packed is qweight transposed,
+// word for word (3-bit included: both are dense streams), weight_scale is
+// scales transposed, and the act-order g_idx is kept.
+TEST(CompressedTensors, AutoGptqV1FixturesConvertByTransposition) {
+  QFORGE_REQUIRE_SHARED(root, "fixtures/gptq_v1_stories260K");
+  auto bits_of = [](const int32_t* words, int64_t stride, int64_t j, int b) {
+    int32_t v = 0;
+    for (int t = 0; t < b; ++t) {
+      const int64_t s = j * b + t;
+      v |= static_cast<int32_t>((static_cast<uint32_t>(words[(s / 32) * stride]) >> (s % 32)) & 1u) << t;
+    }
+    return v;
+  };
+  for (const auto& [dir, bits, act] : std::vector<std::tuple<std::string, int, bool>>{
+           {"gptq-w4-g32-asym-act", 4, true}, {"gptq-w3-g32-asym-noact", 3, false}}) {
+    SCOPED_TRACE(dir);
+    const qforge::host::SafetensorsFile file(root + "/" + dir + "/model.safetensors");
+    int linears = 0;
+    for (const auto& [tensor, info] : file.tensors()) {
+      const std::string suffix = ".qweight";
+      if (tensor.size() < suffix.size() || tensor.compare(tensor.size() - suffix.size(), suffix.size(), suffix))
+        continue;
+      const std::string name = tensor.substr(0, tensor.size() - suffix.size());
+      SCOPED_TRACE(name);
+      const at::Tensor qweight = file.load(name + ".qweight", at::kInt);
+      const at::Tensor qzeros = file.load(name + ".qzeros", at::kInt);
+      const at::Tensor scales = file.load(name + ".scales", at::kHalf);
+      const at::Tensor g_idx = file.load(name + ".g_idx", at::kInt);
+      ct::AffineLinear l;
+      l.bits = bits;
+      l.in_features = g_idx.size(0);
+      l.out_features = qweight.size(1);
+      l.group_size = 32;
+      l.symmetric = false;
+      l.act_order = act;
+      const int64_t n = l.out_features, k = l.in_features, groups = scales.size(0);
+      l.codes = at::empty({n, k}, at::kInt);
+      for (int64_t o = 0; o < n; ++o)
+        for (int64_t i = 0; i < k; ++i)
+          l.codes.data_ptr<int32_t>()[o * k + i] = bits_of(qweight.data_ptr<int32_t>() + o, n, i, bits);
+      l.zeros = at::empty({groups, n}, at::kFloat);
+      for (int64_t g = 0; g < groups; ++g)
+        for (int64_t o = 0; o < n; ++o)
+          l.zeros.data_ptr<float>()[g * n + o] =
+              static_cast<float>(bits_of(qzeros.data_ptr<int32_t>() + g * qzeros.size(1), 1, o, bits) + 1);
+      l.scales = scales.to(at::kFloat);
+      l.g_idx = g_idx;
+
+      const ct::Scheme s = ct::scheme_of(l);
+      EXPECT_EQ(s.actorder, act ? ct::ActOrder::group : ct::ActOrder::none);
+      const Tensors t = ct::pack(name, l);
+      const auto m = by_suffix(t, name);
+      EXPECT_TRUE(at::equal(m.at("weight_packed"), qweight.t().contiguous()));
+      EXPECT_TRUE(at::equal(m.at("weight_scale"), scales.t().contiguous()));
+      EXPECT_EQ(m.count("weight_g_idx"), act ? 1u : 0u);
+      if (act) {
+        EXPECT_TRUE(at::equal(m.at("weight_g_idx"), g_idx));
+      }
+      const Decoded d = decode(t, name, bits, false, 32, act);
+      EXPECT_TRUE(at::equal(d.zeros, l.zeros));
+      EXPECT_TRUE(at::equal(d.codes, l.codes));
+      expect_same(ct::unpack(m, s), l);
+      ++linears;
+    }
+    EXPECT_EQ(linears, 5 * 7);
+  }
 }
 
 // ---------------------------------------------------- (e) quantization_config --
