@@ -1,0 +1,688 @@
+// compressed-tensors pack-quantized codec (host/src/save/compressed_tensors_codec.*):
+// the §4.7 worked example, an independent decoder written here from
+// <qforge/formats/ct_pack_quantized_v1.h>, pack -> unpack round trips,
+// refusals of malformed tensors, the AutoGPTQ v1 fixtures converted (§4.8),
+// and quantization_config (the §2.8 example of
+// ../shared/research/llm-compressor.md, per-layer overrides, fused shards).
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <qforge/formats/ct_pack_quantized_v1.h>
+
+#include <algorithm>
+#include <functional>
+#include <map>
+#include <numeric>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "../support/test_data.hpp"
+#include "compressed_tensors_codec.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/io/safetensors.hpp"
+
+namespace ct = qforge::host::ct;
+using nlohmann::json;
+using nlohmann::ordered_json;
+using Tensors = std::vector<std::pair<std::string, at::Tensor>>;
+
+namespace {
+
+enum class Order { natural, static_order, shuffled };
+
+// A random affine linear: float16-exact scales, integer zeros.
+ct::AffineLinear make_linear(int bits, int64_t n, int64_t k, int64_t group_size, bool sym,
+                             Order order, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int64_t maxq = (int64_t{1} << bits) - 1;
+  const bool channel = group_size == -1 || group_size >= k;
+  const int64_t g_eff = channel ? k : group_size;
+  const int64_t groups = (k + g_eff - 1) / g_eff;
+  ct::AffineLinear l;
+  l.bits = bits;
+  l.out_features = n;
+  l.in_features = k;
+  l.group_size = group_size;
+  l.symmetric = sym;
+  l.act_order = order != Order::natural;
+  std::uniform_int_distribution<int32_t> code(0, static_cast<int32_t>(maxq));
+  l.codes = at::empty({n, k}, at::kInt);
+  for (int64_t i = 0; i < n * k; ++i) l.codes.data_ptr<int32_t>()[i] = code(rng);
+  std::uniform_real_distribution<float> scale(1e-3f, 2e-2f);
+  l.scales = at::empty({groups, n}, at::kFloat);
+  for (int64_t i = 0; i < groups * n; ++i) l.scales.data_ptr<float>()[i] = scale(rng);
+  l.scales = l.scales.to(at::kHalf).to(at::kFloat);
+  l.zeros = at::full({groups, n}, static_cast<float>(1 << (bits - 1)), at::kFloat);
+  if (!sym)
+    for (int64_t i = 0; i < groups * n; ++i) l.zeros.data_ptr<float>()[i] = static_cast<float>(code(rng));
+  l.g_idx = at::empty({k}, at::kInt);
+  std::vector<int64_t> perm(static_cast<size_t>(k));
+  std::iota(perm.begin(), perm.end(), 0);
+  if (order == Order::shuffled) std::shuffle(perm.begin(), perm.end(), rng);
+  for (int64_t i = 0; i < k; ++i) l.g_idx.data_ptr<int32_t>()[perm[i]] = static_cast<int32_t>(i / g_eff);
+  return l;
+}
+
+// ------------------------------------------------ the independent decoder --
+// Reads the tensors of one linear exactly as ct_pack_quantized_v1.h describes
+// them, bit by bit, without the codec.
+struct Decoded {
+  at::Tensor codes, scales, zeros, g_idx;  // int32 [N,K], float [groups,N] x2, int32 [K]
+};
+
+Decoded decode(const Tensors& tensors, const std::string& prefix, int b, bool sym, int64_t group_size,
+               bool has_g_idx) {
+  std::map<std::string, at::Tensor> m;
+  for (const auto& [name, t] : tensors) {
+    EXPECT_EQ(name.rfind(prefix + ".", 0), 0u) << name;
+    m[name.substr(prefix.size() + 1)] = t.contiguous();
+  }
+  const at::Tensor shape = m.at("weight_shape");
+  EXPECT_EQ(shape.scalar_type(), at::kLong);
+  const int64_t n = shape[0].item<int64_t>(), k = shape[1].item<int64_t>();
+  const int64_t groups = group_size > 0 ? (k + group_size - 1) / group_size : 1;
+  const at::Tensor packed = m.at("weight_packed");
+  EXPECT_EQ(packed.scalar_type(), at::kInt);
+  EXPECT_EQ(packed.sizes(), at::IntArrayRef({n, (k * b + 31) / 32}));
+  const at::Tensor scale = m.at("weight_scale");
+  EXPECT_EQ(scale.sizes(), at::IntArrayRef({n, groups}));
+  // Bits [j*b, j*b+b) of a stream whose word w is word(w), one bit at a time.
+  auto read = [b](const std::function<uint32_t(int64_t)>& word, int64_t j) {
+    int32_t v = 0;
+    for (int t = 0; t < b; ++t) {
+      const int64_t s = j * b + t;
+      v |= static_cast<int32_t>((word(s / 32) >> (s % 32)) & 1u) << t;
+    }
+    return v;
+  };
+  Decoded d;
+  d.codes = at::empty({n, k}, at::kInt);
+  const int32_t* pw = packed.data_ptr<int32_t>();
+  int32_t* codes = d.codes.data_ptr<int32_t>();
+  const int64_t words = packed.size(1);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < k; ++j)
+      codes[r * k + j] = read([&](int64_t w) { return static_cast<uint32_t>(pw[r * words + w]); }, j);
+  d.scales = scale.to(at::kFloat).t().contiguous();
+  d.zeros = at::full({groups, n}, static_cast<float>(1 << (b - 1)), at::kFloat);
+  EXPECT_EQ(m.count("weight_zero_point"), sym ? 0u : 1u);
+  if (!sym) {
+    const at::Tensor zp = m.at("weight_zero_point");
+    EXPECT_EQ(zp.scalar_type(), at::kInt);
+    EXPECT_EQ(zp.sizes(), at::IntArrayRef({(n * b + 31) / 32, groups}));
+    const int32_t* zw = zp.data_ptr<int32_t>();
+    float* zeros = d.zeros.data_ptr<float>();
+    for (int64_t g = 0; g < groups; ++g)  // column g of zp is the stream of the N zeros
+      for (int64_t r = 0; r < n; ++r)
+        zeros[g * n + r] = static_cast<float>(
+            read([&](int64_t w) { return static_cast<uint32_t>(zw[w * groups + g]); }, r));
+  }
+  EXPECT_EQ(m.count("weight_g_idx"), has_g_idx ? 1u : 0u);
+  if (has_g_idx) {
+    d.g_idx = m.at("weight_g_idx");
+    EXPECT_EQ(d.g_idx.scalar_type(), at::kInt);
+  } else {
+    d.g_idx = at::empty({k}, at::kInt);
+    for (int64_t j = 0; j < k; ++j)
+      d.g_idx.data_ptr<int32_t>()[j] = static_cast<int32_t>(group_size > 0 ? j / group_size : 0);
+  }
+  return d;
+}
+
+std::string refusal(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const qforge::host::UsageError& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+    return m;
+  }
+  ADD_FAILURE() << "no UsageError";
+  return {};
+}
+
+std::map<std::string, at::Tensor> by_suffix(const Tensors& tensors, const std::string& prefix) {
+  std::map<std::string, at::Tensor> m;
+  for (const auto& [name, t] : tensors) m[name.substr(prefix.size() + 1)] = t;
+  return m;
+}
+
+void expect_same(const ct::AffineLinear& a, const ct::AffineLinear& b) {
+  EXPECT_EQ(a.bits, b.bits);
+  EXPECT_EQ(a.out_features, b.out_features);
+  EXPECT_EQ(a.in_features, b.in_features);
+  EXPECT_TRUE(at::equal(a.codes, b.codes));
+  EXPECT_TRUE(at::equal(a.scales, b.scales));
+  EXPECT_TRUE(at::equal(a.zeros, b.zeros));
+  EXPECT_TRUE(at::equal(a.g_idx, b.g_idx));
+  EXPECT_EQ(a.symmetric, b.symmetric);
+}
+
+// Every object's keys in sorted order, recursively (json.dumps(sort_keys=True)).
+void expect_sorted(const ordered_json& j, const std::string& where = "") {
+  if (j.is_object()) {
+    std::string last;
+    for (const auto& [k, v] : j.items()) {
+      EXPECT_LT(last, k) << where;
+      last = k;
+      expect_sorted(v, where + "." + k);
+    }
+  } else if (j.is_array()) {
+    for (const auto& v : j) expect_sorted(v, where);
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------- (a) §4.7 --
+TEST(CompressedTensors, WorkedExampleWord) {
+  // codes (-8, -1, 0, 7, 1, 2, 3, 4) -> nibbles (0, 7, 8, 15, 9, 10, 11, 12) -> 0xCBA9F870.
+  ct::AffineLinear l = make_linear(4, 1, 8, 128, true, Order::natural, 1);
+  const std::vector<int32_t> q = {-8, -1, 0, 7, 1, 2, 3, 4};
+  for (int j = 0; j < 8; ++j) l.codes[0][j] = q[j] + 8;
+  const Tensors t = ct::pack("model.layers.0.mlp.gate_proj", l);
+  ASSERT_EQ(t[0].first, "model.layers.0.mlp.gate_proj.weight_packed");
+  EXPECT_EQ(static_cast<uint32_t>(t[0].second[0][0].item<int32_t>()), 0xCBA9F870u);
+  EXPECT_LT(t[0].second[0][0].item<int32_t>(), 0);  // top nibble >= 8: negative int32
+}
+
+TEST(CompressedTensors, WorkedExampleShapesAndZeroPoints) {
+  // §4.7 scaled down: W4 g128 over [out 48, in 512]: packed [48, 64], scale
+  // [48, 4], asymmetric zero points [6, 4] with word (k, g) nibble i = zero of
+  // row 8k + i.
+  ct::AffineLinear l = make_linear(4, 48, 512, 128, false, Order::natural, 2);
+  for (int r = 0; r < 8; ++r) l.zeros[1][r] = static_cast<float>(r + 1);
+  const Tensors t = ct::pack("p", l);
+  ASSERT_EQ(t.size(), 4u);
+  EXPECT_EQ(t[0].second.sizes(), at::IntArrayRef({48, 64}));
+  EXPECT_EQ(t[1].first, "p.weight_scale");
+  EXPECT_EQ(t[1].second.scalar_type(), at::kHalf);
+  EXPECT_EQ(t[1].second.sizes(), at::IntArrayRef({48, 4}));
+  EXPECT_EQ(t[2].first, "p.weight_shape");
+  EXPECT_EQ(t[2].second.scalar_type(), at::kLong);
+  EXPECT_EQ(t[2].second[0].item<int64_t>(), 48);
+  EXPECT_EQ(t[2].second[1].item<int64_t>(), 512);
+  EXPECT_EQ(t[3].first, "p.weight_zero_point");
+  EXPECT_EQ(t[3].second.sizes(), at::IntArrayRef({6, 4}));
+  EXPECT_EQ(static_cast<uint32_t>(t[3].second[0][1].item<int32_t>()), 0x87654321u);
+}
+
+// ------------------------------------------- (b) independent decoder, (c) unpack --
+struct Case {
+  int bits;
+  bool sym;
+  int64_t group_size;  // -1: channel
+  Order order;
+};
+
+class PackDecode : public ::testing::TestWithParam<Case> {};
+
+TEST_P(PackDecode, IndependentDecoderAndRoundTrip) {
+  const Case c = GetParam();
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{37, 75}, {64, 256}, {5, 33}}) {
+    SCOPED_TRACE("N=" + std::to_string(n) + " K=" + std::to_string(k));
+    const ct::AffineLinear l =
+        make_linear(c.bits, n, k, c.group_size, c.sym, c.order, static_cast<uint32_t>(n * 131 + k + c.bits));
+    const ct::Scheme s = ct::scheme_of(l);
+    const bool channel = c.group_size == -1 || c.group_size >= k;
+    EXPECT_EQ(s.strategy, channel ? ct::Strategy::channel : ct::Strategy::group);
+    const bool shuffled = c.order == Order::shuffled && !channel;
+    EXPECT_EQ(s.actorder, shuffled ? ct::ActOrder::group
+                          : c.order != Order::natural && !channel ? ct::ActOrder::weight
+                                                                  : ct::ActOrder::none);
+    const Tensors t = ct::pack("model.layers.1.self_attn.o_proj", l);
+    const Decoded d = decode(t, "model.layers.1.self_attn.o_proj", c.bits, c.sym,
+                             channel ? -1 : c.group_size, shuffled);
+    EXPECT_TRUE(at::equal(d.codes, l.codes));
+    EXPECT_TRUE(at::equal(d.scales, l.scales));
+    EXPECT_TRUE(at::equal(d.zeros, l.zeros));
+    EXPECT_TRUE(at::equal(d.g_idx, l.g_idx));
+
+    const ct::AffineLinear u = ct::unpack(by_suffix(t, "model.layers.1.self_attn.o_proj"), s);
+    expect_same(u, l);
+    EXPECT_EQ(u.group_size, channel ? -1 : c.group_size);
+    EXPECT_EQ(ct::scheme_of(u), s);
+  }
+}
+
+std::vector<Case> all_cases() {
+  std::vector<Case> cases;
+  for (int bits : {2, 3, 4, 8})
+    for (bool sym : {true, false}) {
+      cases.push_back({bits, sym, 16, Order::natural});
+      cases.push_back({bits, sym, 16, Order::static_order});
+      cases.push_back({bits, sym, 16, Order::shuffled});
+      cases.push_back({bits, sym, -1, Order::natural});
+      cases.push_back({bits, sym, 4096, Order::static_order});  // >= in: channel, no actorder
+    }
+  for (int bits : {5, 6, 7}) cases.push_back({bits, false, 32, Order::shuffled});
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Schemes, PackDecode, ::testing::ValuesIn(all_cases()),
+                         [](const ::testing::TestParamInfo<Case>& i) {
+                           const Case& c = i.param;
+                           return "b" + std::to_string(c.bits) + (c.sym ? "_sym" : "_asym") +
+                                  (c.group_size == -1 ? "_channel" : "_g" + std::to_string(c.group_size)) +
+                                  (c.order == Order::natural ? "" :
+                                   c.order == Order::static_order ? "_static" : "_shuffled");
+                         });
+
+TEST(CompressedTensors, ScaleDtypes) {
+  const ct::AffineLinear l = make_linear(4, 9, 40, 8, false, Order::natural, 7);
+  for (auto dtype : {at::kBFloat16, at::kFloat}) {
+    const Tensors t = ct::pack("x", l, dtype);
+    EXPECT_EQ(t[1].second.scalar_type(), dtype);
+    const ct::AffineLinear u = ct::unpack(by_suffix(t, "x"), ct::scheme_of(l));
+    EXPECT_TRUE(at::equal(u.scales, l.scales.to(dtype).to(at::kFloat)));
+    EXPECT_TRUE(at::equal(u.codes, l.codes));
+  }
+  ct::AffineLinear big = l;
+  big.scales = l.scales.clone();
+  big.scales[0][0] = 1e6f;
+  EXPECT_NE(refusal([&] { ct::pack("x", big, at::kHalf); }).find("float16"), std::string::npos);
+  big.scales[0][0] = 1e-9f;
+  EXPECT_NE(refusal([&] { ct::pack("x", big, at::kHalf); }).find("becomes 0"), std::string::npos);
+  EXPECT_NO_THROW(ct::pack("x", big, at::kFloat));
+}
+
+// ------------------------------------------------------ scheme_of refusals --
+TEST(CompressedTensors, SchemeOfRefusesWhatCannotBeExpressed) {
+  const ct::AffineLinear base = make_linear(4, 6, 32, 8, false, Order::natural, 3);
+  auto with = [&](const std::function<void(ct::AffineLinear&)>& edit) {
+    ct::AffineLinear l = base;
+    l.codes = base.codes.clone();
+    l.scales = base.scales.clone();
+    l.zeros = base.zeros.clone();
+    l.g_idx = base.g_idx.clone();
+    edit(l);
+    return refusal([&] { ct::scheme_of(l); });
+  };
+  EXPECT_NE(with([](ct::AffineLinear& l) { l.zeros[0][0] = 2.5f; }).find("integer"), std::string::npos);
+  EXPECT_NE(with([](ct::AffineLinear& l) { l.zeros[0][0] = 16.f; }).find("[0, 15]"), std::string::npos);
+  EXPECT_NE(with([](ct::AffineLinear& l) { l.zeros[0][0] = -1.f; }).find("[0, 15]"), std::string::npos);
+  EXPECT_NE(with([](ct::AffineLinear& l) { l.symmetric = true; }).find("symmetric"), std::string::npos);
+  EXPECT_NE(with([](ct::AffineLinear& l) { l.codes[0][0] = 16; }).find("codes"), std::string::npos);
+  EXPECT_NE(with([](ct::AffineLinear& l) { l.bits = 9; }).find("bits"), std::string::npos);
+  EXPECT_NE(with([](ct::AffineLinear& l) { l.g_idx[0] = 1; }).find("g_idx"), std::string::npos);  // 9 cols in group 1
+  EXPECT_NE(with([](ct::AffineLinear& l) { l.g_idx[0] = 4; }).find("g_idx"), std::string::npos);  // out of range
+  EXPECT_NE(with([](ct::AffineLinear& l) {  // a valid relabelling, but no act-order claim
+              std::swap_ranges(l.g_idx.data_ptr<int32_t>(), l.g_idx.data_ptr<int32_t>() + 1,
+                               l.g_idx.data_ptr<int32_t>() + 8);
+            }).find("act_order"),
+            std::string::npos);
+  EXPECT_NE(with([](ct::AffineLinear& l) { l.group_size = 10; }).find("groups"), std::string::npos);
+  EXPECT_NE(with([](ct::AffineLinear& l) { l.scales = l.scales.to(at::kHalf); }).find("scales"), std::string::npos);
+}
+
+// ------------------------------------------------ (d) malformed tensors --
+TEST(CompressedTensors, UnpackRefusesMalformedTensors) {
+  const ct::AffineLinear l = make_linear(3, 10, 70, 16, false, Order::shuffled, 4);
+  const ct::Scheme s = ct::scheme_of(l);
+  ASSERT_EQ(s.actorder, ct::ActOrder::group);
+  const auto good = by_suffix(ct::pack("m", l), "m");
+  ASSERT_NO_THROW(ct::unpack(good, s));
+  auto with = [&](const std::function<void(std::map<std::string, at::Tensor>&)>& edit) {
+    auto m = good;
+    for (auto& [k, v] : m) v = v.clone();
+    edit(m);
+    return refusal([&] { ct::unpack(m, s); });
+  };
+  auto names = [](const std::string& msg, const std::string& tensor) {
+    return msg.rfind(tensor + ":", 0) == 0;
+  };
+  // weight_packed: dtype, truncated words, missing.
+  EXPECT_TRUE(names(with([](auto& m) { m["weight_packed"] = m["weight_packed"].to(at::kLong); }), "weight_packed"));
+  EXPECT_TRUE(names(with([](auto& m) {
+                      m["weight_packed"] = m["weight_packed"].narrow(1, 0, m["weight_packed"].size(1) - 1);
+                    }),
+                    "weight_packed"));
+  EXPECT_TRUE(names(with([](auto& m) { m.erase("weight_packed"); }), "weight_packed"));
+  // weight_scale: shape, dtype, non-finite.
+  EXPECT_TRUE(names(with([](auto& m) { m["weight_scale"] = m["weight_scale"].t(); }), "weight_scale"));
+  EXPECT_TRUE(names(with([](auto& m) { m["weight_scale"] = m["weight_scale"].to(at::kInt); }), "weight_scale"));
+  EXPECT_TRUE(names(with([](auto& m) { m["weight_scale"][0][0] = INFINITY; }), "weight_scale"));
+  // weight_shape: dtype, values (a different K no longer fits weight_packed).
+  EXPECT_TRUE(names(with([](auto& m) { m["weight_shape"] = m["weight_shape"].to(at::kFloat); }), "weight_shape"));
+  EXPECT_TRUE(names(with([](auto& m) { m["weight_shape"][1] = 80; }), "weight_packed"));
+  EXPECT_TRUE(names(with([](auto& m) { m["weight_shape"][0] = 0; }), "weight_shape"));
+  EXPECT_TRUE(names(with([](auto& m) { m.erase("weight_shape"); }), "weight_shape"));
+  // weight_zero_point: missing for asymmetric, truncated.
+  EXPECT_TRUE(names(with([](auto& m) { m.erase("weight_zero_point"); }), "weight_zero_point"));
+  EXPECT_TRUE(names(with([](auto& m) { m["weight_zero_point"] = m["weight_zero_point"].narrow(1, 0, 4); }),
+                    "weight_zero_point"));
+  // weight_g_idx: out of range, negative, wrong group sizes, dtype, missing.
+  EXPECT_TRUE(names(with([](auto& m) { m["weight_g_idx"][3] = 5; }), "weight_g_idx"));
+  EXPECT_TRUE(names(with([](auto& m) { m["weight_g_idx"][3] = -1; }), "weight_g_idx"));
+  EXPECT_TRUE(names(with([](auto& m) { m["weight_g_idx"].fill_(0); }), "weight_g_idx"));
+  EXPECT_TRUE(names(with([](auto& m) { m["weight_g_idx"] = m["weight_g_idx"].to(at::kLong); }), "weight_g_idx"));
+  EXPECT_TRUE(names(with([](auto& m) { m.erase("weight_g_idx"); }), "weight_g_idx"));
+
+  // A symmetric, natural-order scheme refuses stray zero points and g_idx.
+  ct::Scheme sym = s;
+  sym.symmetric = true;
+  sym.actorder = ct::ActOrder::none;
+  auto m = good;
+  m.erase("weight_g_idx");
+  EXPECT_TRUE(names(refusal([&] { ct::unpack(m, sym); }), "weight_zero_point"));
+  m = good;
+  m.erase("weight_zero_point");
+  EXPECT_TRUE(names(refusal([&] { ct::unpack(m, sym); }), "weight_g_idx"));
+  m.erase("weight_g_idx");
+  EXPECT_NO_THROW(ct::unpack(m, sym));
+  m["bias"] = at::zeros({10});  // other tensors of the linear are not the codec's
+  EXPECT_NO_THROW(ct::unpack(m, sym));
+}
+
+// -------------------------------------------- (f) AutoGPTQ v1 fixtures, §4.8 --
+// Two checkpoints of an independent GPTQ packer (4-bit act-order, 3-bit; both
+// asymmetric g32, dims not multiples of 32/b). Read as AffineLinear the v1 way
+// (qweight: one LSB-first stream of codes per output column; qzeros: zero - 1,
+// one stream per group), then packed: weight_packed is qweight transposed,
+// word for word (3-bit included: both are dense streams), weight_scale is
+// scales transposed, and the act-order g_idx is kept.
+TEST(CompressedTensors, AutoGptqV1FixturesConvertByTransposition) {
+  QFORGE_REQUIRE_SHARED(root, "fixtures/gptq_v1_stories260K");
+  auto bits_of = [](const int32_t* words, int64_t stride, int64_t j, int b) {
+    int32_t v = 0;
+    for (int t = 0; t < b; ++t) {
+      const int64_t s = j * b + t;
+      v |= static_cast<int32_t>((static_cast<uint32_t>(words[(s / 32) * stride]) >> (s % 32)) & 1u) << t;
+    }
+    return v;
+  };
+  for (const auto& [dir, bits, act] : std::vector<std::tuple<std::string, int, bool>>{
+           {"gptq-w4-g32-asym-act", 4, true}, {"gptq-w3-g32-asym-noact", 3, false}}) {
+    SCOPED_TRACE(dir);
+    const qforge::host::SafetensorsFile file(root + "/" + dir + "/model.safetensors");
+    int linears = 0;
+    for (const auto& [tensor, info] : file.tensors()) {
+      const std::string suffix = ".qweight";
+      if (tensor.size() < suffix.size() || tensor.compare(tensor.size() - suffix.size(), suffix.size(), suffix))
+        continue;
+      const std::string name = tensor.substr(0, tensor.size() - suffix.size());
+      SCOPED_TRACE(name);
+      const at::Tensor qweight = file.load(name + ".qweight", at::kInt);
+      const at::Tensor qzeros = file.load(name + ".qzeros", at::kInt);
+      const at::Tensor scales = file.load(name + ".scales", at::kHalf);
+      const at::Tensor g_idx = file.load(name + ".g_idx", at::kInt);
+      ct::AffineLinear l;
+      l.bits = bits;
+      l.in_features = g_idx.size(0);
+      l.out_features = qweight.size(1);
+      l.group_size = 32;
+      l.symmetric = false;
+      l.act_order = act;
+      const int64_t n = l.out_features, k = l.in_features, groups = scales.size(0);
+      l.codes = at::empty({n, k}, at::kInt);
+      for (int64_t o = 0; o < n; ++o)
+        for (int64_t i = 0; i < k; ++i)
+          l.codes.data_ptr<int32_t>()[o * k + i] = bits_of(qweight.data_ptr<int32_t>() + o, n, i, bits);
+      l.zeros = at::empty({groups, n}, at::kFloat);
+      for (int64_t g = 0; g < groups; ++g)
+        for (int64_t o = 0; o < n; ++o)
+          l.zeros.data_ptr<float>()[g * n + o] =
+              static_cast<float>(bits_of(qzeros.data_ptr<int32_t>() + g * qzeros.size(1), 1, o, bits) + 1);
+      l.scales = scales.to(at::kFloat);
+      l.g_idx = g_idx;
+
+      const ct::Scheme s = ct::scheme_of(l);
+      EXPECT_EQ(s.actorder, act ? ct::ActOrder::group : ct::ActOrder::none);
+      const Tensors t = ct::pack(name, l);
+      const auto m = by_suffix(t, name);
+      EXPECT_TRUE(at::equal(m.at("weight_packed"), qweight.t().contiguous()));
+      EXPECT_TRUE(at::equal(m.at("weight_scale"), scales.t().contiguous()));
+      EXPECT_EQ(m.count("weight_g_idx"), act ? 1u : 0u);
+      if (act) {
+        EXPECT_TRUE(at::equal(m.at("weight_g_idx"), g_idx));
+      }
+      const Decoded d = decode(t, name, bits, false, 32, act);
+      EXPECT_TRUE(at::equal(d.zeros, l.zeros));
+      EXPECT_TRUE(at::equal(d.codes, l.codes));
+      expect_same(ct::unpack(m, s), l);
+      ++linears;
+    }
+    EXPECT_EQ(linears, 5 * 7);
+  }
+}
+
+// ---------------------------------------------------- (e) quantization_config --
+namespace {
+
+std::vector<std::string> llama_linears(int blocks) {
+  std::vector<std::string> names;
+  for (int b = 0; b < blocks; ++b)
+    for (const char* n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"})
+      names.push_back("model.layers." + std::to_string(b) + "." + n);
+  return names;
+}
+
+ct::Scheme w4g128(ct::ActOrder order = ct::ActOrder::weight) {
+  ct::Scheme s;
+  s.num_bits = 4;
+  s.symmetric = true;
+  s.strategy = ct::Strategy::group;
+  s.group_size = 128;
+  s.actorder = order;
+  return s;
+}
+
+}  // namespace
+
+TEST(CompressedTensors, ConfigMatchesWorkedExample) {
+  // §2.8, key for key: the text Python's json.dumps(config, indent=2,
+  // sort_keys=True) prints for it (as compressed-tensors writes config.json).
+  const std::string expected = R"({
+  "config_groups": {
+    "group_0": {
+      "format": "pack-quantized",
+      "input_activations": null,
+      "output_activations": null,
+      "targets": [
+        "Linear"
+      ],
+      "weights": {
+        "actorder": "static",
+        "block_structure": null,
+        "dynamic": false,
+        "group_size": 128,
+        "num_bits": 4,
+        "observer": "memoryless_minmax",
+        "observer_kwargs": {},
+        "scale_dtype": null,
+        "strategy": "group",
+        "symmetric": true,
+        "type": "int",
+        "zp_dtype": null
+      }
+    }
+  },
+  "format": "pack-quantized",
+  "global_compression_ratio": null,
+  "ignore": [
+    "lm_head"
+  ],
+  "kv_cache_scheme": null,
+  "quant_method": "compressed-tensors",
+  "quantization_status": "compressed",
+  "sparsity_config": {},
+  "transform_config": {},
+  "version": "0.18.0"
+})";
+  std::vector<std::pair<std::string, ct::Scheme>> layers;
+  for (const auto& n : llama_linears(2)) layers.emplace_back(n, w4g128());
+  const ordered_json q = ct::quantization_config(layers, {"lm_head"});
+  EXPECT_EQ(q.dump(2), expected);
+  expect_sorted(q);
+  for (const auto& [name, s] : layers) EXPECT_EQ(ct::parse_scheme(json::parse(q.dump()), name), s);
+  EXPECT_EQ(ct::parse_scheme(json::parse(q.dump()), "lm_head"), std::nullopt);
+
+  // Without act-order: actorder null; asymmetric: zp_dtype torch.int8; channel: group_size null.
+  ct::Scheme asym_channel;
+  asym_channel.num_bits = 8;
+  asym_channel.symmetric = false;
+  asym_channel.strategy = ct::Strategy::channel;
+  asym_channel.group_size = -1;
+  const ordered_json c = ct::quantization_config({{"a.q_proj", asym_channel}}, {});
+  const auto& w = c["config_groups"]["group_0"]["weights"];
+  EXPECT_TRUE(w["actorder"].is_null());
+  EXPECT_TRUE(w["group_size"].is_null());
+  EXPECT_EQ(w["strategy"], "channel");
+  EXPECT_EQ(w["zp_dtype"], "torch.int8");
+  EXPECT_EQ(w["symmetric"], false);
+  EXPECT_EQ(ct::parse_scheme(json::parse(c.dump()), "a.q_proj"), asym_channel);
+}
+
+TEST(CompressedTensors, ConfigTwoSchemesDownProjOverride) {
+  ct::Scheme w8 = w4g128();
+  w8.num_bits = 8;
+  std::vector<std::pair<std::string, ct::Scheme>> layers;
+  for (const auto& n : llama_linears(3))
+    layers.emplace_back(n, n.find("down_proj") != std::string::npos ? w8 : w4g128());
+  const ordered_json q = ct::quantization_config(layers, {"lm_head"});
+  expect_sorted(q);
+  ASSERT_EQ(q["config_groups"].size(), 2u);
+  EXPECT_EQ(q["format"], "pack-quantized");
+  EXPECT_EQ(q["config_groups"]["group_0"]["targets"],
+            ordered_json::parse(R"(["re:.*\\.self_attn\\.q_proj$", "re:.*\\.self_attn\\.k_proj$",
+              "re:.*\\.self_attn\\.v_proj$", "re:.*\\.self_attn\\.o_proj$", "re:.*\\.mlp\\.gate_proj$",
+              "re:.*\\.mlp\\.up_proj$"])"));
+  EXPECT_EQ(q["config_groups"]["group_1"]["targets"], ordered_json::parse(R"(["re:.*\\.mlp\\.down_proj$"])"));
+  EXPECT_EQ(q["config_groups"]["group_1"]["weights"]["num_bits"], 8);
+  const json parsed = json::parse(q.dump());
+  for (const auto& [name, s] : layers) EXPECT_EQ(ct::parse_scheme(parsed, name), s) << name;
+  EXPECT_EQ(ct::parse_scheme(parsed, "lm_head"), std::nullopt);
+
+  // One block's down_proj only: exact names where a suffix regex would catch others.
+  layers.clear();
+  for (const auto& n : llama_linears(3))
+    layers.emplace_back(n, n == "model.layers.1.mlp.down_proj" ? w8 : w4g128());
+  const ordered_json one = ct::quantization_config(layers, {"lm_head"});
+  EXPECT_EQ(one["config_groups"]["group_1"]["targets"], ordered_json::parse(R"(["model.layers.1.mlp.down_proj"])"));
+  const auto& t0 = one["config_groups"]["group_0"]["targets"];
+  EXPECT_NE(std::find(t0.begin(), t0.end(), "model.layers.0.mlp.down_proj"), t0.end());
+  EXPECT_EQ(std::find(t0.begin(), t0.end(), "model.layers.1.mlp.down_proj"), t0.end());
+  const json p1 = json::parse(one.dump());
+  for (const auto& [name, s] : layers) EXPECT_EQ(ct::parse_scheme(p1, name), s) << name;
+}
+
+TEST(CompressedTensors, ConfigRefusesFusedShardMismatch) {
+  ct::Scheme w8 = w4g128();
+  w8.num_bits = 8;
+  std::vector<std::pair<std::string, ct::Scheme>> layers;
+  for (const auto& n : llama_linears(2))
+    layers.emplace_back(n, n == "model.layers.1.self_attn.k_proj" ? w8 : w4g128());
+  const std::string m = refusal([&] { ct::quantization_config(layers, {}); });
+  EXPECT_NE(m.find("model.layers.1.self_attn.k_proj"), std::string::npos) << m;
+  EXPECT_NE(m.find("vLLM"), std::string::npos) << m;
+
+  // gate_proj ignored while up_proj is quantized.
+  layers.clear();
+  for (const auto& n : llama_linears(2))
+    if (n != "model.layers.0.mlp.gate_proj") layers.emplace_back(n, w4g128());
+  const std::string g = refusal([&] { ct::quantization_config(layers, {"model.layers.0.mlp.gate_proj"}); });
+  EXPECT_NE(g.find("model.layers.0.mlp.up_proj"), std::string::npos) << g;
+  EXPECT_NE(g.find("ignored"), std::string::npos) << g;
+  // ... and via a regex.
+  EXPECT_FALSE(refusal([&] { ct::quantization_config(layers, {"re:.*gate_proj"}); }).empty());
+  // A layer both quantized and ignored; a duplicate.
+  EXPECT_FALSE(refusal([&] { ct::quantization_config(layers, {layers[0].first}); }).empty());
+  layers.push_back(layers[0]);
+  EXPECT_FALSE(refusal([&] { ct::quantization_config(layers, {}); }).empty());
+}
+
+TEST(CompressedTensors, ParseSchemeMatchingAndRefusals) {
+  std::vector<std::pair<std::string, ct::Scheme>> layers = {{"model.layers.0.mlp.down_proj", w4g128()}};
+  const json base = json::parse(ct::quantization_config(layers, {"lm_head"}).dump());
+  const std::string lin = "model.layers.0.mlp.down_proj";
+
+  // An exact name beats the class name; regexes are anchored at the start.
+  json q = base;
+  q["config_groups"]["group_1"] = q["config_groups"]["group_0"];
+  q["config_groups"]["group_1"]["targets"] = {lin};
+  q["config_groups"]["group_1"]["weights"]["num_bits"] = 8;
+  EXPECT_EQ(ct::parse_scheme(q, lin)->num_bits, 8);
+  EXPECT_EQ(ct::parse_scheme(q, "model.layers.1.mlp.down_proj")->num_bits, 4);
+  q["config_groups"]["group_1"]["targets"] = {"re:mlp\\.down_proj"};  // not at the start
+  EXPECT_EQ(ct::parse_scheme(q, lin)->num_bits, 4);
+  q["config_groups"]["group_1"]["targets"] = {"re:model\\.layers\\.\\d+\\.mlp"};
+  EXPECT_EQ(ct::parse_scheme(q, lin)->num_bits, 8);
+  q["config_groups"]["group_1"]["targets"] = {"Linear"};  // two groups at the same level
+  EXPECT_NE(refusal([&] { ct::parse_scheme(q, lin); }).find("two config groups"), std::string::npos);
+  q["config_groups"]["group_1"]["targets"] = {"re:(unclosed"};
+  EXPECT_NE(refusal([&] { ct::parse_scheme(q, lin); }).find("bad regex"), std::string::npos);
+
+  // Not targeted / ignored by regex: a dense linear.
+  q = base;
+  q["config_groups"]["group_0"]["targets"] = {"re:.*q_proj$"};
+  EXPECT_EQ(ct::parse_scheme(q, lin), std::nullopt);
+  q = base;
+  q["ignore"] = {"re:.*down_proj"};
+  EXPECT_EQ(ct::parse_scheme(q, lin), std::nullopt);
+
+  // Legacy spellings: actorder true / "group" / "weight", strategy inferred from group_size.
+  q = base;
+  q["config_groups"]["group_0"]["weights"]["actorder"] = true;
+  EXPECT_EQ(ct::parse_scheme(q, lin)->actorder, ct::ActOrder::group);
+  q["config_groups"]["group_0"]["weights"]["actorder"] = "weight";
+  EXPECT_EQ(ct::parse_scheme(q, lin)->actorder, ct::ActOrder::weight);
+  q["config_groups"]["group_0"]["weights"].erase("strategy");
+  EXPECT_EQ(ct::parse_scheme(q, lin)->strategy, ct::Strategy::group);
+  q["config_groups"]["group_0"]["weights"]["group_size"] = -1;
+  q["config_groups"]["group_0"]["weights"]["actorder"] = nullptr;
+  EXPECT_EQ(ct::parse_scheme(q, lin)->strategy, ct::Strategy::channel);
+
+  // Refusals, each naming its key.
+  auto refused = [&](const std::function<void(json&)>& edit, const std::string& key) {
+    json c = base;
+    edit(c);
+    const std::string m = refusal([&] { ct::parse_scheme(c, lin); });
+    EXPECT_NE(m.find(key), std::string::npos) << m;
+  };
+  auto w = [](json& c) -> json& { return c["config_groups"]["group_0"]["weights"]; };
+  refused([](json& c) { c["quant_method"] = "gptq"; }, "quant_method");
+  refused([](json& c) { c["config_groups"]["group_0"]["format"] = "int-quantized"; }, "group_0.format");
+  refused([](json& c) { c["config_groups"]["group_0"].erase("format"); c["format"] = "float-quantized"; },
+          "quantization_config.format");
+  refused([](json& c) { c["config_groups"]["group_0"]["input_activations"] = {{"num_bits", 8}}; },
+          "input_activations");
+  refused([](json& c) { c["config_groups"]["group_0"]["output_activations"] = {{"num_bits", 8}}; },
+          "output_activations");
+  refused([&](json& c) { w(c)["type"] = "float"; }, "weights.type");
+  refused([&](json& c) { w(c)["strategy"] = "tensor"; }, "weights.strategy");
+  refused([&](json& c) { w(c)["strategy"] = "block"; }, "weights.strategy");
+  refused([&](json& c) { w(c)["dynamic"] = true; }, "weights.dynamic");
+  refused([&](json& c) { w(c)["num_bits"] = 16; }, "weights.num_bits");
+  refused([&](json& c) { w(c)["actorder"] = "sideways"; }, "weights.actorder");
+  refused([&](json& c) { w(c)["block_structure"] = {128, 128}; }, "weights.block_structure");
+  refused([&](json& c) { w(c) = nullptr; }, "weights");
+  refused([](json& c) { c["quantization_status"] = "frozen"; }, "quantization_status");
+  refused([](json& c) { c["transform_config"] = {{"config_groups", json::object()}}; }, "transform_config");
+  refused([](json& c) { c["sparsity_config"] = {{"format", "sparse-24-bitmask"}}; }, "sparsity_config");
+  refused([](json& c) { c["config_groups"]["group_0"] = json::array({"Linear"}); }, "group_0");
+  // 3-bit: the packing changed in compressed-tensors 0.17.
+  refused([&](json& c) { w(c)["num_bits"] = 3; c["version"] = "0.16.0"; }, "version");
+  refused([&](json& c) { w(c)["num_bits"] = 3; c.erase("version"); }, "version");
+  json ok = base;
+  w(ok)["num_bits"] = 3;
+  ok["version"] = "0.17.1.dev4";
+  EXPECT_EQ(ct::parse_scheme(ok, lin)->num_bits, 3);
+  ok.erase("version");
+  w(ok)["num_bits"] = 8;  // 2/4/8 bits are the same bytes in every version
+  EXPECT_EQ(ct::parse_scheme(ok, lin)->num_bits, 8);
+}
+
+TEST(CompressedTensors, HeaderNamesMatchCodec) {
+  EXPECT_STREQ(QFORGE_FORMAT_CT_PACK_QUANTIZED_V1, "org.qforge.ct-pack-quantized/1");
+  const ct::AffineLinear l = make_linear(4, 3, 20, 8, false, Order::shuffled, 9);
+  const Tensors t = ct::pack("p", l);
+  std::vector<std::string> names;
+  for (const auto& [n, v] : t) names.push_back(n);
+  EXPECT_EQ(names, (std::vector<std::string>{"p." QFORGE_CT_WEIGHT_PACKED, "p." QFORGE_CT_WEIGHT_SCALE,
+                                             "p." QFORGE_CT_WEIGHT_SHAPE, "p." QFORGE_CT_WEIGHT_ZERO_POINT,
+                                             "p." QFORGE_CT_WEIGHT_G_IDX}));
+}
