@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # One command for a fresh Debian machine: install, build, run the main job.
-# The main job quantizes a real model with RTN (4-bit, group 32) through the
-# block-sequential pipeline and prints the perplexity of the original,
-# dequantized and packed models. Model: $QFORGE_MODEL, else
+# The main job is the one most users come for: GPTQ 4-bit (group 128,
+# symmetric, act-order) through the block-sequential pipeline, saved as a
+# compressed-tensors pack-quantized checkpoint (the format vLLM and
+# transformers load), then read back and evaluated: the perplexity of the
+# original model, of the checkpoint as written (run packed) and of the
+# in-memory packed model. Model: $QFORGE_MODEL, else
 # ../shared/models/stories260K. Calibration text: $QFORGE_CALIB, else
 # ../shared/data/tinystories_v2_calib.txt; evaluation text: $QFORGE_EVAL,
 # else ../shared/data/tinystories_valid.txt (a different split). Without a
@@ -25,10 +28,13 @@ if [ ! -f "$model/config.json" ]; then
   echo "quickstart: no model at ${QFORGE_MODEL:-$shared/models/stories260K}; using a tiny Llama with RANDOM weights ($model)"
   [ -f "$model/config.json" ] || "$build/bin/qforge_bench_forward" --synthetic tiny --keep "$model" --write-only
   [ -f "$calib" ] || { calib="$root/README.md"; calib_format=text; }
-  [ -f "$eval_text" ] || eval_text="$root/host/src/pipeline.cpp"
+  [ -f "$eval_text" ] || eval_text="$root/host/src/pipeline/pipeline.cpp"
 fi
 "$qforge" plugins
 out="$build/quickstart-out"
 rm -rf "$out"
-"$qforge" quantize --model "$model" --method org.qforge.rtn --set bits=4 --set group_size=32 \
-  --calib "$calib" --calib-format "$calib_format" --nsamples 32 --seqlen 256 --out "$out" --eval "$eval_text"
+"$qforge" quantize --model "$model" --method org.qforge.gptq \
+  --set bits=4 --set group_size=128 --set sym=true --set desc_act=true \
+  --calib "$calib" --calib-format "$calib_format" --nsamples 128 --seqlen 256 \
+  --save-format compressed-tensors --out "$out" --eval "$eval_text"
+echo "quickstart: $out is a compressed-tensors checkpoint (vllm serve $out / transformers load it)"

@@ -5,8 +5,6 @@
 #include <fmt/format.h>
 
 #include <boost/program_options.hpp>
-#include <malloc.h>
-
 #include <csignal>
 #include <cstdlib>
 #include <unistd.h>
@@ -123,20 +121,8 @@ void default_to_passive_waiting(char** argv) {
   execv("/proc/self/exe", argv);  // returns only on failure: carry on spinning
 }
 
-// glibc raises its mmap threshold to the size of each large block freed
-// (up to 32 MiB), after which weight-sized tensors come from the heap and
-// their freed pages stay with the process. Quantizing a Llama-3.2-1B-shape
-// model, that held an extra 0.8 GiB (peak anonymous memory 2423 MiB with the
-// default, 1617 MiB with a fixed 128 KiB threshold: tools/bench/pipeline_memory.sh).
-// A fixed threshold gives every tensor its own mapping, returned on free.
-void return_large_blocks_on_free() {
-  mallopt(M_MMAP_THRESHOLD, 128 * 1024);
-  mallopt(M_TRIM_THRESHOLD, 128 * 1024);
-}
-
 int main(int argc, char** argv) {
   default_to_passive_waiting(argv);
-  return_large_blocks_on_free();
   try {
     return run(argc, argv);
   } catch (const host::UsageError& e) {

@@ -15,7 +15,8 @@ namespace qforge::kernels {
 
 // The table. A new format is one more row here (see affine_format.hpp).
 namespace {
-const AffineFormat* const kAffineFormats[] = {&formats::rtn_v1, &formats::gptq_v1};
+const AffineFormat* const kAffineFormats[] = {&formats::rtn_v1, &formats::gptq_v1,
+                                              &formats::ct_pack_quantized_v1};
 }  // namespace
 
 const std::vector<const AffineFormat*>& affine_formats() {
@@ -178,5 +179,27 @@ std::vector<float> to_float(const TensorData& t) {
   }
   return v;
 }
+
+namespace formats {
+
+void point_weight(AffineWeight& a, const AffineShape& s, const uint32_t* codes,
+                  int64_t word_stride, int64_t out_stride, const int32_t* g_idx) {
+  QuantizedWeight& w = a.weight;
+  w.bits = s.bits;
+  w.in_features = s.in_features;
+  w.out_features = s.out_features;
+  w.codes = codes;
+  w.code_word_stride = word_stride;
+  w.code_out_stride = out_stride;
+  w.groups = s.groups;
+  w.g_idx = g_idx;
+  w.group_size = s.group_size;
+  w.scales = a.scales.data();
+  w.zeros = a.zeros.data();
+  w.scale_group_stride = w.zero_group_stride = s.out_features;
+  w.scale_out_stride = w.zero_out_stride = 1;
+}
+
+}  // namespace formats
 
 }  // namespace qforge::kernels

@@ -21,10 +21,13 @@
 
 #include "../support/test_data.hpp"
 #include "compressed_tensors_codec.hpp"
+#include "ct_decoder.hpp"
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/io/safetensors.hpp"
 
 namespace ct = qforge::host::ct;
+using qforge::test::ct_decoder::decode;
+using qforge::test::ct_decoder::Decoded;
 using nlohmann::json;
 using nlohmann::ordered_json;
 using Tensors = std::vector<std::pair<std::string, at::Tensor>>;
@@ -64,72 +67,6 @@ ct::AffineLinear make_linear(int bits, int64_t n, int64_t k, int64_t group_size,
   if (order == Order::shuffled) std::shuffle(perm.begin(), perm.end(), rng);
   for (int64_t i = 0; i < k; ++i) l.g_idx.data_ptr<int32_t>()[perm[i]] = static_cast<int32_t>(i / g_eff);
   return l;
-}
-
-// ------------------------------------------------ the independent decoder --
-// Reads the tensors of one linear exactly as ct_pack_quantized_v1.h describes
-// them, bit by bit, without the codec.
-struct Decoded {
-  at::Tensor codes, scales, zeros, g_idx;  // int32 [N,K], float [groups,N] x2, int32 [K]
-};
-
-Decoded decode(const Tensors& tensors, const std::string& prefix, int b, bool sym, int64_t group_size,
-               bool has_g_idx) {
-  std::map<std::string, at::Tensor> m;
-  for (const auto& [name, t] : tensors) {
-    EXPECT_EQ(name.rfind(prefix + ".", 0), 0u) << name;
-    m[name.substr(prefix.size() + 1)] = t.contiguous();
-  }
-  const at::Tensor shape = m.at("weight_shape");
-  EXPECT_EQ(shape.scalar_type(), at::kLong);
-  const int64_t n = shape[0].item<int64_t>(), k = shape[1].item<int64_t>();
-  const int64_t groups = group_size > 0 ? (k + group_size - 1) / group_size : 1;
-  const at::Tensor packed = m.at("weight_packed");
-  EXPECT_EQ(packed.scalar_type(), at::kInt);
-  EXPECT_EQ(packed.sizes(), at::IntArrayRef({n, (k * b + 31) / 32}));
-  const at::Tensor scale = m.at("weight_scale");
-  EXPECT_EQ(scale.sizes(), at::IntArrayRef({n, groups}));
-  // Bits [j*b, j*b+b) of a stream whose word w is word(w), one bit at a time.
-  auto read = [b](const std::function<uint32_t(int64_t)>& word, int64_t j) {
-    int32_t v = 0;
-    for (int t = 0; t < b; ++t) {
-      const int64_t s = j * b + t;
-      v |= static_cast<int32_t>((word(s / 32) >> (s % 32)) & 1u) << t;
-    }
-    return v;
-  };
-  Decoded d;
-  d.codes = at::empty({n, k}, at::kInt);
-  const int32_t* pw = packed.data_ptr<int32_t>();
-  int32_t* codes = d.codes.data_ptr<int32_t>();
-  const int64_t words = packed.size(1);
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t j = 0; j < k; ++j)
-      codes[r * k + j] = read([&](int64_t w) { return static_cast<uint32_t>(pw[r * words + w]); }, j);
-  d.scales = scale.to(at::kFloat).t().contiguous();
-  d.zeros = at::full({groups, n}, static_cast<float>(1 << (b - 1)), at::kFloat);
-  EXPECT_EQ(m.count("weight_zero_point"), sym ? 0u : 1u);
-  if (!sym) {
-    const at::Tensor zp = m.at("weight_zero_point");
-    EXPECT_EQ(zp.scalar_type(), at::kInt);
-    EXPECT_EQ(zp.sizes(), at::IntArrayRef({(n * b + 31) / 32, groups}));
-    const int32_t* zw = zp.data_ptr<int32_t>();
-    float* zeros = d.zeros.data_ptr<float>();
-    for (int64_t g = 0; g < groups; ++g)  // column g of zp is the stream of the N zeros
-      for (int64_t r = 0; r < n; ++r)
-        zeros[g * n + r] = static_cast<float>(
-            read([&](int64_t w) { return static_cast<uint32_t>(zw[w * groups + g]); }, r));
-  }
-  EXPECT_EQ(m.count("weight_g_idx"), has_g_idx ? 1u : 0u);
-  if (has_g_idx) {
-    d.g_idx = m.at("weight_g_idx");
-    EXPECT_EQ(d.g_idx.scalar_type(), at::kInt);
-  } else {
-    d.g_idx = at::empty({k}, at::kInt);
-    for (int64_t j = 0; j < k; ++j)
-      d.g_idx.data_ptr<int32_t>()[j] = static_cast<int32_t>(group_size > 0 ? j / group_size : 0);
-  }
-  return d;
 }
 
 std::string refusal(const std::function<void()>& f) {

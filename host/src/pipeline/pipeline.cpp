@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <malloc.h>
+
 #include <chrono>
 #include <set>
 
@@ -164,6 +166,11 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
     save_results(ckpt.results_path(i), o.method, block_results);
     ckpt.save(state, fingerprint);
     model.release_block(i);
+    block_results.clear();
+    // glibc keeps freed weight-sized blocks in its heaps (its mmap threshold
+    // grows to each large block freed, up to 32 MiB) and would carry them
+    // from block to block: hand them back to the system.
+    malloc_trim(0);
     log(LogLevel::info, "block {}/{} done", i + 1, cfg.num_layers);
   }
 

@@ -100,7 +100,7 @@ void CheckpointWriter::finish(const std::vector<LayerReport>& layers) {
     throw UsageError(fmt::format("{}/config.json is not a JSON object", model_dir_));
   config.erase("quantization_config");
   config["torch_dtype"] = "float16";
-  ordered_json quant = format_->quantization_config(layers);
+  ordered_json quant = format_->quantization_config(layers, config_);
   if (!quant.is_null()) config["quantization_config"] = quant;
   for (const char* f : kSideFiles)
     if (fs::exists(fs::path(model_dir_) / f)) {

@@ -11,5 +11,7 @@ namespace qforge::host {
 std::unique_ptr<SaveFormat> make_dequantized_format();   // dequantized.cpp
 std::unique_ptr<SaveFormat> make_gptq_v1_format();       // gptq_v1.cpp
 extern const CheckpointReader kGptqV1Reader;             // gptq_v1.cpp
+std::unique_ptr<SaveFormat> make_compressed_tensors_format();  // compressed_tensors.cpp
+extern const CheckpointReader kCompressedTensorsReader;        // compressed_tensors.cpp
 
 }  // namespace qforge::host

@@ -121,7 +121,8 @@ class GptqV1 final : public SaveFormat {
     return out;
   }
 
-  ordered_json quantization_config(const std::vector<LayerReport>& layers) const override {
+  ordered_json quantization_config(const std::vector<LayerReport>& layers,
+                                   const ModelConfig&) const override {
     std::vector<std::pair<std::string, std::string>> fm;
     for (const auto& l : layers) fm.emplace_back(l.format, l.metadata);
     return gptq_config(fm);

@@ -17,6 +17,7 @@ struct Row {
 const Row kFormats[] = {
     {"dequantized", make_dequantized_format},
     {"gptq", make_gptq_v1_format},
+    {"compressed-tensors", make_compressed_tensors_format},
 };
 
 }  // namespace
@@ -24,7 +25,8 @@ const Row kFormats[] = {
 void SaveFormat::check_plan(const std::vector<std::string>&, const std::vector<std::string>&,
                             const ModelConfig&) const {}
 
-nlohmann::ordered_json SaveFormat::quantization_config(const std::vector<LayerReport>&) const {
+nlohmann::ordered_json SaveFormat::quantization_config(const std::vector<LayerReport>&,
+                                                       const ModelConfig&) const {
   return nullptr;
 }
 
@@ -46,7 +48,7 @@ std::string save_format_names() {
 }
 
 const std::vector<CheckpointReader>& checkpoint_readers() {
-  static const std::vector<CheckpointReader> readers = {kGptqV1Reader};
+  static const std::vector<CheckpointReader> readers = {kGptqV1Reader, kCompressedTensorsReader};
   return readers;
 }
 

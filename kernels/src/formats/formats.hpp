@@ -6,7 +6,14 @@
 
 namespace qforge::kernels::formats {
 
+// Points a.weight at `codes` (word w of output o at codes[w * word_stride +
+// o * out_stride]) and at a.scales / a.zeros, both float32 [groups, out];
+// the group of input i is g_idx[i], or i / group_size when g_idx is null.
+void point_weight(AffineWeight& a, const AffineShape& s, const uint32_t* codes,
+                  int64_t word_stride, int64_t out_stride, const int32_t* g_idx);
+
 extern const AffineFormat rtn_v1;   // rtn_v1.cpp, sdk/include/qforge/formats/rtn_v1.h
 extern const AffineFormat gptq_v1;  // gptq_v1.cpp, sdk/include/qforge/formats/gptq_v1.h
+extern const AffineFormat ct_pack_quantized_v1;  // ct_pack_quantized_v1.cpp, formats/ct_pack_quantized_v1.h
 
 }  // namespace qforge::kernels::formats

@@ -56,21 +56,8 @@ AffineWeight describe(const AffineShape& s, const std::vector<const TensorData*>
   }
   if (tensors[4] != nullptr) a.bias = to_float(*tensors[4]);
 
-  // qweight [words, out]: output o's stream is column o; scales, zeros
-  // [groups, out]; the group of input i is g_idx[i].
-  QuantizedWeight& w = a.weight;
-  w.bits = s.bits;
-  w.in_features = s.in_features;
-  w.out_features = out;
-  w.codes = static_cast<const uint32_t*>(qweight.data);
-  w.code_word_stride = out;
-  w.code_out_stride = 1;
-  w.groups = s.groups;
-  w.g_idx = groups;
-  w.scales = a.scales.data();
-  w.zeros = a.zeros.data();
-  w.scale_group_stride = w.zero_group_stride = out;
-  w.scale_out_stride = w.zero_out_stride = 1;
+  // qweight [words, out]: output o's stream is column o.
+  point_weight(a, s, static_cast<const uint32_t*>(qweight.data), out, 1, groups);
   return a;
 }
 

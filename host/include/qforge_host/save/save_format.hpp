@@ -38,7 +38,8 @@ class SaveFormat {
   // a result the format cannot hold, before anything of its block is written.
   virtual NamedTensors packed_linear(const std::string& layer, const QuantResult& result) = 0;
   // config.json's "quantization_config" (null: none) for the quantized layers.
-  virtual nlohmann::ordered_json quantization_config(const std::vector<LayerReport>& layers) const;
+  virtual nlohmann::ordered_json quantization_config(const std::vector<LayerReport>& layers,
+                                                     const ModelConfig& config) const;
   // Files written beside config.json (name, text), given that config.
   virtual std::vector<std::pair<std::string, std::string>> side_files(
       const nlohmann::ordered_json& quantization_config) const;

@@ -90,36 +90,34 @@ uint64_t header_length(const std::string& bytes) {
   return v;
 }
 
-// Runs `f`, expecting a ModelFileError whose message contains every string in `parts`.
-void expect_model_error(const std::function<void()>& f, std::initializer_list<std::string> parts) {
+// Runs `f`, expecting an exception of type E (named `what` in messages) whose
+// message contains every string in `parts`.
+template <class E>
+void expect_error(const char* what, const std::function<void()>& f,
+                  std::initializer_list<std::string> parts) {
   try {
     f();
-  } catch (const ModelFileError& e) {
+  } catch (const E& e) {
     const std::string msg = e.what();
     for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
     return;
   } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected ModelFileError, got another exception: " << e.what();
+    ADD_FAILURE() << "expected " << what << ", got another exception: " << e.what();
     return;
   }
   std::string all;
   for (const auto& p : parts) all += " '" + p + "'";
-  ADD_FAILURE() << "expected ModelFileError mentioning" << all << ", nothing thrown";
+  ADD_FAILURE() << "expected " << what << " mentioning" << all << ", nothing thrown";
 }
 
-// Runs `f`, expecting an IoError (a write failure, not bad input) naming every string in `parts`.
+// A bad model file (exit 2).
+void expect_model_error(const std::function<void()>& f, std::initializer_list<std::string> parts) {
+  expect_error<ModelFileError>("ModelFileError", f, parts);
+}
+
+// A failed write: not bad input (exit 1).
 void expect_io_error(const std::function<void()>& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-  } catch (const qforge::host::IoError& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected IoError, got another exception: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "expected IoError, nothing was thrown";
+  expect_error<qforge::host::IoError>("IoError", f, parts);
 }
 
 // Writes `bytes` to <dir>/<name> and expects opening it to fail naming the
