@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Perplexity of stories260K: full precision, RTN and GPTQ at 4 and 3 bits
 # (group 32, asymmetric; GPTQ with act-order), each quantized model saved to
-# disk (GPTQ as an AutoGPTQ v1 checkpoint, RTN as float16 dequantized weights)
-# and evaluated by `qforge eval` from what was written. Prints the commands it
+# disk (GPTQ as an AutoGPTQ v1 checkpoint and, from the same results, as a
+# compressed-tensors one; RTN as float16 dequantized weights) and evaluated by
+# `qforge eval` from what was written. Prints the commands it
 # runs and a Markdown table; the README's table is this script's output.
 #
 # usage: tools/bench/gptq_quality.sh [build dir] [shared dir]
@@ -35,9 +36,13 @@ for bits in 4 3; do
   quantize "$work/gptq$bits" --method org.qforge.gptq --set bits=$bits --set group_size=32 \
     --set sym=false --set desc_act=true --save-format gptq
   gptq=$(ppl "$work/gptq$bits")
-  rows+=("| $bits-bit, group 32, asymmetric | $fp | $rtn | $gptq |")
+  echo "+ $Q quantize --model $M --from-results $work/gptq$bits/quant_results.safetensors --out $work/ct$bits --save-format compressed-tensors" >&2
+  "$Q" quantize --model "$M" --from-results "$work/gptq$bits/quant_results.safetensors" \
+    --out "$work/ct$bits" --save-format compressed-tensors > /dev/null 2>&1
+  ct=$(ppl "$work/ct$bits")
+  rows+=("| $bits-bit, group 32, asymmetric | $fp | $rtn | $gptq | $ct |")
 done
 echo
-echo "| setting | FP | RTN | GPTQ (act-order) |"
-echo "|---|---|---|---|"
+echo "| setting | FP | RTN | GPTQ (act-order), gptq v1 | same, compressed-tensors |"
+echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
