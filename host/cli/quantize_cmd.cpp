@@ -223,10 +223,10 @@ int quantize_command(const Args& args, host::Registry& registry) {
         stream.size());
     if (!vm.count("json")) {
       fmt::print("perplexity ({}):\n", summary["perplexity_protocol"].get<std::string>());
-      fmt::print("  original     {:.4f}\n  {:<12} {:.4f}  (the written checkpoint)\n",
+      fmt::print("  original           {:.4f}\n  {:<18} {:.4f}  (the written checkpoint)\n",
                  ppl["original"].get<double>(), saved_as, ppl[saved_as].get<double>());
-      if (packed) fmt::print("  packed       {:.4f}\n", ppl["packed"].get<double>());
-      else fmt::print("  packed       (no inference layer for every format)\n");
+      if (packed) fmt::print("  packed             {:.4f}\n", ppl["packed"].get<double>());
+      else fmt::print("  packed             (no inference layer for every format)\n");
     }
   }
   if (vm.count("json")) std::cout << summary.dump(2) << "\n";
