@@ -128,3 +128,40 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<Setting>& i) { return i.param.name; });
 
 }  // namespace
+
+namespace {
+
+// Shards vLLM fuses (q/k/v, gate/up) need one scheme and one ignore status:
+// a selection that splits them is refused before any work, an override that
+// splits them at the first block, before its shard is written.
+TEST(CtCheckpointRefusals, FusedShardsMustAgree) {
+  QFORGE_REQUIRE_SHARED(model_dir, "models/stories260K");
+  qh::Registry& registry = qforge::test::plugin_registry();
+  qh::QuantizeOptions o;
+  o.model_dir = model_dir;
+  o.method = "org.qforge.gptq";
+  o.calibration.file = qforge::test::shared_dir() + "/data/tinystories_v2_calib.txt";
+  o.calibration.nsamples = 4;
+  o.calibration.seqlen = 64;
+  auto refusal = [&](const qh::QuantizeOptions& opts) -> std::string {
+    try {
+      qforge::test::quantize(registry, opts, "compressed-tensors");
+    } catch (const qh::UsageError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  o.out_dir = qforge::test::temp_path("qforge_ct", "split_selection");
+  o.selection.exclude_keywords = {"k_proj"};
+  EXPECT_NE(refusal(o).find("k_proj is ignored"), std::string::npos);
+  EXPECT_FALSE(fs::exists(o.out_dir)) << "a refused plan left files behind";
+
+  o.out_dir = qforge::test::temp_path("qforge_ct", "split_override");
+  o.selection.exclude_keywords.clear();
+  o.overrides = {{"*q_proj", {{"bits", "8"}}}};
+  EXPECT_NE(refusal(o).find("differ; vLLM fuses them"), std::string::npos);
+  EXPECT_FALSE(fs::exists(fs::path(o.out_dir) / qh::CheckpointWriter::shard_name(0)));
+  fs::remove_all(o.out_dir);
+}
+
+}  // namespace

@@ -58,14 +58,25 @@ class CompressedTensors final : public SaveFormat {
  public:
   std::string name() const override { return "compressed-tensors"; }
 
-  void check_plan(const std::vector<std::string>& formats, const std::vector<std::string>&,
-                  const ModelConfig&) const override {
-    for (const auto& f : formats)
-      if (kernels::find_affine_format(f.c_str()) != nullptr) return;
-    throw UsageError(fmt::format(
-        "--save-format compressed-tensors stores affine grid results (W = s·(q − z)), and the "
-        "method's formats ({}) are not among them; use --save-format dequantized",
-        formats.empty() ? std::string("none") : fmt::format("{}", fmt::join(formats, ", "))));
+  void check_plan(const std::vector<std::string>& formats, const std::vector<std::string>& selected,
+                  const ModelConfig& config) const override {
+    bool affine = false;
+    for (const auto& f : formats) affine = affine || kernels::find_affine_format(f.c_str()) != nullptr;
+    if (!affine)
+      throw UsageError(fmt::format(
+          "--save-format compressed-tensors stores affine grid results (W = s·(q − z)), and the "
+          "method's formats ({}) are not among them; use --save-format dequantized",
+          formats.empty() ? std::string("none") : fmt::format("{}", fmt::join(formats, ", "))));
+    // Shards vLLM fuses (q/k/v, gate/up) must be all quantized or all left out:
+    // checked now with one placeholder scheme for every selected layer.
+    std::vector<std::pair<std::string, ct::Scheme>> layers;
+    for (const auto& name : selected) layers.emplace_back(name, ct::Scheme{});
+    if (layers.empty()) return;
+    try {
+      ct::quantization_config(layers, ignored(layers, config));
+    } catch (const std::exception& e) {
+      throw UsageError(fmt::format("--save-format compressed-tensors: {}", e.what()));
+    }
   }
 
   NamedTensors packed_linear(const std::string& layer, const QuantResult& r) override {
@@ -77,6 +88,14 @@ class CompressedTensors final : public SaveFormat {
       throw UsageError(fmt::format("--save-format compressed-tensors: layer {}: {}", layer, e.what()));
     }
     schemes_[layer] = scheme;
+    order_.emplace_back(layer, scheme);
+    // Fused shards with different settings are refused at the block that
+    // brings them, before its shard is written.
+    try {
+      ct::quantization_config(order_, {});
+    } catch (const std::exception& e) {
+      throw UsageError(fmt::format("--save-format compressed-tensors: {}", e.what()));
+    }
     NamedTensors out = ct::pack(layer, l, at::kHalf);
     if (auto bias = r.tensors.find("bias"); bias != r.tensors.end())
       out.emplace_back(layer + ".bias", bias->second);
@@ -86,25 +105,32 @@ class CompressedTensors final : public SaveFormat {
   ordered_json quantization_config(const std::vector<LayerReport>& layers,
                                    const ModelConfig& config) const override {
     std::vector<std::pair<std::string, ct::Scheme>> quantized;
-    std::set<std::string> names;
     for (const auto& l : layers) {
       auto it = schemes_.find(l.name);
       if (it == schemes_.end())
         throw UsageError(fmt::format("--save-format compressed-tensors: layer {} was not written "
                                      "packed", l.name));
       quantized.emplace_back(l.name, it->second);
-      names.insert(l.name);
     }
+    return ct::quantization_config(quantized, ignored(quantized, config));
+  }
+
+ private:
+  // Every block linear not in `layers`, and lm_head.
+  static std::vector<std::string> ignored(
+      const std::vector<std::pair<std::string, ct::Scheme>>& layers, const ModelConfig& config) {
+    std::set<std::string> names;
+    for (const auto& l : layers) names.insert(l.first);
     std::vector<std::string> ignore;
     for (int64_t i = 0; i < config.num_layers; ++i)
       for (const auto& n : config.arch.layout->linear_names(i))
         if (!names.count(n)) ignore.push_back(n);
     ignore.push_back("lm_head");
-    return ct::quantization_config(quantized, ignore);
+    return ignore;
   }
 
- private:
   std::map<std::string, ct::Scheme> schemes_;
+  std::vector<std::pair<std::string, ct::Scheme>> order_;  // as written
 };
 
 std::string actorder_name(ct::ActOrder a) {
