@@ -55,6 +55,55 @@ ResumeState start_fresh(const QuantizeOptions& o, const TensorStore& store) {
   return s;
 }
 
+// One layer through the quantizer: W (QEP-corrected when asked), its
+// Hessian, its parameters; the result with the standard error figures. The
+// layer's weight becomes the dequantized one.
+SavedLayer quantize_one(const Registry& registry, const Component& q, const QuantizeOptions& o,
+                        const ParamValues& params, Linear& l, const GramAccumulator& acc,
+                        const at::Tensor& hessian) {
+  if (cancel_requested()) throw Cancelled("stopped by the user");
+  auto t0 = std::chrono::steady_clock::now();
+  QuantizeRequest req;
+  req.layer_name = l.name;
+  req.weight = o.qep ? qep_correct(l.weight, hessian, acc.delta, o.qep_percdamp, o.qep_perccorr)
+                     : l.weight;
+  req.bias = l.bias;
+  req.hessian = hessian;
+  req.nsamples = static_cast<uint64_t>(acc.rows);
+  SavedLayer saved;
+  saved.result = quantize_layer(q, req, params);
+  saved.report = {l.name, saved.result.format, saved.result.metadata,
+                  error_metrics(l.weight, saved.result.dequantized, hessian, acc.rows)};
+  for (const auto& [k, v] : saved.result.metrics) saved.report.metrics["plugin." + k] = v;
+  saved.report.metrics["seconds"] =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  l.weight = saved.result.dequantized.to(at::kFloat);
+  if (registry.find_inference_layer(saved.result.format) != nullptr)
+    saved.result.dequantized = at::Tensor();  // rebuilt from the packed tensors
+  log(LogLevel::debug, "{}: relative output error {:.3e}", l.name,
+      saved.report.metrics["relative_output_error"]);
+  return saved;
+}
+
+// The state to start from: the checkpoint's with --resume, else the
+// calibration data's embeddings (refusing an --out that already holds a run).
+ResumeState start(const QuantizeOptions& o, const RunCheckpoint& ckpt, const Model& model,
+                  const std::string& fingerprint) {
+  if (o.resume && ckpt.exists()) {
+    ResumeState state = ckpt.load(fingerprint, o.act_dtype);
+    log(LogLevel::info, "resuming at block {}/{} from {}", state.next_block,
+        model.config().num_layers, ckpt.dir().string());
+    return state;
+  }
+  const fs::path out(o.out_dir);
+  if (fs::exists(out / "model.safetensors.index.json") || fs::exists(ckpt.dir()))
+    throw UsageError(fmt::format("{} already holds a model or a checkpoint; choose another "
+                                 "--out, delete it, or pass --resume", out.string()));
+  ResumeState state = start_fresh(o, model.store());
+  fs::create_directories(ckpt.dir());  // only once the inputs are known to be good
+  return state;
+}
+
 }  // namespace
 
 QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& o,
@@ -83,24 +132,12 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
     formats.emplace_back(*f);
   sink.check_plan(formats, selected);
 
-  const fs::path out(o.out_dir);
-  RunCheckpoint ckpt(out);
+  RunCheckpoint ckpt(o.out_dir);
   const std::string fingerprint = options_fingerprint(o, sink.name());
+  ResumeState state = start(o, ckpt, model, fingerprint);
   QuantizeSummary summary;
-  ResumeState state;
-  if (o.resume && ckpt.exists()) {
-    state = ckpt.load(fingerprint, o.act_dtype);
-    summary.resumed_from_block = state.next_block;
-    log(LogLevel::info, "resuming at block {}/{} from {}", state.next_block, cfg.num_layers,
-        ckpt.dir().string());
-  } else {
-    if (fs::exists(out / "model.safetensors.index.json") || fs::exists(ckpt.dir()))
-      throw UsageError(fmt::format("{} already holds a model or a checkpoint; choose another "
-                                   "--out, delete it, or pass --resume", out.string()));
-    state = start_fresh(o, model.store());
-    fs::create_directories(ckpt.dir());  // only once the inputs are known to be good
-  }
   summary.calibration = state.calibration;
+  summary.resumed_from_block = state.next_block;
 
   int64_t done_layers = 0;
   for (const auto& name : selected)
@@ -123,29 +160,8 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
       at::Tensor hessian = acc.gram.mul_(2.0 / static_cast<double>(acc.rows));
       if (acc.delta.defined()) acc.delta.mul_(2.0 / static_cast<double>(acc.rows));
       for (Linear* l : todo) {
-        if (cancel_requested()) throw Cancelled("stopped by the user");
-        auto t0 = std::chrono::steady_clock::now();
-        QuantizeRequest req;
-        req.layer_name = l->name;
-        req.weight = o.qep ? qep_correct(l->weight, hessian, acc.delta, o.qep_percdamp,
-                                         o.qep_perccorr)
-                           : l->weight;
-        req.bias = l->bias;
-        req.hessian = hessian;
-        req.nsamples = static_cast<uint64_t>(acc.rows);
-        SavedLayer saved;
-        saved.result = quantize_layer(*q, req, params_for(l->name));
-        saved.report = {l->name, saved.result.format, saved.result.metadata,
-                        error_metrics(l->weight, saved.result.dequantized, hessian, acc.rows)};
-        for (const auto& [k, v] : saved.result.metrics) saved.report.metrics["plugin." + k] = v;
-        saved.report.metrics["seconds"] =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        l->weight = saved.result.dequantized.to(at::kFloat);
-        if (registry.find_inference_layer(saved.result.format) != nullptr)
-          saved.result.dequantized = at::Tensor();  // rebuilt from the packed tensors
-        log(LogLevel::debug, "{}: relative output error {:.3e}", l->name,
-            saved.report.metrics["relative_output_error"]);
-        block_results.push_back(std::move(saved));
+        block_results.push_back(
+            quantize_one(registry, *q, o, params_for(l->name), *l, acc, hessian));
         progress.update(++done_layers, static_cast<int64_t>(selected.size()));
       }
     }
@@ -176,7 +192,7 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
 
   std::vector<std::string> parts;
   for (int64_t i = 0; i < cfg.num_layers; ++i) parts.push_back(ckpt.results_path(i));
-  summary.results_file = (out / "quant_results.safetensors").string();
+  summary.results_file = (fs::path(o.out_dir) / "quant_results.safetensors").string();
   summary.layers = merge_results(parts, o.method, summary.results_file);
   sink.finish(summary.layers);
   ckpt.remove();
