@@ -117,6 +117,8 @@ int quantize_command(const Args& args, host::Registry& registry) {
        "compressed-tensors: pack-quantized (llm-compressor's format, loaded by vLLM and "
        "transformers) for any affine grid result, per-layer settings allowed")
       ("resume", "continue an interrupted run in --out from its checkpoint")
+      ("force", "delete model files in --out that this run would not write (a stale "
+                "model.safetensors, *.bin, an index) instead of refusing")
       ("from-results", po::value<std::string>(), "re-apply a quant_results.safetensors without quantizing")
       ("chunk", po::value<int64_t>()->default_value(4), "calibration sequences per forward pass")
       ("act-dtype", po::value<std::string>()->default_value("float32"), "calibration activations stored as float32, bfloat16 or float16")
@@ -135,7 +137,11 @@ int quantize_command(const Args& args, host::Registry& registry) {
   if (!vm.count("out")) throw host::UsageError("--out DIR is required");
   std::string model_dir = vm["model"].as<std::string>(), out = vm["out"].as<std::string>();
   const std::string save_format = vm["save-format"].as<std::string>();
-  host::CheckpointWriter writer(host::make_save_format(save_format), model_dir, out);
+  host::WriterOptions wo;
+  wo.resume = vm.count("resume") > 0;
+  wo.force = vm.count("force") > 0;
+  wo.holder = fmt::format("qforge quantize --model {}", model_dir);
+  host::CheckpointWriter writer(host::make_save_format(save_format), model_dir, out, wo);
   load_plugins(registry);
 
   json summary = {{"model", model_dir}, {"out", out}};

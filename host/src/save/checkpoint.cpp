@@ -7,10 +7,14 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <fmt/ranges.h>
+
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "qforge_host/base/atomic_file.hpp"
 #include "qforge_host/base/errors.hpp"
+#include "qforge_host/base/log.hpp"
 #include "qforge_host/base/text.hpp"
 
 namespace fs = std::filesystem;
@@ -23,6 +27,28 @@ namespace {
 // Files copied from the source model next to the written weights.
 const char* const kSideFiles[] = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                                   "special_tokens_map.json", "generation_config.json"};
+
+// Files in `dir` that a model loader could take for weights or their index
+// and that this run does not write (with `resume`, a checkpointed run's own
+// shards are its own).
+std::vector<std::string> foreign_model_files(const fs::path& dir, bool resume) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    const std::string ext = e.path().extension().string();
+    const bool weights = ext == ".safetensors" || ext == ".bin" || ext == ".pt" ||
+                         ext == ".pth" || ext == ".gguf" ||
+                         (name.size() > 11 && name.compare(name.size() - 11, 11, ".index.json") == 0);
+    if (!weights) continue;
+    const bool ours = name.rfind("model-block-", 0) == 0 || name == "model-rest.safetensors" ||
+                      name == "quant_results.safetensors";
+    if (resume && ours) continue;
+    out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
 
 fs::path config_path(const std::string& model_dir) {
   return fs::is_directory(model_dir) ? fs::path(model_dir) / "config.json" : fs::path(model_dir);
@@ -47,12 +73,26 @@ at::Tensor to_half(const std::string& name, const at::Tensor& t) {
 }
 
 CheckpointWriter::CheckpointWriter(std::unique_ptr<SaveFormat> format, std::string model_dir,
-                                   fs::path out_dir)
+                                   fs::path out_dir, const WriterOptions& options)
     : format_(std::move(format)), model_dir_(std::move(model_dir)), out_(std::move(out_dir)),
-      store_(model_dir_), config_(load_config(model_dir_)) {
+      lock_(out_.string(), options.holder), store_(model_dir_), config_(load_config(model_dir_)) {
   if (fs::exists(out_ / "model.safetensors.index.json"))
     throw UsageError(fmt::format("{} already holds a model; choose another --out or delete it",
                                  out_.string()));
+  const std::vector<std::string> stale = foreign_model_files(out_, options.resume);
+  if (stale.empty()) return;
+  if (!options.force)
+    throw UsageError(fmt::format(
+        "{} holds model files this run would not write ({}{}); a loader could read them instead "
+        "of the output: remove them, choose another --out, or pass --force to delete them",
+        out_.string(), fmt::join(stale.begin(), stale.begin() + std::min<size_t>(stale.size(), 3), ", "),
+        stale.size() > 3 ? fmt::format(" and {} more", stale.size() - 3) : ""));
+  for (const auto& name : stale) {
+    std::error_code ec;
+    fs::remove(out_ / name, ec);
+    if (ec) throw IoError(fmt::format("{}: cannot delete it: {}", (out_ / name).string(), ec.message()));
+    log(LogLevel::warn, "--force: deleted {}", (out_ / name).string());
+  }
 }
 
 std::string CheckpointWriter::shard_name(size_t i) {

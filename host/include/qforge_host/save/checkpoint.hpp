@@ -14,16 +14,28 @@
 #include <string>
 #include <vector>
 
+#include "qforge_host/base/dir_lock.hpp"
 #include "qforge_host/io/safetensors.hpp"
 #include "qforge_host/pipeline/pipeline.hpp"
 #include "qforge_host/save/save_format.hpp"
 
 namespace qforge::host {
 
+struct WriterOptions {
+  bool resume = false;  // a checkpointed run's shards in the directory are its own
+  bool force = false;   // delete model files this run did not write instead of refusing
+  std::string holder = "qforge";  // who holds the directory's lock, for other runs' messages
+};
+
+// Holds the output directory's lock (base/dir_lock.hpp) from construction to
+// destruction, so one run at a time writes there. Refuses, before any work,
+// a directory holding a finished model, or model files (*.safetensors, *.bin,
+// an index) that this run would not write and that a loader could pick up
+// instead of its output; WriterOptions::force deletes them instead.
 class CheckpointWriter final : public BlockSink {
  public:
   CheckpointWriter(std::unique_ptr<SaveFormat> format, std::string model_dir,
-                   std::filesystem::path out_dir);
+                   std::filesystem::path out_dir, const WriterOptions& options = {});
 
   std::string name() const override { return format_->name(); }
   void check_plan(const std::vector<std::string>& formats,
@@ -38,6 +50,7 @@ class CheckpointWriter final : public BlockSink {
   std::unique_ptr<SaveFormat> format_;
   std::string model_dir_;
   std::filesystem::path out_;
+  DirLock lock_;
   TensorStore store_;
   ModelConfig config_;
 };
