@@ -85,6 +85,11 @@ int run(int argc, char** argv) {
   int threads = vm.count("threads") ? vm["threads"].as<int>()
                                      : static_cast<int>(std::thread::hardware_concurrency());
   if (threads < 1) throw host::UsageError("--threads must be at least 1");
+  // Far more threads than cores only thrash (10000 hung every command).
+  const int limit = 8 * std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  if (threads > limit)
+    throw host::UsageError(fmt::format("--threads {}: at most {} (8 per hardware thread)", threads,
+                                       limit));
   at::set_num_threads(threads);
 
   // Everything after the command goes to it, including options we didn't know.

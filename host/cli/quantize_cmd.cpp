@@ -163,6 +163,14 @@ int quantize_command(const Args& args, host::Registry& registry) {
     o.calibration.text_field = vm["text-field"].as<std::string>();
     o.calibration.nsamples = vm["nsamples"].as<int64_t>();
     o.calibration.seqlen = vm["seqlen"].as<int64_t>();
+    // The default window is 2048 tokens: cut to the model's positions, and say so
+    // (an explicit --seqlen beyond them is refused by the pipeline).
+    const int64_t positions = host::load_config(model_dir).max_position_embeddings;
+    if (vm["seqlen"].defaulted() && positions > 0 && o.calibration.seqlen > positions) {
+      o.calibration.seqlen = positions;
+      host::log(host::LogLevel::info, "--seqlen {} (the model's max_position_embeddings)",
+                positions);
+    }
     o.calibration.seed = vm["seed"].as<uint64_t>();
     o.calibration.strategy = vm["strategy"].as<std::string>();
     o.selection.include_names = list(vm, "include-names");

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <malloc.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <set>
@@ -40,6 +41,28 @@ std::vector<std::string> select(const ModelConfig& cfg, const LayerSelection& se
   return selected;
 }
 
+// Sizes the machine cannot hold are refused before any work: windows beyond
+// the model's positions, and calibration activations (both streams, plus the
+// next block's inputs) or one sequence's attention scores larger than memory.
+void check_limits(const QuantizeOptions& o, const ModelConfig& cfg) {
+  const int64_t n = o.calibration.nsamples, L = o.calibration.seqlen;
+  if (cfg.max_position_embeddings > 0 && L > cfg.max_position_embeddings)
+    throw UsageError(fmt::format("--seqlen {} is beyond the model's max_position_embeddings ({})",
+                                 L, cfg.max_position_embeddings));
+  if (n < 1 || L < 1) return;  // the calibration loader says what is wrong
+  const double memory = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
+                        static_cast<double>(sysconf(_SC_PAGESIZE));
+  const double act = static_cast<double>(n) * L * cfg.hidden_size *
+                     static_cast<double>(c10::elementSize(o.act_dtype)) * (o.qep ? 4 : 2);
+  const double scores = static_cast<double>(o.chunk) * cfg.num_heads * L * L * 4.0 * 2;
+  if (memory > 0 && (act > memory || scores > memory))
+    throw UsageError(fmt::format(
+        "--nsamples {} --seqlen {}: the calibration needs about {:.1f} GiB (activations {:.1f} "
+        "GiB, attention scores {:.1f} GiB), more than this machine's {:.1f} GiB",
+        n, L, std::max(act, scores) / (1 << 30), act / (1 << 30), scores / (1 << 30),
+        memory / (1 << 30)));
+}
+
 // The calibration sequences' embeddings, streamed from the mapped table.
 ResumeState start_fresh(const QuantizeOptions& o, const TensorStore& store) {
   auto tok = load_tokenizer(o.model_dir);
@@ -72,6 +95,15 @@ SavedLayer quantize_one(const Registry& registry, const Component& q, const Quan
   req.nsamples = static_cast<uint64_t>(acc.rows);
   SavedLayer saved;
   saved.result = quantize_layer(q, req, params);
+  // A plugin's non-finite output never reaches a shard; the checkpoint stays
+  // at the previous block, so --resume works once the cause is fixed.
+  if (!at::isfinite(saved.result.dequantized).all().item<bool>())
+    throw PluginError(QFORGE_STATUS_INTERNAL,
+                      fmt::format("{} returned non-finite weights for {}", q.desc->id, l.name));
+  for (const auto& [name, t] : saved.result.tensors)
+    if (at::isFloatingType(t.scalar_type()) && !at::isfinite(t).all().item<bool>())
+      throw PluginError(QFORGE_STATUS_INTERNAL, fmt::format("{} returned non-finite values in {} "
+                                                            "for {}", q.desc->id, name, l.name));
   saved.report = {l.name, saved.result.format, saved.result.metadata,
                   error_metrics(l.weight, saved.result.dequantized, hessian, acc.rows)};
   for (const auto& [k, v] : saved.result.metrics) saved.report.metrics["plugin." + k] = v;
@@ -124,9 +156,17 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
   Model model = Model::open(o.model_dir, at::kFloat);
   const ModelConfig& cfg = model.config();
   const BlockLayout& layout = *cfg.arch.layout;
+  check_limits(o, cfg);
   std::vector<std::string> selected = select(cfg, o.selection);
   std::set<std::string> chosen(selected.begin(), selected.end());
   for (const auto& name : selected) params_for(name);  // every override is valid
+  for (const auto& ov : o.overrides) {
+    bool used = false;
+    for (const auto& name : selected) used = used || !overrides_for(name, {ov}).empty();
+    if (!used)
+      throw UsageError(fmt::format("--override '{}' matches no selected layer (names look like "
+                                   "{}self_attn.q_proj)", ov.pattern, layout.prefix(0)));
+  }
   std::vector<std::string> formats;
   for (const char* const* f = q->quantizer()->output_formats; f != nullptr && *f != nullptr; ++f)
     formats.emplace_back(*f);

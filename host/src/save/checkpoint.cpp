@@ -142,12 +142,11 @@ void CheckpointWriter::finish(const std::vector<LayerReport>& layers) {
   config["torch_dtype"] = "float16";
   ordered_json quant = format_->quantization_config(layers, config_);
   if (!quant.is_null()) config["quantization_config"] = quant;
+  // Written like every other file (a temporary name, then a rename): a
+  // symlink planted in --out is replaced, never followed.
   for (const char* f : kSideFiles)
-    if (fs::exists(fs::path(model_dir_) / f)) {
-      fs::copy_file(fs::path(model_dir_) / f, out_ / f, fs::copy_options::overwrite_existing);
-      fs::permissions(out_ / f, fs::perms::owner_read | fs::perms::owner_write,
-                      fs::perm_options::add);  // sources may be read-only
-    }
+    if (fs::exists(fs::path(model_dir_) / f))
+      write_text_atomic((out_ / f).string(), read_file((fs::path(model_dir_) / f).string(), f));
   write_text_atomic((out_ / "config.json").string(), config.dump(2) + "\n");
   for (const auto& [name, text] : format_->side_files(quant))
     write_text_atomic((out_ / name).string(), text);

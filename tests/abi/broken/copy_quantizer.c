@@ -2,6 +2,8 @@
  * copy_quantizer.h). */
 #include "copy_quantizer.h"
 
+#include <math.h>
+
 #include <stddef.h>
 #include <string.h>
 
@@ -77,6 +79,9 @@ static qforge_status* copy_quantize(const qforge_host* host, const qforge_quanti
     if (deq != NULL) deq->deleter(deq);
     return host->status_create(host, QFORGE_STATUS_OUT_OF_MEMORY, "copy: out of memory");
   }
+#ifdef QF_TEST_COPY_NAN
+  ((float*)deq->dl_tensor.data)[0] = NAN; /* the defect of broken/nan_weights.c */
+#endif
   st = output->set_format(output, QF_TEST_COPY_FORMAT, "{}");
   if (st != NULL) {
     packed->deleter(packed);

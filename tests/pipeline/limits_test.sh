@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Limits and checks that protect the machine and the output (reliability
+# defects D6, D7, D8, D10, D11): each refusal is one sentence with exit 2 (or
+# 1 for a plugin's wrong result), quick, and writes nothing it should not.
+# usage: limits_test.sh <qforge binary> <shared dir> <dir of the NaN test plugin>
+set -uo pipefail
+qforge="$1" shared="$2" nan_dir="$3"
+M="$shared/models/stories260K" C="$shared/data/tinystories_v2_calib.txt"
+if [ ! -d "$M" ]; then
+  [ "${CI:-}" = "true" ] && { echo "FAIL: $M missing"; exit 1; }
+  echo "skip: no $M"; exit 77
+fi
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+fail=0
+expect() {  # expect <exit code> <text in stderr> <description> -- command...
+  local want="$1" text="$2" what="$3"; shift 4
+  timeout 120 "$@" > "$work/out" 2> "$work/err"
+  local got=$?
+  if [ "$got" -ne "$want" ] || ! grep -q -- "$text" "$work/err"; then
+    echo "FAIL: $what: exit $got (expected $want), stderr:"; cat "$work/err"; fail=1
+  else
+    echo "ok:   $what"
+  fi
+}
+R=(quantize --model "$M" --method org.qforge.rtn --calib "$C" --nsamples 4)
+
+expect 2 "at most" "--threads far above the cores is refused (D7)" -- "$qforge" --threads 10000 plugins
+expect 2 "max_position_embeddings" "an explicit --seqlen beyond the model is refused (D6)" \
+  -- "$qforge" "${R[@]}" --seqlen 1024 --out "$work/a"
+expect 2 "more than this machine" "a calibration larger than memory is refused (D6)" \
+  -- "$qforge" quantize --model "$M" --method org.qforge.rtn --calib "$C" --nsamples 100000000 --seqlen 512 --out "$work/b"
+expect 2 "matches no selected layer" "an --override matching nothing is refused (D11)" \
+  -- "$qforge" "${R[@]}" --seqlen 64 --override '*no_such_proj:bits=8' --out "$work/c"
+[ ! -e "$work/a" ] && [ ! -e "$work/b" ] && [ ! -e "$work/c" ] && echo "ok:   refusals leave no --out" ||
+  { echo "FAIL: a refused run left its --out"; fail=1; }
+# The default --seqlen (2048) is cut to the model's 512 positions, and said.
+expect 0 "max_position_embeddings" "the default --seqlen is cut to the model's positions (D6)" \
+  -- "$qforge" "${R[@]}" --out "$work/d"
+
+# A symlink planted in --out is replaced, not written through (D8).
+echo ORIGINAL > "$work/victim"
+mkdir "$work/e" && ln -s "$work/victim" "$work/e/tokenizer_config.json"
+expect 0 "" "a run into an --out with a planted symlink" -- "$qforge" "${R[@]}" --seqlen 64 --out "$work/e"
+[ "$(cat "$work/victim")" = ORIGINAL ] && [ ! -L "$work/e/tokenizer_config.json" ] &&
+  echo "ok:   the symlink's target is untouched" || { echo "FAIL: wrote through a symlink"; fail=1; }
+
+# A plugin returning NaN: refused with the layer named, before any shard (D10).
+expect 1 "non-finite weights for model.layers.0.self_attn.q_proj" \
+  "a plugin's NaN weights are refused, the layer named" \
+  -- "$qforge" --plugin-dir "$nan_dir" quantize --model "$M" --method org.qforge.test.nan-weights \
+     --calib "$C" --nsamples 4 --seqlen 64 --out "$work/f"
+[ ! -e "$work/f/model-block-00000.safetensors" ] && echo "ok:   no shard was written" ||
+  { echo "FAIL: a NaN shard was written"; fail=1; }
+exit $fail
