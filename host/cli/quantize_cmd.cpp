@@ -136,6 +136,17 @@ int quantize_command(const Args& args, host::Registry& registry) {
   if (!vm.count("model")) throw host::UsageError("--model DIR is required");
   if (!vm.count("out")) throw host::UsageError("--out DIR is required");
   std::string model_dir = vm["model"].as<std::string>(), out = vm["out"].as<std::string>();
+  // Cheap checks first: a run can take hours.
+  {
+    std::error_code ec;
+    if (fs::exists(out, ec) && fs::exists(model_dir, ec) && fs::equivalent(out, model_dir, ec))
+      throw host::UsageError(fmt::format("--out {} is the model directory; choose another", out));
+    if (vm.count("eval")) {
+      const std::string e = vm["eval"].as<std::string>();
+      if (!fs::is_regular_file(e, ec) || fs::file_size(e, ec) == 0)
+        throw host::UsageError(fmt::format("--eval {}: not a readable, non-empty text file", e));
+    }
+  }
   const std::string save_format = vm["save-format"].as<std::string>();
   host::WriterOptions wo;
   wo.resume = vm.count("resume") > 0;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Limits and checks that protect the machine and the output (reliability
-# defects D6, D7, D8, D10, D11): each refusal is one sentence with exit 2 (or
+# defects D6, D7, D8, D10, D11, D12, D16): each refusal is one sentence with exit 2 (or
 # 1 for a plugin's wrong result), quick, and writes nothing it should not.
 # usage: limits_test.sh <qforge binary> <shared dir> <dir of the NaN test plugin>
 set -uo pipefail
@@ -52,4 +52,36 @@ expect 1 "non-finite weights for model.layers.0.self_attn.q_proj" \
      --calib "$C" --nsamples 4 --seqlen 64 --out "$work/f"
 [ ! -e "$work/f/model-block-00000.safetensors" ] && echo "ok:   no shard was written" ||
   { echo "FAIL: a NaN shard was written"; fail=1; }
+
+# Cheap checks before expensive work (D12).
+expect 2 "is the model directory" "--out = --model is refused" \
+  -- "$qforge" "${R[@]}" --seqlen 64 --out "$M"
+expect 2 "not a readable, non-empty text file" "a missing --eval file is refused before the run" \
+  -- "$qforge" "${R[@]}" --seqlen 64 --out "$work/g" --eval "$work/no-such.txt"
+[ ! -e "$work/g" ] && echo "ok:   ... with nothing written" || { echo "FAIL: --out written"; fail=1; }
+cp -r "$M" "$work/m" && chmod -R u+w "$work/m"
+python3 - "$work/m/model.safetensors" <<'PY'
+import json, struct, sys
+p = sys.argv[1]; b = bytearray(open(p, 'rb').read())
+n, = struct.unpack_from('<Q', b); h = json.loads(b[8:8 + n])
+h['model.layers.4.mlp.up_proj.weighx'] = h.pop('model.layers.4.mlp.up_proj.weight')
+t = json.dumps(h, separators=(',', ':')).encode(); t += b' ' * (n - len(t))
+assert len(t) == n
+open(p, 'wb').write(b[:8] + t + b[8 + n:])
+PY
+expect 2 "model.layers.4.mlp.up_proj.weight" "a tensor missing in the last block is found before the first" \
+  -- "$qforge" quantize --model "$work/m" --method org.qforge.rtn --calib "$C" --nsamples 4 \
+     --seqlen 64 --out "$work/h"
+[ ! -e "$work/h/model-block-00000.safetensors" ] && echo "ok:   ... before any shard" ||
+  { echo "FAIL: shards written before the check"; fail=1; }
+
+# FIFOs where files are expected are refused, not waited on (D16).
+cp -r "$M" "$work/fifo" && chmod -R u+w "$work/fifo" && rm "$work/fifo/config.json" &&
+  mkfifo "$work/fifo/config.json"
+expect 2 "not a regular file" "a FIFO config.json is refused" \
+  -- "$qforge" eval --model "$work/fifo" --ppl "$C"
+mkfifo "$work/calib.txt"
+expect 2 "not a regular file" "a FIFO --calib is refused" \
+  -- "$qforge" quantize --model "$M" --method org.qforge.rtn --calib "$work/calib.txt" \
+     --nsamples 4 --seqlen 64 --out "$work/i"
 exit $fail

@@ -20,7 +20,7 @@ DirLock::DirLock(const std::string& dir, const std::string& holder)
   std::error_code ec;
   if (!fs::exists(dir_, ec)) {
     if (!fs::create_directories(dir_, ec) && ec)
-      throw IoError(dir_ + ": cannot create it: " + ec.message());
+      throw UsageError(dir_ + ": cannot create it: " + ec.message());
     created_dir_ = true;
   } else if (!fs::is_directory(dir_, ec)) {
     throw UsageError(dir_ + " is not a directory");

@@ -1,5 +1,6 @@
 #include "qforge_host/base/text.hpp"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -7,7 +8,19 @@
 
 namespace qforge::host {
 
+namespace {
+
+// A FIFO or a device would block or never end: only regular files are read.
+void require_regular(const std::string& path, const std::string& what) {
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
+    throw UsageError(what + " " + path + ": not a regular file");
+}
+
+}  // namespace
+
 std::string read_file(const std::string& path, const std::string& what) {
+  require_regular(path, what);
   std::ifstream in(path, std::ios::binary);
   if (!in) throw UsageError(what + " " + path + ": cannot open it");
   std::ostringstream ss;
@@ -17,6 +30,7 @@ std::string read_file(const std::string& path, const std::string& what) {
 }
 
 std::string read_file(const std::string& path, const std::string& what, uint64_t limit) {
+  require_regular(path, what);
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw UsageError(what + " " + path + ": cannot open it");
   const auto size = static_cast<uint64_t>(in.tellg());

@@ -162,30 +162,58 @@ Model Model::load(const std::string& dir, at::ScalarType dtype, bool with_blocks
   return m;
 }
 
-void Model::load_block(size_t i) {
+void Model::load_block(size_t i) { blocks_.at(i) = read_block(i, /*check_only=*/false); }
+
+void Model::check_blocks() const {
+  for (size_t i = 0; i < blocks_.size(); ++i) read_block(i, /*check_only=*/true);
+}
+
+// Block i from the store; with check_only, every tensor is looked up and its
+// shape checked against the config without reading any data.
+Block Model::read_block(size_t i, bool check_only) const {
   if (!store_) throw UsageError("load_block: this model was not loaded from a checkpoint");
   const ModelConfig& c = config_;
   const TensorStore& store = *store_;
   const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
   const at::ScalarType dt = dtype_;
+  const LinearLoader none;
+  const LinearLoader& loader = check_only ? none : loader_;
+  auto tensor = [&](const std::string& name, std::vector<int64_t> shape) {
+    if (!check_only) return load_checked(store, name, shape, dt);
+    if (!store.contains(name))
+      throw ModelFileError(fmt::format("{}: the model has no tensor named '{}'", store.dir(), name));
+    if (store.info(name).shape != shape)
+      throw ModelFileError(fmt::format("{}: tensor '{}' has shape [{}], the config implies [{}]",
+                                       store.dir(), name, fmt::join(store.info(name).shape, ", "),
+                                       fmt::join(shape, ", ")));
+    return at::Tensor();
+  };
+  auto linear = [&](const std::string& name, int64_t out, int64_t in, bool bias) {
+    Linear l;
+    l.name = name;
+    if (loader && loader(store, l, out, in, bias)) return l;
+    l.weight = tensor(name + ".weight", {out, in});
+    if (bias) l.bias = tensor(name + ".bias", {out});
+    return l;
+  };
   std::string p = c.arch.layout->prefix(static_cast<int64_t>(i));
   Block b;
-  b.input_norm = load_checked(store, p + "input_layernorm.weight", {H}, dt);
-  b.post_attention_norm = load_checked(store, p + "post_attention_layernorm.weight", {H}, dt);
-  b.q_proj = load_linear(store, p + "self_attn.q_proj", c.num_heads * D, H, c.attention_bias, dt, loader_);
-  b.k_proj = load_linear(store, p + "self_attn.k_proj", c.num_kv_heads * D, H, c.attention_bias, dt, loader_);
-  b.v_proj = load_linear(store, p + "self_attn.v_proj", c.num_kv_heads * D, H, c.attention_bias, dt, loader_);
+  b.input_norm = tensor(p + "input_layernorm.weight", {H});
+  b.post_attention_norm = tensor(p + "post_attention_layernorm.weight", {H});
+  b.q_proj = linear(p + "self_attn.q_proj", c.num_heads * D, H, c.attention_bias);
+  b.k_proj = linear(p + "self_attn.k_proj", c.num_kv_heads * D, H, c.attention_bias);
+  b.v_proj = linear(p + "self_attn.v_proj", c.num_kv_heads * D, H, c.attention_bias);
   // Qwen2 has biases on q/k/v only; Llama's attention_bias covers o_proj too.
-  b.o_proj = load_linear(store, p + "self_attn.o_proj", H, c.num_heads * D,
-                         c.attention_bias && !c.arch.qkv_bias_always, dt, loader_);
+  b.o_proj = linear(p + "self_attn.o_proj", H, c.num_heads * D,
+                    c.attention_bias && !c.arch.qkv_bias_always);
   if (c.arch.qk_norm) {
-    b.q_norm = load_checked(store, p + "self_attn.q_norm.weight", {D}, dt);
-    b.k_norm = load_checked(store, p + "self_attn.k_norm.weight", {D}, dt);
+    b.q_norm = tensor(p + "self_attn.q_norm.weight", {D});
+    b.k_norm = tensor(p + "self_attn.k_norm.weight", {D});
   }
-  b.gate_proj = load_linear(store, p + "mlp.gate_proj", I, H, c.mlp_bias, dt, loader_);
-  b.up_proj = load_linear(store, p + "mlp.up_proj", I, H, c.mlp_bias, dt, loader_);
-  b.down_proj = load_linear(store, p + "mlp.down_proj", H, I, c.mlp_bias, dt, loader_);
-  blocks_.at(i) = std::move(b);
+  b.gate_proj = linear(p + "mlp.gate_proj", I, H, c.mlp_bias);
+  b.up_proj = linear(p + "mlp.up_proj", I, H, c.mlp_bias);
+  b.down_proj = linear(p + "mlp.down_proj", H, I, c.mlp_bias);
+  return b;
 }
 
 void Model::release_block(size_t i) { blocks_.at(i) = Block{}; }

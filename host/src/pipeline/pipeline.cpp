@@ -157,6 +157,7 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
   const ModelConfig& cfg = model.config();
   const BlockLayout& layout = *cfg.arch.layout;
   check_limits(o, cfg);
+  model.check_blocks();  // a tensor missing in block k is found now, not after k blocks
   std::vector<std::string> selected = select(cfg, o.selection);
   std::set<std::string> chosen(selected.begin(), selected.end());
   for (const auto& name : selected) params_for(name);  // every override is valid

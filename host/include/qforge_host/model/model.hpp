@@ -90,6 +90,10 @@ class Model {
   // release_block() frees them.
   void load_block(size_t i);
   void release_block(size_t i);
+  // Every block's tensors are in the checkpoint with the shapes the config
+  // implies (ModelFileError otherwise); reads no data. A run checks this
+  // before its first block rather than failing hours later at block k.
+  void check_blocks() const;
 
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return dtype_; }
@@ -111,6 +115,7 @@ class Model {
   int64_t parameter_count() const;
 
  private:
+  Block read_block(size_t i, bool check_only) const;
   at::Tensor rope_inv_freq() const;
   template <class Run>  // Run(const Linear&, x) -> y: each linear layer's call
   at::Tensor block_forward_impl(size_t layer, const at::Tensor& h, int64_t start, KVCache* cache,
