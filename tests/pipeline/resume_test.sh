@@ -63,4 +63,34 @@ set -e
 if [ -d "$work/other/.qforge-checkpoint" ] && [ "$rc" -ne 2 ]; then
   echo "FAIL: resuming with other options: exit $rc, expected 2"; cat "$work/err2"; exit 1
 fi
-echo "resume OK: interrupted runs resumed bit-identically"
+# A checkpointed shard changed after the kill (a flipped byte) is refused,
+# not carried into the output (reliability defect D9).
+interrupt KILL "$work/flipped"
+if [ -f "$work/flipped/model-block-00000.safetensors" ] && [ -d "$work/flipped/.qforge-checkpoint" ]; then
+  f="$work/flipped/model-block-00000.safetensors"
+  size=$(stat -c %s "$f")
+  printf '\x5a' | dd of="$f" bs=1 seek=$((size - 3)) conv=notrunc status=none
+  set +e
+  "$qforge" "${args[@]}" --out "$work/flipped" --resume > /dev/null 2> "$work/err3"
+  rc=$?
+  set -e
+  if [ "$rc" -ne 2 ] || ! grep -q "changed since the checkpoint" "$work/err3"; then
+    echo "FAIL: resuming over a changed shard: exit $rc, expected 2"; cat "$work/err3"; exit 1
+  fi
+fi
+# A model changed at the same path after the kill is refused too.
+cp -r "$shared/models/stories260K" "$work/model" && chmod -R u+w "$work/model"
+saved=("${args[@]}"); args[2]="$work/model"
+interrupt KILL "$work/changed"
+margs=("${args[@]}"); args=("${saved[@]}")
+test -d "$work/changed/.qforge-checkpoint" || { echo "FAIL: no checkpoint to resume (changed model)"; exit 1; }
+if [ -d "$work/changed/.qforge-checkpoint" ]; then
+  f="$work/model/model.safetensors"; size=$(stat -c %s "$f")
+  printf '\x5a' | dd of="$f" bs=1 seek=$((size - 3)) conv=notrunc status=none
+  set +e
+  "$qforge" "${margs[@]}" --out "$work/changed" --resume > /dev/null 2> "$work/err4"
+  rc=$?
+  set -e
+  if [ "$rc" -ne 2 ]; then echo "FAIL: resuming with a changed model: exit $rc, expected 2"; cat "$work/err4"; exit 1; fi
+fi
+echo "resume OK: interrupted runs resumed bit-identically; changed shards and models refused"

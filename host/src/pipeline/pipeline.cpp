@@ -95,15 +95,6 @@ SavedLayer quantize_one(const Registry& registry, const Component& q, const Quan
   req.nsamples = static_cast<uint64_t>(acc.rows);
   SavedLayer saved;
   saved.result = quantize_layer(q, req, params);
-  // A plugin's non-finite output never reaches a shard; the checkpoint stays
-  // at the previous block, so --resume works once the cause is fixed.
-  if (!at::isfinite(saved.result.dequantized).all().item<bool>())
-    throw PluginError(QFORGE_STATUS_INTERNAL,
-                      fmt::format("{} returned non-finite weights for {}", q.desc->id, l.name));
-  for (const auto& [name, t] : saved.result.tensors)
-    if (at::isFloatingType(t.scalar_type()) && !at::isfinite(t).all().item<bool>())
-      throw PluginError(QFORGE_STATUS_INTERNAL, fmt::format("{} returned non-finite values in {} "
-                                                            "for {}", q.desc->id, name, l.name));
   saved.report = {l.name, saved.result.format, saved.result.metadata,
                   error_metrics(l.weight, saved.result.dequantized, hessian, acc.rows)};
   for (const auto& [k, v] : saved.result.metrics) saved.report.metrics["plugin." + k] = v;
@@ -174,7 +165,7 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
   sink.check_plan(formats, selected);
 
   RunCheckpoint ckpt(o.out_dir);
-  const std::string fingerprint = options_fingerprint(o, sink.name());
+  const std::string fingerprint = options_fingerprint(o, sink.name(), q->library);
   ResumeState state = start(o, ckpt, model, fingerprint);
   QuantizeSummary summary;
   summary.calibration = state.calibration;
@@ -219,9 +210,10 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
     // is complete (each written atomically).
     std::map<std::string, const QuantResult*> packed;
     for (const auto& r : block_results) packed[r.report.name] = &r.result;
-    sink.write_block(i, b, packed);
+    std::vector<std::string> written = sink.write_block(i, b, packed);
     save_results(ckpt.results_path(i), o.method, block_results);
-    ckpt.save(state, fingerprint);
+    written.push_back(ckpt.results_path(i));
+    ckpt.save(state, fingerprint, written);
     model.release_block(i);
     block_results.clear();
     // glibc keeps freed weight-sized blocks in its heaps (its mmap threshold

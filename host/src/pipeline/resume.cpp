@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "qforge_host/base/atomic_file.hpp"
+#include "qforge_host/base/digest.hpp"
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/base/text.hpp"
 #include "qforge_host/io/safetensors.hpp"
@@ -17,7 +18,30 @@ using nlohmann::json;
 
 namespace qforge::host {
 
-std::string options_fingerprint(const QuantizeOptions& o, const std::string& save_format) {
+namespace {
+
+json inputs_identity(const QuantizeOptions& o, const std::string& plugin_library) {
+  json model = json::object();
+  for (const auto& e : fs::directory_iterator(o.model_dir)) {
+    const std::string name = e.path().filename().string();
+    if (name == "config.json") model[name] = file_digest(e.path().string());
+    else if (e.path().extension() == ".safetensors" || name.find(".index.json") != std::string::npos)
+      model[name] = file_identity(e.path().string());
+  }
+  const std::string& calib = o.calibration.file;
+  std::error_code ec;
+  json calibration = !fs::is_regular_file(calib, ec) ? json(nullptr)  // the loader says why
+                     : fs::file_size(calib) <= (uint64_t{256} << 20) ? json(file_digest(calib))
+                                                                     : json(file_identity(calib));
+  return {{"model", model},
+          {"calibration", calibration},
+          {"plugin", plugin_library.empty() ? json(nullptr) : json(file_digest(plugin_library))}};
+}
+
+}  // namespace
+
+std::string options_fingerprint(const QuantizeOptions& o, const std::string& save_format,
+                                const std::string& plugin_library) {
   json overrides = json::array();
   for (const auto& ov : o.overrides) overrides.push_back({ov.pattern, ov.params});
   const auto& c = o.calibration;
@@ -31,7 +55,8 @@ std::string options_fingerprint(const QuantizeOptions& o, const std::string& sav
               {"calibration", {c.file, c.format, c.text_field, c.nsamples, c.seqlen, c.seed, c.strategy}},
               {"qep", {o.qep, o.qep_percdamp, o.qep_perccorr}},
               {"act_dtype", std::string(at::toString(o.act_dtype))},
-              {"save_format", save_format}}
+              {"save_format", save_format},
+              {"inputs", inputs_identity(o, plugin_library)}}
       .dump();
 }
 
@@ -47,8 +72,21 @@ ResumeState RunCheckpoint::load(const std::string& fingerprint, at::ScalarType a
         "{}: the checkpoint was made with different options; rerun without --resume "
         "(or with the same options)", dir_.string()));
   ResumeState r;
-  r.next_block = state["next_block"].get<int64_t>();
-  r.calibration = state["calibration"].get<std::string>();
+  try {
+    r.next_block = state.at("next_block").get<int64_t>();
+    r.calibration = state.at("calibration").get<std::string>();
+    r.files = state.at("files").get<std::map<std::string, std::string>>();
+  } catch (const json::exception& e) {
+    throw UsageError(fmt::format("{}: malformed checkpoint state ({}); rerun without --resume",
+                                 dir_.string(), e.what()));
+  }
+  if (r.next_block < 1)
+    throw UsageError(fmt::format("{}: malformed checkpoint state (next_block {}); rerun without "
+                                 "--resume", dir_.string(), r.next_block));
+  for (const auto& [path, digest] : r.files)
+    if (!fs::exists(path) || file_digest(path) != digest)
+      throw UsageError(fmt::format("{} changed since the checkpoint was written; rerun without "
+                                   "--resume", path));
   SafetensorsFile acts((dir_ / "activations.safetensors").string());
   r.x = acts.load("x", act_dtype);
   if (acts.contains("x_fp")) r.x_fp = acts.load("x_fp", act_dtype);
@@ -59,14 +97,19 @@ std::string RunCheckpoint::results_path(int64_t block) const {
   return (dir_ / fmt::format("results-block-{:05}.safetensors", block)).string();
 }
 
-void RunCheckpoint::save(const ResumeState& s, const std::string& fingerprint) const {
+void RunCheckpoint::save(ResumeState& s, const std::string& fingerprint,
+                         const std::vector<std::string>& written) const {
   std::vector<std::pair<std::string, at::Tensor>> acts = {{"x", s.x}};
   if (s.x_fp.defined()) acts.emplace_back("x_fp", s.x_fp);
-  save_safetensors((dir_ / "activations.safetensors").string(), acts);
+  const std::string activations = (dir_ / "activations.safetensors").string();
+  save_safetensors(activations, acts);
+  for (const auto& path : written) s.files[path] = file_digest(path);
+  s.files[activations] = file_digest(activations);
   write_text_atomic((dir_ / "state.json").string(),
                     json{{"fingerprint", fingerprint},
                          {"next_block", s.next_block},
-                         {"calibration", s.calibration}}
+                         {"calibration", s.calibration},
+                         {"files", s.files}}
                         .dump());
 }
 

@@ -117,7 +117,20 @@ QuantResult quantize_layer(const Component& component, const QuantizeRequest& re
   require(r.dequantized.sizes() == w.sizes(),
           fmt::format("{}: dequantized weight has shape {}, expected {}", who,
                       fmt::join(r.dequantized.sizes(), "x"), fmt::join(w.sizes(), "x")));
+  bool declared = false;
+  for (const char* const* f = q->output_formats; f != nullptr && *f != nullptr; ++f)
+    declared = declared || r.format == *f;
+  require(declared, fmt::format("{}: returned format {}, which the component does not declare",
+                                who, r.format));
   r.dequantized = r.dequantized.to(at::kFloat);
+  // A non-finite result never reaches a shard: the run stops at this layer and
+  // the checkpoint stays at the previous block, resumable once it is fixed.
+  require(at::isfinite(r.dequantized).all().item<bool>(),
+          fmt::format("{} returned non-finite weights for {}", component.desc->id, req.layer_name));
+  for (const auto& [name, t] : r.tensors)
+    require(!at::isFloatingType(t.scalar_type()) || at::isfinite(t).all().item<bool>(),
+            fmt::format("{} returned non-finite values in {} for {}", component.desc->id, name,
+                        req.layer_name));
   return r;
 }
 

@@ -104,8 +104,8 @@ void CheckpointWriter::check_plan(const std::vector<std::string>& formats,
   format_->check_plan(formats, selected, config_);
 }
 
-void CheckpointWriter::write_block(size_t i, const Block& b,
-                                   const std::map<std::string, const QuantResult*>& results) {
+std::vector<std::string> CheckpointWriter::write_block(
+    size_t i, const Block& b, const std::map<std::string, const QuantResult*>& results) {
   const std::string p = config_.arch.layout->prefix(static_cast<int64_t>(i));
   NamedTensors w;
   auto add_float = [&](const std::string& name, const at::Tensor& t) {
@@ -129,7 +129,9 @@ void CheckpointWriter::write_block(size_t i, const Block& b,
     if (l->bias.defined()) add_float(l->name + ".bias", l->bias);
   }
   fs::create_directories(out_);
-  save_safetensors((out_ / shard_name(i)).string(), w);
+  const std::string shard = (out_ / shard_name(i)).string();
+  save_safetensors(shard, w);
+  return {shard};
 }
 
 void CheckpointWriter::finish(const std::vector<LayerReport>& layers) {

@@ -35,9 +35,10 @@ class BlockSink {
   virtual void check_plan(const std::vector<std::string>& formats,
                           const std::vector<std::string>& selected) const = 0;
   // Block `i` is final: its norms, its linears (dense ones hold their
-  // current weight) and the packed results of its quantized linears.
-  virtual void write_block(size_t i, const Block& block,
-                           const std::map<std::string, const QuantResult*>& results) = 0;
+  // current weight) and the packed results of its quantized linears. Returns
+  // the files written (a resumed run checks they are unchanged).
+  virtual std::vector<std::string> write_block(
+      size_t i, const Block& block, const std::map<std::string, const QuantResult*>& results) = 0;
   // Everything else, once every block is written.
   virtual void finish(const std::vector<LayerReport>& layers) = 0;
 };

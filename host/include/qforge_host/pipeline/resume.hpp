@@ -15,20 +15,28 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "qforge_host/pipeline/options.hpp"
 
 namespace qforge::host {
 
-// Everything the result depends on, as text; a checkpoint made with other
-// options is refused.
-std::string options_fingerprint(const QuantizeOptions& options, const std::string& save_format);
+// Everything the result depends on, as text: the options, and the identity
+// of the inputs (the model's files by size, time and a digest of their ends,
+// the calibration file and the quantizer's plugin library by content). A
+// checkpoint made with other options or other inputs is refused.
+std::string options_fingerprint(const QuantizeOptions& options, const std::string& save_format,
+                                const std::string& plugin_library);
 
 struct ResumeState {
   int64_t next_block = 0;
   std::string calibration;  // the description of the calibration data used
   at::Tensor x, x_fp;       // next block's inputs: quantized and (QEP) full-precision streams
+  // Every file the run has checkpointed so far (shards, results, activations)
+  // with its digest at the time; checked again on resume.
+  std::map<std::string, std::string> files;
 };
 
 class RunCheckpoint {
@@ -36,11 +44,14 @@ class RunCheckpoint {
   explicit RunCheckpoint(const std::filesystem::path& out_dir);
   const std::filesystem::path& dir() const { return dir_; }
   bool exists() const;
-  // The saved state; throws UsageError when it was made with other options.
+  // The saved state; throws UsageError when it was made with other options or
+  // inputs, or when a checkpointed file changed since it was written.
   ResumeState load(const std::string& fingerprint, at::ScalarType act_dtype) const;
   std::string results_path(int64_t block) const;
-  // After block `state.next_block - 1`: activations, then the state file.
-  void save(const ResumeState& state, const std::string& fingerprint) const;
+  // After block `state.next_block - 1`: activations, then the state file,
+  // recording the digests of `written` (the block's files) and the activations.
+  void save(ResumeState& state, const std::string& fingerprint,
+            const std::vector<std::string>& written) const;
   void remove() const;
 
  private:

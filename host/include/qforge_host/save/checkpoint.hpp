@@ -40,8 +40,8 @@ class CheckpointWriter final : public BlockSink {
   std::string name() const override { return format_->name(); }
   void check_plan(const std::vector<std::string>& formats,
                   const std::vector<std::string>& selected) const override;
-  void write_block(size_t i, const Block& block,
-                   const std::map<std::string, const QuantResult*>& results) override;
+  std::vector<std::string> write_block(
+      size_t i, const Block& block, const std::map<std::string, const QuantResult*>& results) override;
   void finish(const std::vector<LayerReport>& layers) override;
 
   static std::string shard_name(size_t i);
