@@ -2,9 +2,9 @@
 # Limits and checks that protect the machine and the output (reliability
 # defects D6, D7, D8, D10, D11, D12, D16): each refusal is one sentence with exit 2 (or
 # 1 for a plugin's wrong result), quick, and writes nothing it should not.
-# usage: limits_test.sh <qforge binary> <shared dir> <dir of the NaN test plugin>
+# usage: limits_test.sh <qforge binary> <shared dir> <dir of the test plugins' folders>
 set -uo pipefail
-qforge="$1" shared="$2" nan_dir="$3"
+qforge="$1" shared="$2" plugins="$3" nan_dir="$3/nan_weights"
 M="$shared/models/stories260K" C="$shared/data/tinystories_v2_calib.txt"
 if [ ! -d "$M" ]; then
   [ "${CI:-}" = "true" ] && { echo "FAIL: $M missing"; exit 1; }
@@ -52,6 +52,18 @@ expect 1 "non-finite weights for model.layers.0.self_attn.q_proj" \
      --calib "$C" --nsamples 4 --seqlen 64 --out "$work/f"
 [ ! -e "$work/f/model-block-00000.safetensors" ] && echo "ok:   no shard was written" ||
   { echo "FAIL: a NaN shard was written"; fail=1; }
+
+# A plugin that crashes or calls exit(): the component and layer are named,
+# and the exit status is not success (reliability defects D14, issue item 7).
+expect 139 "crashed in org.qforge.test.crash-weights" "a plugin crash names the component" \
+  -- "$qforge" --plugin-dir "$plugins/crash_weights" quantize --model "$M" \
+     --method org.qforge.test.crash-weights --calib "$C" --nsamples 4 --seqlen 64 --out "$work/x"
+grep -q "model.layers.0.self_attn.q_proj" "$work/err" && echo "ok:   ... and the layer" ||
+  { echo "FAIL: the crash report does not name the layer"; fail=1; }
+expect 1 "called exit() while running org.qforge.test.exit-weights" \
+  "a plugin's exit(0) is not success" \
+  -- "$qforge" --plugin-dir "$plugins/exit_weights" quantize --model "$M" \
+     --method org.qforge.test.exit-weights --calib "$C" --nsamples 4 --seqlen 64 --out "$work/y"
 
 # Cheap checks before expensive work (D12).
 expect 2 "is the model directory" "--out = --model is refused" \

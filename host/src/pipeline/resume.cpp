@@ -113,6 +113,12 @@ void RunCheckpoint::save(ResumeState& s, const std::string& fingerprint,
                         .dump());
 }
 
-void RunCheckpoint::remove() const { fs::remove_all(dir_); }
+void RunCheckpoint::remove() const {
+  // The state first: a kill during the removal leaves no checkpoint that
+  // claims files already deleted.
+  std::error_code ec;
+  fs::remove(dir_ / "state.json", ec);
+  fs::remove_all(dir_);
+}
 
 }  // namespace qforge::host

@@ -106,8 +106,12 @@ QuantResult quantize_layer(const Component& component, const QuantizeRequest& re
   sink.table.set_dequantized = &Sink::set_dequantized;
   sink.table.set_metric = &Sink::set_metric;
 
-  throw_if_error(q->quantize(services(), &in, &sink.table),
-                 fmt::format("{} on {}", component.desc->id, req.layer_name));
+  {
+    PluginActivity running(fmt::format("{} ({}) on {}", component.desc->id, component.library,
+                                       req.layer_name));
+    throw_if_error(q->quantize(services(), &in, &sink.table),
+                   fmt::format("{} on {}", component.desc->id, req.layer_name));
+  }
 
   // The result must be complete and consistent with the layer.
   QuantResult r = std::move(sink.result);

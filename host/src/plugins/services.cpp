@@ -1,6 +1,10 @@
 // The host services handed to plugins (sdk/include/qforge/host.h).
 #include "qforge_host/plugins/services.hpp"
 
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
 #include <atomic>
 #include <cstdlib>
 #include <new>
@@ -85,6 +89,22 @@ void throw_if_error(qforge_status* s, const std::string& what) {
   if (code == QFORGE_STATUS_CANCELLED) throw Cancelled(message);
   throw PluginError(code, message);
 }
+
+namespace {
+char g_activity[512];  // written only by the thread running the pipeline
+std::atomic<bool> g_active{false};
+}  // namespace
+
+PluginActivity::PluginActivity(const std::string& what) {
+  const size_t n = std::min(what.size(), sizeof g_activity - 1);
+  std::memcpy(g_activity, what.data(), n);
+  g_activity[n] = '\0';
+  g_active.store(true);
+}
+
+PluginActivity::~PluginActivity() { g_active.store(false); }
+
+const char* current_plugin_activity() { return g_active.load() ? g_activity : ""; }
 
 void request_cancel() { g_cancel.store(true); }
 bool cancel_requested() { return g_cancel.load(); }

@@ -79,6 +79,13 @@ CheckpointWriter::CheckpointWriter(std::unique_ptr<SaveFormat> format, std::stri
   if (fs::exists(out_ / "model.safetensors.index.json"))
     throw UsageError(fmt::format("{} already holds a model; choose another --out or delete it",
                                  out_.string()));
+  // Temporaries of an earlier run killed mid-write ("<file>.tmp-<pid>"): with
+  // the lock held, nobody else writes here.
+  for (const fs::path& dir : {out_, out_ / ".qforge-checkpoint"}) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec))
+      if (e.path().filename().string().find(".tmp-") != std::string::npos) fs::remove(e.path(), ec);
+  }
   const std::vector<std::string> stale = foreign_model_files(out_, options.resume);
   if (stale.empty()) return;
   if (!options.force)

@@ -3,6 +3,8 @@
 #include "copy_quantizer.h"
 
 #include <math.h>
+#include <signal.h>
+#include <stdlib.h>
 
 #include <stddef.h>
 #include <string.h>
@@ -79,6 +81,12 @@ static qforge_status* copy_quantize(const qforge_host* host, const qforge_quanti
     if (deq != NULL) deq->deleter(deq);
     return host->status_create(host, QFORGE_STATUS_OUT_OF_MEMORY, "copy: out of memory");
   }
+#ifdef QF_TEST_COPY_CRASH
+  raise(SIGSEGV); /* the defect of broken/crash_weights.c */
+#endif
+#ifdef QF_TEST_COPY_EXIT
+  exit(0); /* the defect of broken/exit_weights.c */
+#endif
 #ifdef QF_TEST_COPY_NAN
   ((float*)deq->dl_tensor.data)[0] = NAN; /* the defect of broken/nan_weights.c */
 #endif

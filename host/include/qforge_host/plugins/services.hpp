@@ -18,4 +18,17 @@ void throw_if_error(qforge_status* status, const std::string& what);
 void request_cancel();
 bool cancel_requested();
 
+// What plugin code is running now ("org.qforge.gptq on model.layers.3.mlp.up_proj"),
+// so that a crash or an exit() inside a plugin can be reported with the
+// component and layer. current_plugin_activity() is async-signal-safe and
+// returns "" when no plugin call is in progress.
+class PluginActivity {
+ public:
+  explicit PluginActivity(const std::string& what);  // marks the call's start
+  ~PluginActivity();                                  // and its end
+  PluginActivity(const PluginActivity&) = delete;
+  PluginActivity& operator=(const PluginActivity&) = delete;
+};
+const char* current_plugin_activity();
+
 }  // namespace qforge::host

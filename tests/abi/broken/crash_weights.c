@@ -1,0 +1,14 @@
+/* Broken on purpose: a copy quantizer that crashes (SIGSEGV) in quantize
+ * (copy_quantizer.c built with QF_TEST_COPY_CRASH). The host must name the component
+ * and the layer, and never report success. */
+#include "copy_quantizer.h"
+
+static const qforge_component_desc component =
+    QF_TEST_COMPONENT("org.qforge.test.crash-weights", 0, NULL, 0);
+QF_TEST_SINGLE_COMPONENT(component)
+
+static const qforge_plugin_entry entry =
+    QF_TEST_ENTRY("qforge-test-crash-weights", QFORGE_ABI_MAJOR, sizeof(qforge_plugin_entry), NULL);
+
+QFORGE_EXPORT const qforge_plugin_entry* qforge_plugin_entry_v1(void);
+const qforge_plugin_entry* qforge_plugin_entry_v1(void) { return &entry; }
