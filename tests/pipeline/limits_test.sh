@@ -87,6 +87,17 @@ expect 2 "model.layers.4.mlp.up_proj.weight" "a tensor missing in the last block
 [ ! -e "$work/h/model-block-00000.safetensors" ] && echo "ok:   ... before any shard" ||
   { echo "FAIL: shards written before the check"; fail=1; }
 
+# quantize validates the model as eval would before writing anything (D5).
+cp -r "$M" "$work/v" && chmod -R u+w "$work/v"
+sed -i 's/"vocab_size": 512/"vocab_size": 1000/' "$work/v/config.json"
+expect 2 "config implies \[1000, 64\]" "a vocabulary the embedding does not have is refused (D5)" \
+  -- "$qforge" quantize --model "$work/v" --method org.qforge.rtn --calib "$C" --nsamples 4 \
+     --seqlen 64 --out "$work/vo"
+cp "$M/config.json" "$work/v/config.json" && sed -i 's/"num_hidden_layers": 5/"num_hidden_layers": 2/' "$work/v/config.json"
+expect 2 "num_hidden_layers is 2" "blocks beyond num_hidden_layers are refused, not dropped (D5)" \
+  -- "$qforge" quantize --model "$work/v" --method org.qforge.rtn --calib "$C" --nsamples 4 \
+     --seqlen 64 --out "$work/vo"
+
 # FIFOs where files are expected are refused, not waited on (D16).
 cp -r "$M" "$work/fifo" && chmod -R u+w "$work/fifo" && rm "$work/fifo/config.json" &&
   mkfifo "$work/fifo/config.json"

@@ -165,7 +165,46 @@ Model Model::load(const std::string& dir, at::ScalarType dtype, bool with_blocks
 void Model::load_block(size_t i) { blocks_.at(i) = read_block(i, /*check_only=*/false); }
 
 void Model::check_blocks() const {
+  if (!store_) throw UsageError("check_blocks: this model was not loaded from a checkpoint");
+  const ModelConfig& c = config_;
+  const TensorStore& store = *store_;
+  auto expect = [&](const std::string& name, std::vector<int64_t> shape) {
+    if (!store.contains(name))
+      throw ModelFileError(fmt::format("{}: the model has no tensor named '{}'", store.dir(), name));
+    if (store.info(name).shape != shape)
+      throw ModelFileError(fmt::format("{}: tensor '{}' has shape [{}], the config implies [{}]",
+                                       store.dir(), name, fmt::join(store.info(name).shape, ", "),
+                                       fmt::join(shape, ", ")));
+  };
+  // What eval checks when it loads the model, without reading the weights.
+  expect("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
+  expect("model.norm.weight", {c.hidden_size});
+  if (!c.tie_word_embeddings) {
+    if (!store.contains("lm_head.weight") && !loader_)
+      throw ModelFileError(fmt::format("{}: no lm_head.weight and tie_word_embeddings is false",
+                                       store.dir()));
+  }
   for (size_t i = 0; i < blocks_.size(); ++i) read_block(i, /*check_only=*/true);
+  // Layers the config does not know would be dropped without a word.
+  for (const auto& name : store.names())
+    if (auto b = c.arch.layout->block_of(name); b && *b >= c.num_layers)
+      throw ModelFileError(fmt::format("{}: tensor '{}' belongs to block {}, but config.json says "
+                                       "num_hidden_layers is {}", store.dir(), name, *b,
+                                       c.num_layers));
+  // Tensors copied through unchanged (embedding, norms, lm_head) must be
+  // finite: checked a slice at a time on the mapped data.
+  for (const auto& name : store.names()) {
+    if (name.find("norm") == std::string::npos && name != "model.embed_tokens.weight" &&
+        name != "lm_head.weight")
+      continue;
+    at::Tensor t = store.view(name);
+    if (!at::isFloatingType(t.scalar_type())) continue;
+    const int64_t rows = t.dim() == 0 ? 1 : t.size(0);
+    const int64_t step = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, t.numel() / std::max<int64_t>(rows, 1)));
+    for (int64_t r = 0; r < rows; r += step)
+      if (!at::isfinite(t.dim() == 0 ? t : t.narrow(0, r, std::min(step, rows - r))).all().item<bool>())
+        throw ModelFileError(fmt::format("{}: tensor '{}' holds non-finite values", store.dir(), name));
+  }
 }
 
 // Block i from the store; with check_only, every tensor is looked up and its

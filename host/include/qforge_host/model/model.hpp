@@ -90,9 +90,13 @@ class Model {
   // release_block() frees them.
   void load_block(size_t i);
   void release_block(size_t i);
-  // Every block's tensors are in the checkpoint with the shapes the config
-  // implies (ModelFileError otherwise); reads no data. A run checks this
-  // before its first block rather than failing hours later at block k.
+  // The checkpoint as a whole against the config, as loading it for eval
+  // would check: every block's tensors with the shapes the config implies,
+  // the embedding, final norm and lm_head, no block beyond num_hidden_layers,
+  // and finite values in the tensors a quantized copy carries through
+  // unchanged (norms, embedding, lm_head). ModelFileError otherwise. A run
+  // checks this before its first block rather than failing at block k or
+  // writing a model qforge would refuse to load.
   void check_blocks() const;
 
   const ModelConfig& config() const { return config_; }
