@@ -12,6 +12,7 @@ packages=(
   libgtest-dev libgmock-dev
   libsentencepiece-dev libpcre2-dev libutf8proc-dev
   time                          # /usr/bin/time -v for the memory benchmark
+  binutils python3              # tests: strip a plugin, patch files byte-wise
 )
 
 missing=()

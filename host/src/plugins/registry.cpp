@@ -1,10 +1,11 @@
 // Plugin discovery and loading; see qforge_host/plugins/registry.hpp.
 #include "qforge_host/plugins/registry.hpp"
 
+#include "qforge_host/plugins/elf_symbols.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <boost/dll/library_info.hpp>
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <boost/dll/shared_library.hpp>
 #include <boost/filesystem.hpp>
@@ -225,22 +226,25 @@ void Registry::load_library(const std::string& path) {
     log(LogLevel::debug, "plugin {} refused: {}", path, one_line(reason));
   };
   // 1. Look for the entry symbol in the file before any of its code runs
-  //    (loading runs the library's static constructors).
-  try {
-    dll::library_info info{fs::path(path)};
-    std::vector<std::string> symbols = info.symbols();
-    if (std::find(symbols.begin(), symbols.end(), QFORGE_ENTRY_SYMBOL_V1) == symbols.end()) {
-      auto other = std::find_if(symbols.begin(), symbols.end(), [](const std::string& s) {
-        return s.rfind("qforge_plugin_entry_v", 0) == 0;
-      });
-      if (other != symbols.end())
-        return refuse(fmt::format("exports {} but this host speaks ABI major {} ({})", *other,
-                                  QFORGE_ABI_MAJOR, QFORGE_ENTRY_SYMBOL_V1));
+  //    (loading runs the library's static constructors): in .dynsym, as
+  //    dlsym sees it (stripped libraries keep it), with every offset checked
+  //    against the file (elf_symbols.hpp).
+  const ElfSymbolCheck check =
+      find_exported_function(path, QFORGE_ENTRY_SYMBOL_V1, "qforge_plugin_entry_v");
+  switch (check.status) {
+    case ElfSymbolStatus::function:
+      break;
+    case ElfSymbolStatus::not_function:
+      return refuse(fmt::format("{} is exported but is not a function ({})",
+                                QFORGE_ENTRY_SYMBOL_V1, check.reason));
+    case ElfSymbolStatus::not_found:
+      if (!check.same_prefix.empty())
+        return refuse(fmt::format("exports {} but this host speaks ABI major {} ({})",
+                                  check.same_prefix, QFORGE_ABI_MAJOR, QFORGE_ENTRY_SYMBOL_V1));
       return refuse(fmt::format("not a qforge plugin: no exported symbol {}",
                                 QFORGE_ENTRY_SYMBOL_V1));
-    }
-  } catch (const std::exception& e) {
-    return refuse(fmt::format("not a readable shared library: {}", e.what()));
+    case ElfSymbolStatus::invalid:
+      return refuse(fmt::format("not a readable shared library: {}", check.reason));
   }
   // 2. Load with local symbol binding and resolve everything now.
   auto lib = std::make_unique<Library>();
