@@ -121,6 +121,17 @@ at::Tensor load_checked(const TensorStore& store, const std::string& name,
   return t;
 }
 
+// `name` is in the checkpoint with `shape` (ModelFileError otherwise); no data is read.
+void check_present(const TensorStore& store, const std::string& name,
+                   const std::vector<int64_t>& shape) {
+  if (!store.contains(name))
+    throw ModelFileError(fmt::format("{}: the model has no tensor named '{}'", store.dir(), name));
+  if (store.info(name).shape != shape)
+    throw ModelFileError(fmt::format("{}: tensor '{}' has shape [{}], the config implies [{}]",
+                                     store.dir(), name, fmt::join(store.info(name).shape, ", "),
+                                     fmt::join(shape, ", ")));
+}
+
 Linear load_linear(const TensorStore& store, const std::string& name, int64_t out, int64_t in,
                    bool bias, at::ScalarType dtype, const LinearLoader& loader = {}) {
   Linear l;
@@ -168,17 +179,9 @@ void Model::check_blocks() const {
   if (!store_) throw UsageError("check_blocks: this model was not loaded from a checkpoint");
   const ModelConfig& c = config_;
   const TensorStore& store = *store_;
-  auto expect = [&](const std::string& name, std::vector<int64_t> shape) {
-    if (!store.contains(name))
-      throw ModelFileError(fmt::format("{}: the model has no tensor named '{}'", store.dir(), name));
-    if (store.info(name).shape != shape)
-      throw ModelFileError(fmt::format("{}: tensor '{}' has shape [{}], the config implies [{}]",
-                                       store.dir(), name, fmt::join(store.info(name).shape, ", "),
-                                       fmt::join(shape, ", ")));
-  };
   // What eval checks when it loads the model, without reading the weights.
-  expect("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
-  expect("model.norm.weight", {c.hidden_size});
+  check_present(store, "model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
+  check_present(store, "model.norm.weight", {c.hidden_size});
   if (!c.tie_word_embeddings) {
     if (!store.contains("lm_head.weight") && !loader_)
       throw ModelFileError(fmt::format("{}: no lm_head.weight and tie_word_embeddings is false",
@@ -219,12 +222,7 @@ Block Model::read_block(size_t i, bool check_only) const {
   const LinearLoader& loader = check_only ? none : loader_;
   auto tensor = [&](const std::string& name, std::vector<int64_t> shape) {
     if (!check_only) return load_checked(store, name, shape, dt);
-    if (!store.contains(name))
-      throw ModelFileError(fmt::format("{}: the model has no tensor named '{}'", store.dir(), name));
-    if (store.info(name).shape != shape)
-      throw ModelFileError(fmt::format("{}: tensor '{}' has shape [{}], the config implies [{}]",
-                                       store.dir(), name, fmt::join(store.info(name).shape, ", "),
-                                       fmt::join(shape, ", ")));
+    check_present(store, name, shape);
     return at::Tensor();
   };
   auto linear = [&](const std::string& name, int64_t out, int64_t in, bool bias) {

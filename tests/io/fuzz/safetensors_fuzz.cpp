@@ -74,47 +74,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 }
 
 #ifdef QFORGE_FUZZ_REPLAY
-// Without libFuzzer: run every file named on the command line (or in the
-// directories named) through the target once.
-#include <filesystem>
-#include <fstream>
-#include <iterator>
+#include "../../support/fuzz_replay.hpp"
 
 int main(int argc, char** argv) {
-  namespace fs = std::filesystem;
-  std::vector<fs::path> files;
-  for (int i = 1; i < argc; ++i) {
-    if (fs::is_directory(argv[i])) {
-      for (const auto& e : fs::directory_iterator(argv[i]))
-        if (e.is_regular_file()) files.push_back(e.path());
-    } else {
-      files.emplace_back(argv[i]);
-    }
-  }
-  if (files.empty()) {
-    std::fprintf(stderr, "usage: %s FILE|DIR...\n", argv[0]);
-    return 2;
-  }
-  for (const auto& f : files) {
-    std::ifstream in(f, std::ios::binary);
-    if (!in) {
-      std::fprintf(stderr, "cannot read %s\n", f.c_str());
-      return 1;
-    }
-    const std::string bytes((std::istreambuf_iterator<char>(in)), {});
-    const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
-    LLVMFuzzerTestOneInput(p, bytes.size());
+  return qforge::test::replay_fuzz_inputs(argc, argv, [](const auto& f, const std::string& bytes) {
     // Seeds named valid_* must stay valid, or the fuzzer starts from nothing.
-    if (f.filename().string().rfind("valid_", 0) == 0) {
-      try {
-        qforge::host::parse_safetensors_header(p, bytes.size(), f.string());
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "seed %s is refused: %s\n", f.c_str(), e.what());
-        return 1;
-      }
+    if (f.filename().string().rfind("valid_", 0) != 0) return true;
+    try {
+      qforge::host::parse_safetensors_header(reinterpret_cast<const uint8_t*>(bytes.data()),
+                                             bytes.size(), f.string());
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "seed %s is refused: %s\n", f.c_str(), e.what());
+      return false;
     }
-  }
-  std::printf("replayed %zu inputs\n", files.size());
-  return 0;
+    return true;
+  });
 }
 #endif

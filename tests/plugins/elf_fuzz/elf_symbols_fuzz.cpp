@@ -72,38 +72,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 }
 
 #ifdef QFORGE_FUZZ_REPLAY
-// Without libFuzzer: run every file named on the command line (or in the
-// directories named) through the target once, and through the file reader,
-// which must agree with the in-memory one.
-#include <filesystem>
-#include <fstream>
-#include <iterator>
+#include "../../support/fuzz_replay.hpp"
 
 int main(int argc, char** argv) {
-  namespace fs = std::filesystem;
   using qforge::host::ElfSymbolStatus;
-  std::vector<fs::path> files;
-  for (int i = 1; i < argc; ++i) {
-    if (fs::is_directory(argv[i])) {
-      for (const auto& e : fs::directory_iterator(argv[i]))
-        if (e.is_regular_file()) files.push_back(e.path());
-    } else {
-      files.emplace_back(argv[i]);
-    }
-  }
-  if (files.empty()) {
-    std::fprintf(stderr, "usage: %s FILE|DIR...\n", argv[0]);
-    return 2;
-  }
-  for (const auto& f : files) {
-    std::ifstream in(f, std::ios::binary);
-    if (!in) {
-      std::fprintf(stderr, "cannot read %s\n", f.c_str());
-      return 1;
-    }
-    const std::string bytes((std::istreambuf_iterator<char>(in)), {});
+  return qforge::test::replay_fuzz_inputs(argc, argv, [](const auto& f, const std::string& bytes) {
     const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
-    LLVMFuzzerTestOneInput(p, bytes.size());
     const auto mem = check_one(std::vector<uint8_t>(p, p + bytes.size()));
     const auto file = qforge::host::find_exported_function(f.string(), kSymbol, kPrefix);
     if (file.status != mem.status || file.reason != mem.reason ||
@@ -111,17 +85,16 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s: the file reader says %s (%s), the memory reader %s (%s)\n",
                    f.c_str(), to_string(file.status), file.reason.c_str(),
                    to_string(mem.status), mem.reason.c_str());
-      return 1;
+      return false;
     }
     // Seeds named function_* must stay found, or the fuzzer starts from nothing.
     if (f.filename().string().rfind("function_", 0) == 0 &&
         mem.status != ElfSymbolStatus::function) {
       std::fprintf(stderr, "seed %s: %s (%s)\n", f.c_str(), to_string(mem.status),
                    mem.reason.c_str());
-      return 1;
+      return false;
     }
-  }
-  std::printf("replayed %zu inputs\n", files.size());
-  return 0;
+    return true;
+  });
 }
 #endif
