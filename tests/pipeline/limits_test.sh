@@ -98,6 +98,11 @@ expect 2 "num_hidden_layers is 2" "blocks beyond num_hidden_layers are refused, 
   -- "$qforge" quantize --model "$work/v" --method org.qforge.rtn --calib "$C" --nsamples 4 \
      --seqlen 64 --out "$work/vo"
 
+# A config.json syntax error is named as such (D17).
+cp "$M/config.json" "$work/v/config.json" && sed -i 's/"rms_norm_eps": [^,]*/"rms_norm_eps": NaN/' "$work/v/config.json"
+expect 2 "not valid JSON" "a config.json syntax error says so (D17)" \
+  -- "$qforge" eval --model "$work/v" --ppl "$C"
+
 # FIFOs where files are expected are refused, not waited on (D16).
 cp -r "$M" "$work/fifo" && chmod -R u+w "$work/fifo" && rm "$work/fifo/config.json" &&
   mkfifo "$work/fifo/config.json"

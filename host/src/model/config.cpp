@@ -83,9 +83,16 @@ std::string supported_model_types() {
 }
 
 ModelConfig parse_config(const std::string& text, const std::string& source) {
-  json j = json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object())
-    throw UsageError(fmt::format("{}: not a JSON object", source));
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    // e.g. "syntax error while parsing value - invalid literal; last read: 'NaN'"
+    std::string what = e.what();
+    if (auto colon = what.find("]: "); colon != std::string::npos) what = what.substr(colon + 3);
+    throw UsageError(fmt::format("{}: not valid JSON ({})", source, what));
+  }
+  if (!j.is_object()) throw UsageError(fmt::format("{}: not a JSON object", source));
   Reader r{j, source};
   ModelConfig c;
   if (!j.contains("model_type") || !j["model_type"].is_string())
