@@ -200,14 +200,19 @@ void Model::check_blocks() const {
     if (name.find("norm") == std::string::npos && name != "model.embed_tokens.weight" &&
         name != "lm_head.weight")
       continue;
-    at::Tensor t = store.view(name);
-    if (!at::isFloatingType(t.scalar_type())) continue;
-    const int64_t rows = t.dim() == 0 ? 1 : t.size(0);
-    const int64_t step = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, t.numel() / std::max<int64_t>(rows, 1)));
-    for (int64_t r = 0; r < rows; r += step)
-      if (!at::isfinite(t.dim() == 0 ? t : t.narrow(0, r, std::min(step, rows - r))).all().item<bool>())
-        throw ModelFileError(fmt::format("{}: tensor '{}' holds non-finite values", store.dir(), name));
+    if (!all_finite(store.view(name)))
+      throw ModelFileError(fmt::format("{}: tensor '{}' holds non-finite values", store.dir(), name));
   }
+}
+
+bool all_finite(const at::Tensor& t) {
+  if (!at::isFloatingType(t.scalar_type())) return true;
+  if (t.dim() == 0) return at::isfinite(t).item<bool>();
+  const int64_t rows = t.size(0), per_row = std::max<int64_t>(1, t.numel() / std::max<int64_t>(rows, 1));
+  const int64_t step = std::max<int64_t>(1, (int64_t{1} << 20) / per_row);
+  for (int64_t r = 0; r < rows; r += step)
+    if (!at::isfinite(t.narrow(0, r, std::min(step, rows - r))).all().item<bool>()) return false;
+  return true;
 }
 
 // Block i from the store; with check_only, every tensor is looked up and its

@@ -59,16 +59,10 @@ fs::path config_path(const std::string& model_dir) {
 at::Tensor to_half(const std::string& name, const at::Tensor& t) {
   if (!at::isFloatingType(t.scalar_type())) return t.contiguous();
   at::Tensor h = t.to(at::kHalf).contiguous();
-  // Checked a slice at a time: no temporary the size of an embedding table.
-  const int64_t rows = h.dim() == 0 ? 1 : h.size(0), step = std::max<int64_t>(1, (1 << 20) / std::max<int64_t>(1, h.numel() / std::max<int64_t>(rows, 1)));
-  for (int64_t r = 0; r < rows; r += step) {
-    at::Tensor hs = h.dim() == 0 ? h : h.narrow(0, r, std::min(step, rows - r));
-    at::Tensor ts = t.dim() == 0 ? t : t.narrow(0, r, std::min(step, rows - r));
-    if (!at::isfinite(hs).all().item<bool>() && at::isfinite(ts).all().item<bool>())
-      throw UsageError(fmt::format("{}: values beyond float16's range (max |x| = {}); a float16 "
-                                   "checkpoint cannot hold it",
-                                   name, ts.abs().max().item<double>()));
-  }
+  if (!all_finite(h) && all_finite(t))
+    throw UsageError(fmt::format("{}: values beyond float16's range (max |x| = {}); a float16 "
+                                 "checkpoint cannot hold it",
+                                 name, t.abs().max().item<double>()));
   return h;
 }
 

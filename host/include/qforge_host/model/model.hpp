@@ -17,6 +17,10 @@ namespace qforge::host {
 
 class TensorStore;
 
+// Every value of `t` is finite (true for non-floating types), checked a slice
+// of rows (about 2^20 values) at a time: no temporary the size of `t`.
+bool all_finite(const at::Tensor& t);
+
 // A linear layer whose weight is not a dense tensor the model holds: a packed
 // layer run by an inference-layer plugin (plugins/abi_bridge.hpp implements
 // it). The model only calls it.
