@@ -5,14 +5,13 @@
 #include <fmt/format.h>
 
 #include <boost/program_options.hpp>
-#include <csignal>
-#include <cstring>
 #include <cstdlib>
 #include <unistd.h>
 #include <iostream>
 #include <thread>
 
 #include "commands.hpp"
+#include "signals.hpp"
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/base/log.hpp"
 #include "qforge_host/plugins/services.hpp"
@@ -34,47 +33,6 @@ const char* kCommands =
     "\n"
     "Run `qforge <command> --help` for a command's options.\n"
     "Exit codes: 0 success, 2 bad usage or bad input, 1 internal error.\n";
-
-void write_stderr(const char* a, const char* b = "", const char* c = "") {
-  for (const char* t : {a, b, c}) {
-    const size_t n = std::strlen(t);
-    if (n > 0) [[maybe_unused]] ssize_t w = ::write(STDERR_FILENO, t, n);
-  }
-}
-
-// First Ctrl-C: stop after the current layer (the pipeline polls between
-// layers, well-behaved plugins inside theirs). Second: stop now; the
-// checkpoint is consistent at any point.
-void on_sigint(int) {
-  if (host::cancel_requested()) {
-    write_stderr("\nqforge: stopped at once; finished blocks are checkpointed (--resume)\n");
-    std::signal(SIGINT, SIG_DFL);
-    std::raise(SIGINT);
-    return;
-  }
-  host::request_cancel();
-  if (*host::current_plugin_activity() != '\0')
-    write_stderr("\nqforge: stopping after the current layer (Ctrl-C again to stop at once)\n");
-}
-
-// A crash inside a plugin names the component and the layer before the
-// process dies the way it would have.
-void on_fatal_signal(int sig) {
-  const char* activity = host::current_plugin_activity();
-  if (*activity != '\0')
-    write_stderr("qforge: crashed in ", activity,
-                 "; finished blocks are checkpointed: fix or remove the plugin, then --resume\n");
-  std::signal(sig, SIG_DFL);
-  std::raise(sig);
-}
-
-// A plugin calling exit() must not look like success.
-void on_exit_during_plugin() {
-  const char* activity = host::current_plugin_activity();
-  if (*activity == '\0') return;
-  write_stderr("qforge: a plugin called exit() while running ", activity, "\n");
-  ::_exit(host::kExitInternal);
-}
 
 int run(int argc, char** argv) {
   po::options_description global("Global options");
@@ -143,9 +101,7 @@ int run(int argc, char** argv) {
     for (const auto& d : vm["plugin-dir"].as<std::vector<std::string>>())
       registry.add_directory(d);
 
-  std::signal(SIGINT, on_sigint);
-  for (int sig : {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL}) std::signal(sig, on_fatal_signal);
-  std::atexit(on_exit_during_plugin);
+  cli::install_signal_reports();
   if (command == "plugins") return cli::plugins_command(rest, registry);
   if (command == "quantize-layer") return cli::quantize_layer_command(rest, registry);
   if (command == "tokenize") return cli::tokenize_command(rest, registry);

@@ -45,11 +45,11 @@ std::string require_model(const po::variables_map& vm) {
   return vm["model"].as<std::string>();
 }
 
-// The model in DIR; a quantized checkpoint (GPTQ) runs through the plugins'
-// inference layers.
+// The model in DIR; a quantized checkpoint runs through the plugins'
+// inference layers, so only then are the plugins loaded.
 host::Model load_model(host::Registry& registry, const std::string& dir,
                        const po::variables_map& vm) {
-  load_plugins(registry);
+  if (host::declares_quantization(dir)) load_plugins(registry);
   return host::load_model(registry, dir, parse_dtype(vm["dtype"].as<std::string>(), "--dtype"));
 }
 

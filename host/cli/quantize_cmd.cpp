@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "signals.hpp"
 #include "qforge_host/save/checkpoint.hpp"
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/base/text.hpp"
@@ -84,7 +85,7 @@ int quantize_command(const Args& args, host::Registry& registry) {
       "Quantizes every selected linear layer block by block through the quantizer plugin,\n"
       "writes the dequantized model to --out (with quant_results.safetensors holding the\n"
       "packed layers and per-layer errors), checkpointing each finished block: after an\n"
-      "interruption (or Ctrl-C, which stops between layers) rerun with --resume.\n\nOptions");
+      "interruption (or Ctrl-C, which stops after the current layer, or at once when\nthe plugin has not returned 10 s later) rerun with --resume.\n\nOptions");
   opts.add_options()
       ("help,h", "show this help")
       ("recipe", po::value<std::string>(), "JSON file whose keys are these long options")
@@ -199,6 +200,7 @@ int quantize_command(const Args& args, host::Registry& registry) {
     o.act_dtype = parse_dtype(vm["act-dtype"].as<std::string>(), "--act-dtype");
     host::QuantizeSummary s;
     try {
+      InterruptScope interruptible;
       s = host::quantize_model(registry, o, writer);
     } catch (const host::Cancelled&) {
       fmt::print(stderr, "qforge: stopped; the finished blocks are checkpointed in {} — rerun "

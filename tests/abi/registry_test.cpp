@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -606,3 +607,23 @@ TEST_F(SignQuantizer, RejectsInvalidInputWithAStatus) {
 }
 
 }  // namespace
+
+// An init that never returns is given up on after QFORGE_PLUGIN_INIT_TIMEOUT
+// seconds: refused with one line, and the next library still loads.
+TEST(Registry, InitThatNeverReturnsIsRefusedAfterTheTimeLimit) {
+  ScopedEnv limit("QFORGE_PLUGIN_INIT_TIMEOUT", "0.5");
+  const std::string hanging = library_file("init_hangs", "init_hangs");
+  ASSERT_TRUE(fs::exists(hanging)) << hanging << " was not built";
+  const auto start = std::chrono::steady_clock::now();
+  Registry registry;
+  load_only(registry, {case_dir("init_hangs"), case_dir("c_plugin")});
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(seconds, 20.0);
+  const auto refused = refusals_of(registry, hanging);
+  ASSERT_EQ(refused.size(), 1u) << describe(registry);
+  EXPECT_NE(refused[0].reason.find("init did not return within 0.5 s"), std::string::npos)
+      << refused[0].reason;
+  EXPECT_EQ(registry.find("org.qforge.test.init-hangs"), nullptr);
+  expect_c_plugin_loaded(registry);
+}

@@ -15,7 +15,7 @@ check() { if eval "$2"; then echo "ok:   $1"; else echo "FAIL: $1"; cat "$work/e
 mkdir "$work/stripped" && strip --strip-unneeded -o "$work/stripped/qforge-rtn-copy.so" "$plugins/qforge-rtn.so"
 "$qforge" --plugin-dir "$work/stripped" plugins > /dev/null 2> "$work/err"
 check "a stripped plugin loads (its id then collides with the in-tree copy's)" \
-  'grep -q "duplicate id .org.qforge.rtn. (already provided by .*qforge-rtn-copy.so)" "$work/err" && ! grep -q "no exported symbol" "$work/err"'
+  'grep -q "duplicate id .org.qforge.rtn.: .*qforge-rtn-copy.so, earlier in the search order, provides it" "$work/err" && ! grep -q "no exported symbol" "$work/err"'
 
 mkdir "$work/bad" && cp "$plugins/qforge-rtn.so" "$work/bad/qforge-bad.so"
 python3 - "$work/bad/qforge-bad.so" <<'PY'

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <memory>
 #include <set>
 
 #include "qforge_host/base/errors.hpp"
@@ -112,6 +113,9 @@ SavedLayer quantize_one(const Registry& registry, const Component& q, const Quan
 // calibration data's embeddings (refusing an --out that already holds a run).
 ResumeState start(const QuantizeOptions& o, const RunCheckpoint& ckpt, const Model& model,
                   const std::string& fingerprint) {
+  const std::string died_in = ckpt.last_activity();
+  if (!died_in.empty())
+    log(LogLevel::warn, "the previous run into {} died while running {}", o.out_dir, died_in);
   if (o.resume && ckpt.exists()) {
     ResumeState state = ckpt.load(fingerprint, o.act_dtype);
     log(LogLevel::info, "resuming at block {}/{} from {}", state.next_block,
@@ -119,7 +123,12 @@ ResumeState start(const QuantizeOptions& o, const RunCheckpoint& ckpt, const Mod
     return state;
   }
   const fs::path out(o.out_dir);
-  if (fs::exists(out / "model.safetensors.index.json") || fs::exists(ckpt.dir()))
+  // A run that died before finishing its first block left no state: nothing to keep.
+  const bool unfinished = o.resume && fs::exists(ckpt.dir());
+  if (unfinished)
+    log(LogLevel::info, "the checkpoint in {} has no finished block; starting at block 0",
+        ckpt.dir().string());
+  if (fs::exists(out / "model.safetensors.index.json") || (fs::exists(ckpt.dir()) && !unfinished))
     throw UsageError(fmt::format("{} already holds a model or a checkpoint; choose another "
                                  "--out, delete it, or pass --resume", out.string()));
   ResumeState state = start_fresh(o, model.store());
@@ -167,6 +176,7 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
   RunCheckpoint ckpt(o.out_dir);
   const std::string fingerprint = options_fingerprint(o, sink.name(), q->library);
   ResumeState state = start(o, ckpt, model, fingerprint);
+  auto record = std::make_unique<ActivityRecord>(ckpt.activity_path());
   QuantizeSummary summary;
   summary.calibration = state.calibration;
   summary.resumed_from_block = state.next_block;
@@ -228,6 +238,7 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
   summary.results_file = (fs::path(o.out_dir) / "quant_results.safetensors").string();
   summary.layers = merge_results(parts, o.method, summary.results_file);
   sink.finish(summary.layers);
+  record.reset();
   ckpt.remove();
   return summary;
 }

@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 #include <utility>
 #include <vector>
@@ -10,8 +13,10 @@
 #include "qforge_host/base/atomic_file.hpp"
 #include "qforge_host/base/digest.hpp"
 #include "qforge_host/base/errors.hpp"
+#include "qforge_host/base/log.hpp"
 #include "qforge_host/base/text.hpp"
 #include "qforge_host/io/safetensors.hpp"
+#include "qforge_host/plugins/services.hpp"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -67,7 +72,10 @@ bool RunCheckpoint::exists() const { return fs::exists(dir_ / "state.json"); }
 ResumeState RunCheckpoint::load(const std::string& fingerprint, at::ScalarType act_dtype) const {
   json state = json::parse(read_file((dir_ / "state.json").string(), "checkpoint state"), nullptr,
                            false);
-  if (state.is_discarded() || state.value("fingerprint", "") != fingerprint)
+  if (!state.is_object())
+    throw UsageError(fmt::format("{}: malformed checkpoint state (not a JSON object); rerun "
+                                 "without --resume", (dir_ / "state.json").string()));
+  if (state.value("fingerprint", "") != fingerprint)
     throw UsageError(fmt::format(
         "{}: the checkpoint was made with different options; rerun without --resume "
         "(or with the same options)", dir_.string()));
@@ -111,6 +119,23 @@ void RunCheckpoint::save(ResumeState& s, const std::string& fingerprint,
                          {"calibration", s.calibration},
                          {"files", s.files}}
                         .dump());
+}
+
+std::string RunCheckpoint::last_activity() const {
+  std::error_code ec;
+  if (!fs::is_regular_file(activity_path(), ec)) return {};
+  return strip(read_file(activity_path().string(), "checkpoint activity record"));
+}
+
+ActivityRecord::ActivityRecord(const fs::path& file) {
+  fd_ = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd_ < 0) log(LogLevel::debug, "{}: cannot record plugin calls", file.string());
+  record_plugin_activity_in(fd_);
+}
+
+ActivityRecord::~ActivityRecord() {
+  record_plugin_activity_in(-1);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 void RunCheckpoint::remove() const {

@@ -7,6 +7,11 @@
 
 #include <algorithm>
 #include <boost/dll/runtime_symbol_info.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <thread>
 #include <boost/dll/shared_library.hpp>
 #include <boost/filesystem.hpp>
 #include <cstdlib>
@@ -144,6 +149,46 @@ std::vector<std::string> split_path_list(const char* text) {
   return out;
 }
 
+// How long a plugin's init may take: QFORGE_PLUGIN_INIT_TIMEOUT seconds,
+// default 30 (a GPU plugin creating its context takes a few seconds).
+std::chrono::milliseconds init_time_limit() {
+  const char* text = std::getenv("QFORGE_PLUGIN_INIT_TIMEOUT");
+  if (text != nullptr) {
+    char* end = nullptr;
+    const double seconds = std::strtod(text, &end);
+    if (end != text && *end == '\0' && seconds > 0 && seconds < 86400)
+      return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+    log(LogLevel::warn, "QFORGE_PLUGIN_INIT_TIMEOUT='{}' is not a number of seconds; using 30",
+        text);
+  }
+  return std::chrono::seconds(30);
+}
+
+// Runs `init` on a thread of its own and waits at most `limit`. Returns its
+// status, or nothing when it did not return in time: that thread is then
+// left running (it may hold locks of the plugin's own; the library stays
+// mapped and its deinit is never called) and the host carries on.
+std::optional<qforge_status*> init_within(qforge_status* (*init)(const qforge_host*),
+                                          std::chrono::milliseconds limit) {
+  struct Call {
+    std::mutex mutex;
+    std::condition_variable done_cv;
+    bool done = false;
+    qforge_status* status = nullptr;
+  };
+  auto call = std::make_shared<Call>();
+  std::thread([call, init] {
+    qforge_status* s = init(services());
+    std::lock_guard<std::mutex> lock(call->mutex);
+    call->status = s;
+    call->done = true;
+    call->done_cv.notify_one();
+  }).detach();
+  std::unique_lock<std::mutex> lock(call->mutex);
+  if (!call->done_cv.wait_for(lock, limit, [&] { return call->done; })) return std::nullopt;
+  return call->status;
+}
+
 }  // namespace
 
 const char* kind_name(int32_t kind) {
@@ -274,8 +319,17 @@ void Registry::load_library(const std::string& path) {
   std::string version = nonempty(entry->version) ? entry->version : "?";
   // 4. Initialise it.
   if (entry->init) {
-    qforge_status* s = entry->init(services());
-    if (s != nullptr) {
+    const auto limit = init_time_limit();
+    std::optional<qforge_status*> status;
+    {
+      PluginActivity running(fmt::format("init of {}", path));
+      status = init_within(entry->init, limit);
+    }
+    if (!status)
+      return refuse(fmt::format("init did not return within {} s (QFORGE_PLUGIN_INIT_TIMEOUT); "
+                                "the plugin is not used",
+                                std::chrono::duration<double>(limit).count()));
+    if (qforge_status* s = *status) {
       const qforge_host* h = services();
       std::string msg = h->status_message(h, s);
       h->status_destroy(h, s);
@@ -294,8 +348,8 @@ void Registry::load_library(const std::string& path) {
       continue;
     }
     if (const Component* prior = find(d->id)) {
-      refuse(fmt::format("component {}: duplicate id '{}' (already provided by {})", k, d->id,
-                         prior->library));
+      refuse(fmt::format("component {}: duplicate id '{}': {}, earlier in the search order, "
+                         "provides it and is used instead", k, d->id, prior->library));
       continue;
     }
     components_.push_back(Component{d, path, name, version});

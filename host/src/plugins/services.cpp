@@ -1,12 +1,12 @@
 // The host services handed to plugins (sdk/include/qforge/host.h).
 #include "qforge_host/plugins/services.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
-#include <cstring>
-
-#include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <string>
 
@@ -93,6 +93,7 @@ void throw_if_error(qforge_status* s, const std::string& what) {
 namespace {
 char g_activity[512];  // written only by the thread running the pipeline
 std::atomic<bool> g_active{false};
+std::atomic<int> g_record_fd{-1};
 }  // namespace
 
 PluginActivity::PluginActivity(const std::string& what) {
@@ -100,9 +101,19 @@ PluginActivity::PluginActivity(const std::string& what) {
   std::memcpy(g_activity, what.data(), n);
   g_activity[n] = '\0';
   g_active.store(true);
+  if (const int fd = g_record_fd.load(); fd >= 0) {
+    // Best effort: the record only helps the next run explain this one.
+    [[maybe_unused]] ssize_t w = ::pwrite(fd, g_activity, n, 0);
+    [[maybe_unused]] int t = ::ftruncate(fd, static_cast<off_t>(n));
+  }
 }
 
-PluginActivity::~PluginActivity() { g_active.store(false); }
+PluginActivity::~PluginActivity() {
+  g_active.store(false);
+  if (const int fd = g_record_fd.load(); fd >= 0) [[maybe_unused]] int t = ::ftruncate(fd, 0);
+}
+
+void record_plugin_activity_in(int fd) { g_record_fd.store(fd); }
 
 const char* current_plugin_activity() { return g_active.load() ? g_activity : ""; }
 

@@ -174,6 +174,12 @@ void CheckpointWriter::finish(const std::vector<LayerReport>& layers) {
   write_text_atomic((out_ / "model.safetensors.index.json").string(), index.dump(2) + "\n");
 }
 
+bool declares_quantization(const std::string& model_dir) {
+  json config = json::parse(read_file(config_path(model_dir).string(), "model config"), nullptr,
+                            false);
+  return config.is_object() && config.contains("quantization_config");
+}
+
 LinearLoader packed_linear_loader(const Registry& registry, const std::string& model_dir) {
   const fs::path path = config_path(model_dir);
   json config = json::parse(read_file(path.string(), "model config"), nullptr, false);

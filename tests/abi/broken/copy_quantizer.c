@@ -1,8 +1,10 @@
 /* The trivial copy quantizer shared by the broken test plugins (see
  * copy_quantizer.h). */
+#define _POSIX_C_SOURCE 200809L /* sleep() */
 #include "copy_quantizer.h"
 
 #include <math.h>
+#include <unistd.h>
 #include <signal.h>
 #include <stdlib.h>
 
@@ -82,7 +84,13 @@ static qforge_status* copy_quantize(const qforge_host* host, const qforge_quanti
     return host->status_create(host, QFORGE_STATUS_OUT_OF_MEMORY, "copy: out of memory");
   }
 #ifdef QF_TEST_COPY_CRASH
-  raise(SIGSEGV); /* the defect of broken/crash_weights.c */
+  /* the defect of broken/crash_weights.c: on every layer, or only on those
+   * whose name contains $QF_TEST_CRASH_AT when it is set */
+  if (getenv("QF_TEST_CRASH_AT") == NULL || strstr(input->layer_name, getenv("QF_TEST_CRASH_AT")))
+    raise(SIGSEGV);
+#endif
+#ifdef QF_TEST_COPY_HANG
+  for (;;) sleep(1); /* the defect of broken/hang_weights.c: never polls is_cancelled */
 #endif
 #ifdef QF_TEST_COPY_EXIT
   exit(0); /* the defect of broken/exit_weights.c */

@@ -53,9 +53,26 @@ class RunCheckpoint {
   void save(ResumeState& state, const std::string& fingerprint,
             const std::vector<std::string>& written) const;
   void remove() const;
+  // The plugin call (component and layer) that was running when the previous
+  // run into this directory died, or "" when it did not die inside a plugin.
+  std::string last_activity() const;
+  std::filesystem::path activity_path() const { return dir_ / "running"; }
 
  private:
   std::filesystem::path dir_;
+};
+
+// Records each plugin call in `file` while alive (record_plugin_activity_in),
+// for RunCheckpoint::last_activity() of the next run.
+class ActivityRecord {
+ public:
+  explicit ActivityRecord(const std::filesystem::path& file);
+  ~ActivityRecord();
+  ActivityRecord(const ActivityRecord&) = delete;
+  ActivityRecord& operator=(const ActivityRecord&) = delete;
+
+ private:
+  int fd_ = -1;
 };
 
 }  // namespace qforge::host

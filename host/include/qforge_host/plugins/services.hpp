@@ -31,4 +31,10 @@ class PluginActivity {
 };
 const char* current_plugin_activity();
 
+// While fd >= 0, each PluginActivity also writes its text to that file (and
+// empties it when the call returns), so that a run which dies inside a plugin
+// (a crash, exit(), SIGKILL) leaves the component and layer for the next run
+// to report. -1 stops the recording; the caller owns the descriptor.
+void record_plugin_activity_in(int fd);
+
 }  // namespace qforge::host

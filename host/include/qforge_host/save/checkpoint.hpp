@@ -55,6 +55,11 @@ class CheckpointWriter final : public BlockSink {
   ModelConfig config_;
 };
 
+// Whether the model directory's config.json declares a quantization_config,
+// i.e. loading it needs the plugins' inference layers (an unquantized model
+// loads without any plugin, so a broken plugin cannot stop its evaluation).
+bool declares_quantization(const std::string& model_dir);
+
 // For a model directory whose config.json has a quantization_config: a loader
 // that builds each packed linear through `registry` (which must be loaded).
 // Returns an empty function for an unquantized model; throws UsageError for a
