@@ -32,7 +32,8 @@ const char* kCommands =
     "  generate         greedy text generation with a KV cache\n"
     "\n"
     "Run `qforge <command> --help` for a command's options.\n"
-    "Exit codes: 0 success, 2 bad usage or bad input, 1 internal error.\n";
+    "Exit codes: 0 success, 2 bad usage or bad input, 1 a failure that is not the input's\n"
+    "(a full disk, a plugin error, an internal error), 130 stopped by Ctrl-C.\n";
 
 int run(int argc, char** argv) {
   po::options_description global("Global options");

@@ -99,9 +99,14 @@ int eval_command(const Args& args, host::Registry& registry) {
     std::string file = vm["ppl"].as<std::string>();
     int64_t seqlen = vm.count("seqlen") ? vm["seqlen"].as<int64_t>()
                                         : std::min<int64_t>(2048, model.config().max_position_embeddings);
-    if (seqlen < 2 || seqlen > model.config().max_position_embeddings)
+    const int64_t positions = model.config().max_position_embeddings;
+    if (positions < 2)
+      throw host::ModelFileError(fmt::format(
+          "{}: max_position_embeddings is {}; perplexity needs windows of at least 2 tokens", dir,
+          positions));
+    if (seqlen < 2 || seqlen > positions)
       throw host::UsageError(fmt::format("--seqlen must be in [2, {}] (max_position_embeddings)",
-                                         model.config().max_position_embeddings));
+                                         positions));
     int64_t batch = vm["batch"].as<int64_t>();
     if (batch < 1) throw host::UsageError("--batch must be at least 1");
     std::string split = vm["split-on"].as<std::string>();

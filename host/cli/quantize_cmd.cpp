@@ -9,6 +9,7 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "commands.hpp"
 #include "signals.hpp"
@@ -19,6 +20,7 @@
 #include "qforge_host/base/log.hpp"
 #include "qforge_host/model/model.hpp"
 #include "qforge_host/pipeline/pipeline.hpp"
+#include "qforge_host/plugins/params.hpp"
 #include "qforge_host/results/apply.hpp"
 #include "qforge_host/base/progress.hpp"
 #include "qforge_host/tokenizer/tokenizer.hpp"
@@ -30,15 +32,38 @@ using nlohmann::json;
 namespace qforge::cli {
 namespace {
 
+std::vector<std::string> list(const po::variables_map& vm, const char* key) {
+  return vm.count(key) ? vm[key].as<std::vector<std::string>>() : std::vector<std::string>{};
+}
+
+// The JSON type a recipe value for option `o` must have.
+enum class JsonKind { flag, number, string, list };
+JsonKind kind_of(const po::option_description& o) {
+  const auto* sem = o.semantic().get();
+  if (sem->max_tokens() == 0) return JsonKind::flag;
+  if (dynamic_cast<const po::typed_value<std::vector<std::string>>*>(sem)) return JsonKind::list;
+  if (dynamic_cast<const po::typed_value<std::string>*>(sem)) return JsonKind::string;
+  return JsonKind::number;
+}
+
 // A recipe is JSON whose keys are the long option names of this command
 // (e.g. {"model": ..., "method": ..., "set": {"bits": 4}, "override":
-// ["*down_proj:bits=8"], "qep": true, "eval": ...}). Options given on the
-// command line win over the recipe.
+// ["*down_proj:bits=8"], "qep": true, "eval": ...}), each value of the
+// option's type. The command line wins over the recipe: an option given on
+// both is taken from the command line, a --set name replaces the recipe's,
+// and command-line --override patterns come after the recipe's (later wins).
 void apply_recipe(const std::string& path, const po::options_description& opts,
                   po::variables_map& vm) {
   json r = json::parse(host::read_file(path, "recipe"), nullptr, false);
   if (r.is_discarded() || !r.is_object())
     throw host::UsageError(fmt::format("{}: a recipe must be a JSON object", path));
+  auto bad = [&](const std::string& key, const char* want) {
+    return host::UsageError(fmt::format("{}: \"{}\" must be {}", path, key, want));
+  };
+  std::set<std::string> cli_sets;
+  for (const auto& s : list(vm, "set")) cli_sets.insert(host::split_assignment(s).first);
+  const std::vector<std::string> cli_overrides = list(vm, "override");
+  vm.erase("override");
   std::vector<std::string> args;
   for (const auto& [key, value] : r.items()) {
     if (key == "recipe") throw host::UsageError(fmt::format("{}: a recipe cannot include another", path));
@@ -47,26 +72,43 @@ void apply_recipe(const std::string& path, const po::options_description& opts,
         throw host::UsageError(fmt::format("{}: no post-process plugin exists yet; \"postprocess\" must be []", path));
       continue;
     }
-    if (opts.find_nothrow(key, false) == nullptr)
+    const po::option_description* o = opts.find_nothrow(key, false);
+    if (o == nullptr)
       throw host::UsageError(fmt::format("{}: unknown recipe key '{}' (keys are this command's long options)", path, key));
-    auto scalar = [&](const json& v) {
-      return v.is_string() ? v.get<std::string>() : v.dump();
-    };
-    if (key == "set" && value.is_object()) {
-      for (const auto& [k, v] : value.items()) args.push_back("--set=" + k + "=" + scalar(v));
-    } else if (value.is_array()) {
-      for (const auto& v : value) args.push_back("--" + key + "=" + scalar(v));
-    } else if (value.is_boolean()) {
-      if (value.get<bool>()) args.push_back("--" + key);
-    } else {
-      args.push_back("--" + key + "=" + scalar(value));
+    auto scalar = [&](const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); };
+    if (key == "set") {
+      if (!value.is_object()) throw bad(key, "an object of parameter values");
+      for (const auto& [k, v] : value.items()) {
+        if (!v.is_primitive() || v.is_null()) throw bad("set." + k, "a string, number or boolean");
+        if (!cli_sets.count(k)) args.push_back("--set=" + k + "=" + scalar(v));
+      }
+      continue;
+    }
+    if (vm.count(key) && !vm[key].defaulted() && key != "override") continue;  // the command line wins
+    switch (kind_of(*o)) {
+      case JsonKind::flag:
+        if (!value.is_boolean()) throw bad(key, "true or false");
+        if (value.get<bool>()) args.push_back("--" + key);
+        break;
+      case JsonKind::number:
+        if (!value.is_number()) throw bad(key, "a number");
+        args.push_back("--" + key + "=" + value.dump());
+        break;
+      case JsonKind::string:
+        if (!value.is_string()) throw bad(key, "a string");
+        args.push_back("--" + key + "=" + value.get<std::string>());
+        break;
+      case JsonKind::list:
+        if (!value.is_array()) throw bad(key, "an array of strings");
+        for (const auto& v : value) {
+          if (!v.is_string()) throw bad(key, "an array of strings");
+          args.push_back("--" + key + "=" + v.get<std::string>());
+        }
+        break;
     }
   }
+  for (const auto& text : cli_overrides) args.push_back("--override=" + text);
   po::store(po::command_line_parser(args).options(opts).run(), vm);
-}
-
-std::vector<std::string> list(const po::variables_map& vm, const char* key) {
-  return vm.count(key) ? vm[key].as<std::vector<std::string>>() : std::vector<std::string>{};
 }
 
 double perplexity_of(const host::Model& m, const std::vector<int32_t>& stream, int64_t seqlen,
@@ -148,6 +190,10 @@ int quantize_command(const Args& args, host::Registry& registry) {
         throw host::UsageError(fmt::format("--eval {}: not a readable, non-empty text file", e));
     }
   }
+  if (!vm.count("from-results") && host::declares_quantization(model_dir))
+    throw host::UsageError(fmt::format(
+        "{} is already quantized (its config.json has a quantization_config); quantize the "
+        "unquantized model (eval and generate read quantized checkpoints)", model_dir));
   const std::string save_format = vm["save-format"].as<std::string>();
   host::WriterOptions wo;
   wo.resume = vm.count("resume") > 0;

@@ -103,11 +103,53 @@ cp "$M/config.json" "$work/v/config.json" && sed -i 's/"rms_norm_eps": [^,]*/"rm
 expect 2 "not valid JSON" "a config.json syntax error says so (D17)" \
   -- "$qforge" eval --model "$work/v" --ppl "$C"
 
+# Results qforge cannot vouch for are refused, not printed (D17): a NaN weight
+# (the tensor named), integers stored as a linear weight, a model with one position.
+head -c 3000 "$shared/data/tinystories_valid.txt" > "$work/tiny.txt"
+cp -r "$M" "$work/n" && chmod -R u+w "$work/n"
+python3 - "$work/n/model.safetensors" <<'PY'
+import json, struct, sys
+p = sys.argv[1]; b = bytearray(open(p, 'rb').read())
+n, = struct.unpack_from('<Q', b); h = json.loads(b[8:8 + n])
+s, _ = h['model.layers.1.self_attn.q_proj.weight']['data_offsets']
+struct.pack_into('<f', b, 8 + n + s, float('nan'))
+open(p, 'wb').write(b)
+PY
+expect 2 "model.layers.1.self_attn.q_proj.weight' holds non-finite values" \
+  "eval of a model with a NaN weight names the tensor, no 'perplexity: nan'" \
+  -- "$qforge" eval --model "$work/n" --ppl "$work/tiny.txt"
+cp "$M/model.safetensors" "$work/n/model.safetensors"
+python3 - "$work/n/model.safetensors" <<'PY'
+import sys
+p = sys.argv[1]; b = open(p, 'rb').read()
+key = b'"model.layers.1.self_attn.q_proj.weight":{"dtype":"F32"'
+assert key in b, 'unexpected header layout'
+open(p, 'wb').write(b.replace(key, key.replace(b'F32', b'I32')))
+PY
+expect 2 "stored as Int; a floating-point tensor is expected" "an I32 linear weight is refused" \
+  -- "$qforge" eval --model "$work/n" --ppl "$work/tiny.txt"
+cp "$M/model.safetensors" "$work/n/model.safetensors"
+sed -i 's/"max_position_embeddings": [0-9]*/"max_position_embeddings": 1/' "$work/n/config.json"
+expect 2 "max_position_embeddings is 1; perplexity needs windows of at least 2" \
+  "a model with one position says why it has no perplexity" \
+  -- "$qforge" eval --model "$work/n" --ppl "$work/tiny.txt"
+
+# A checkpoint state that is not JSON is called malformed, not "other options" (D17).
+mkdir -p "$work/s/.qforge-checkpoint" && echo 'garbage' > "$work/s/.qforge-checkpoint/state.json"
+expect 2 "malformed checkpoint state" "a garbage state.json is called malformed" \
+  -- "$qforge" "${R[@]}" --seqlen 64 --out "$work/s" --resume
+
 # FIFOs where files are expected are refused, not waited on (D16).
 cp -r "$M" "$work/fifo" && chmod -R u+w "$work/fifo" && rm "$work/fifo/config.json" &&
   mkfifo "$work/fifo/config.json"
 expect 2 "not a regular file" "a FIFO config.json is refused" \
   -- "$qforge" eval --model "$work/fifo" --ppl "$C"
+mkfifo "$work/choices.jsonl"
+expect 2 "not a regular file" "a FIFO --choices is refused" \
+  -- "$qforge" eval --model "$M" --choices "$work/choices.jsonl"
+expect 2 "not a regular file" "a FIFO config.json is refused by quantize too" \
+  -- "$qforge" quantize --model "$work/fifo" --method org.qforge.rtn --calib "$C" --nsamples 4 \
+     --seqlen 64 --out "$work/fo"
 mkfifo "$work/calib.txt"
 expect 2 "not a regular file" "a FIFO --calib is refused" \
   -- "$qforge" quantize --model "$M" --method org.qforge.rtn --calib "$work/calib.txt" \

@@ -74,5 +74,38 @@ bad "bad parameter" "{\"model\": \"$shared/models/stories260K\", \"method\": \"o
 bad "existing output" "{\"model\": \"$shared/models/stories260K\", \"method\": \"org.qforge.rtn\", \"calib\": \"$shared/data/tinystories_v2_calib.txt\", \"nsamples\": 2, \"seqlen\": 64, \"out\": \"$work/out\"}"
 bad "gptq checkpoint from a method that cannot write it" "{\"model\": \"$shared/models/stories260K\", \"method\": \"org.qforge.rtn\", \"save-format\": \"gptq\", \"calib\": \"$shared/data/tinystories_v2_calib.txt\", \"out\": \"$work/o3\"}"
 bad "unknown save format" "{\"model\": \"$shared/models/stories260K\", \"method\": \"org.qforge.gptq\", \"save-format\": \"awq\", \"calib\": \"$shared/data/tinystories_v2_calib.txt\", \"out\": \"$work/o4\"}"
+bad "a string where a number is expected" '{"nsamples": "16"}'
+bad "a number where a path is expected" '{"model": 5}'
+bad "a flag that is not a boolean" '{"qep": "yes"}'
 [ ! -e "$work/o3" ] && [ ! -e "$work/o4" ] || { echo "FAIL: a refused run left its --out behind"; fail=1; }
+
+# The command line wins over the recipe (reliability defect D18): --set bits
+# replaces the recipe's, --nsamples too, and the run is the command line's.
+sed -e "s|\"out\": \"$work/out\"|\"out\": \"$work/cli\"|" -e 's|"eval": [^,]*, "eval-seqlen": 256,||' \
+  "$work/recipe.json" > "$work/recipe2.json"
+"$qforge" quantize --recipe "$work/recipe2.json" --set bits=3 --nsamples 8 --json \
+  > "$work/cli.json" 2> "$work/cli.err" || { echo "FAIL: recipe + --set"; cat "$work/cli.err"; fail=1; }
+python3 - "$work/cli.json" "$work/cli/quant_results.safetensors" <<'PY' || fail=1
+import json, struct, sys
+s = json.load(open(sys.argv[1]))
+assert s["calibration"].startswith("8 "), s["calibration"]
+b = open(sys.argv[2], 'rb').read(); n, = struct.unpack_from('<Q', b)
+layers = json.loads(json.loads(b[8:8 + n])["__metadata__"]["qforge.results"])["layers"]
+bits = {l["name"]: json.loads(l["metadata"])["bits"] for l in layers}
+assert bits["model.layers.0.self_attn.q_proj"] == 3, bits  # the command line's --set
+assert bits["model.layers.0.mlp.down_proj"] == 8, bits     # the recipe's override still applies
+print("ok:   the command line's --set and --nsamples win over the recipe, its overrides stay")
+PY
+
+# A quantized checkpoint is not quantized again; GPTQ configs that disagree are refused (D18).
+"$qforge" quantize --model "$work/gptq" --method org.qforge.rtn \
+  --calib "$shared/data/tinystories_v2_calib.txt" --nsamples 2 --seqlen 64 --out "$work/again" \
+  > /dev/null 2> "$work/err"; rc=$?
+[ $rc -eq 2 ] && grep -q "already quantized" "$work/err" && echo "ok:   re-quantizing a GPTQ checkpoint is refused" ||
+  { echo "FAIL: re-quantizing a GPTQ checkpoint: exit $rc"; cat "$work/err"; fail=1; }
+cp -r "$work/gptq" "$work/gptq2" && sed -i 's/"bits": 4/"bits": 8/' "$work/gptq2/quantize_config.json"
+"$qforge" eval --model "$work/gptq2" --ppl "$work/eval.txt" --seqlen 256 > /dev/null 2> "$work/err"; rc=$?
+[ $rc -eq 2 ] && grep -q "quantize_config.json: bits is 8" "$work/err" &&
+  echo "ok:   quantize_config.json disagreeing with config.json is refused" ||
+  { echo "FAIL: disagreeing GPTQ configs: exit $rc"; cat "$work/err"; fail=1; }
 exit $fail

@@ -78,4 +78,48 @@ std::string grouped(int64_t v) {
   return v < 0 ? "-" + out : out;
 }
 
+size_t utf8_len(const unsigned char* s, size_t n, size_t* subpart) {
+  unsigned char b = s[0];
+  size_t need;
+  unsigned char lo = 0x80, hi = 0xBF;
+  if (b < 0x80) return 1;
+  if (b >= 0xC2 && b <= 0xDF) {
+    need = 2;
+  } else if (b >= 0xE0 && b <= 0xEF) {
+    need = 3;
+    if (b == 0xE0) lo = 0xA0;
+    if (b == 0xED) hi = 0x9F;
+  } else if (b >= 0xF0 && b <= 0xF4) {
+    need = 4;
+    if (b == 0xF0) lo = 0x90;
+    if (b == 0xF4) hi = 0x8F;
+  } else {
+    if (subpart) *subpart = 1;
+    return 0;
+  }
+  size_t k = 1;
+  for (; k < need && k < n; ++k) {
+    unsigned char c = s[k];
+    if (k == 1 ? (c < lo || c > hi) : (c < 0x80 || c > 0xBF)) break;
+  }
+  if (k == need) return need;
+  if (subpart) *subpart = k;
+  return 0;
+}
+
+size_t find_invalid_utf8(std::string_view s) {
+  auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  size_t i = 0, n = s.size();
+  while (i < n) {
+    if (p[i] < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len = utf8_len(p + i, n - i);
+    if (len == 0) return i;
+    i += len;
+  }
+  return std::string_view::npos;
+}
+
 }  // namespace qforge::host

@@ -351,6 +351,11 @@ Calibration load_calibration(const Tokenizer& tok, const CalibrationOptions& opt
     if (per_doc) corpus.documents = split_at_bos(corpus.stream, tok.bos_id());
   } else {
     bytes = without_bom(std::move(bytes));
+    // Either tokenizer would take any bytes (SentencePiece as U+FFFD or byte
+    // pieces): a binary file given as text is refused instead.
+    if (const size_t bad = find_invalid_utf8(bytes); bad != std::string::npos)
+      throw UsageError(fmt::format("calibration file {}: not valid UTF-8 (byte {}); token ids go "
+                                   "in .u16/.u32/.i64 files", file, bad));
     std::vector<std::string> docs = detail::read_documents(bytes, format, opt.text_field, file);
     if (docs.empty())
       throw UsageError(fmt::format("calibration file {}: empty corpus (no {})", file,

@@ -5,7 +5,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
-#include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "qforge_host/base/errors.hpp"
@@ -33,6 +33,8 @@ double continuation_logprob(const Model& model, const std::vector<int32_t>& ids,
 
 std::vector<int32_t> perplexity_stream(const Tokenizer& tok, const std::string& text,
                                        const std::string& split_on) {
+  if (const size_t bad = find_invalid_utf8(text); bad != std::string::npos)
+    throw UsageError(fmt::format("the evaluation text is not valid UTF-8 (byte {})", bad));
   std::vector<int32_t> out;
   auto add = [&](const std::string& piece) {
     if (tok.bos_id() >= 0) out.push_back(tok.bos_id());
@@ -53,6 +55,17 @@ std::vector<int32_t> perplexity_stream(const Tokenizer& tok, const std::string& 
   }
   return out;
 }
+
+namespace {
+// A NaN or Inf result is refused, naming the tensor that caused it.
+[[noreturn]] void throw_non_finite(const Model& model, const char* consequence) {
+  const std::string bad = model.first_non_finite_tensor();
+  throw ModelFileError(
+      bad.empty() ? fmt::format("the model's log-probabilities are not finite (an overflow in "
+                                "the forward pass?); {}", consequence)
+                  : fmt::format("tensor '{}' holds non-finite values; {}", bad, consequence));
+}
+}  // namespace
 
 PerplexityResult perplexity(const Model& model, const std::vector<int32_t>& stream, int64_t seqlen,
                             int64_t batch, const Progress& progress) {
@@ -82,12 +95,12 @@ PerplexityResult perplexity(const Model& model, const std::vector<int32_t>& stre
   }
   r.mean_nll = total / static_cast<double>(r.predicted);
   r.ppl = std::exp(r.mean_nll);
+  if (!std::isfinite(r.mean_nll)) throw_non_finite(model, "no perplexity");
   return r;
 }
 
 std::vector<ChoiceItem> load_choices(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw UsageError(fmt::format("cannot open {}", path));
+  std::istringstream in(read_file(path, "multiple-choice file"));  // refuses FIFOs and the like
   std::vector<ChoiceItem> items;
   std::string line;
   for (int64_t n = 1; std::getline(in, line); ++n) {
@@ -128,6 +141,7 @@ ChoiceResult multiple_choice(const Model& model, const Tokenizer& tok,
       if (whole.size() <= ctx.size())
         throw UsageError(fmt::format("choice '{}' adds no tokens to its context", item.choices[k]));
       double score = continuation_logprob(model, whole, ctx.size());
+      if (!std::isfinite(score)) throw_non_finite(model, "no accuracy");
       double norm = score / static_cast<double>(item.choices[k].size());
       if (score > best_score) best_score = score, best = static_cast<int64_t>(k);
       if (norm > best_score_norm) best_score_norm = norm, best_norm = static_cast<int64_t>(k);

@@ -157,8 +157,14 @@ at::Tensor SafetensorsFile::load(const std::string& name, at::ScalarType dtype) 
     const std::uintptr_t start = first - first % static_cast<std::uintptr_t>(page);
     ::madvise(reinterpret_cast<void*>(start), first - start + (t.end - t.begin), MADV_WILLNEED);
   }
+  at::Tensor stored = view(name);
+  // Integers read as floats would run as weights without a word (an I32
+  // "weight" evaluated to a plausible perplexity): refuse.
+  if (at::isFloatingType(dtype) && !at::isFloatingType(stored.scalar_type()))
+    throw ModelFileError(path_ + ": tensor " + quote(name) + " is stored as " +
+                         c10::toString(stored.scalar_type()) + "; a floating-point tensor is expected");
   at::Tensor out = at::empty(t.shape, at::TensorOptions().dtype(dtype).device(at::kCPU));
-  out.copy_(view(name));
+  out.copy_(stored);
   if (t.end > t.begin) {
     // The copy is independent of the mapping: hand its pages back so that
     // streaming a model block by block keeps only one block resident. (A

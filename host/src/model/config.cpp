@@ -3,11 +3,10 @@
 
 #include <fmt/format.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "qforge_host/base/errors.hpp"
+#include "qforge_host/base/text.hpp"
 
 namespace qforge::host {
 namespace {
@@ -168,12 +167,7 @@ ModelConfig parse_config(const std::string& text, const std::string& source) {
 ModelConfig load_config(const std::string& path) {
   std::string file = path;
   if (file.size() < 5 || file.substr(file.size() - 5) != ".json") file += "/config.json";
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw UsageError(fmt::format("cannot open {}", file));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (ss.str().size() > (16u << 20)) throw UsageError(fmt::format("{}: too large", file));
-  return parse_config(ss.str(), file);
+  return parse_config(read_file(file, "model config", 16u << 20), file);  // FIFOs refused
 }
 
 }  // namespace qforge::host

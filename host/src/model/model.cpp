@@ -205,6 +205,13 @@ void Model::check_blocks() const {
   }
 }
 
+std::string Model::first_non_finite_tensor() const {
+  if (!store_) return {};
+  for (const auto& name : store_->names())
+    if (!all_finite(store_->view(name))) return name;
+  return {};
+}
+
 bool all_finite(const at::Tensor& t) {
   if (!at::isFloatingType(t.scalar_type())) return true;
   if (t.dim() == 0) return at::isfinite(t).item<bool>();

@@ -11,10 +11,12 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <set>
 
 #include "formats.hpp"
 #include "qforge_host/base/errors.hpp"
+#include "qforge_host/base/text.hpp"
 #include "qforge_host/io/safetensors.hpp"
 
 using nlohmann::json;
@@ -137,6 +139,20 @@ class GptqV1 final : public SaveFormat {
   std::vector<std::pair<std::string, std::string>> seen_;
 };
 
+// AutoGPTQ reads quantize_config.json, transformers and vLLM config.json's
+// quantization_config: when both exist they must agree, or loaders differ.
+void check_quantize_config(const std::string& model_dir, const json& q, const std::string& where) {
+  const std::string path = model_dir + "/quantize_config.json";
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return;
+  const json side = json::parse(read_file(path, "GPTQ config", 1u << 20), nullptr, false);
+  if (!side.is_object()) throw ModelFileError(path + ": not a JSON object");
+  for (const char* key : {"bits", "group_size", "sym", "desc_act"})
+    if (side.contains(key) && q.contains(key) && side[key] != q[key])
+      throw ModelFileError(fmt::format("{}: {} is {} but {} says {}; the two must agree", path,
+                                       key, side[key].dump(), where, q[key].dump()));
+}
+
 LinearLoader gptq_v1_loader(const Registry& registry, const std::string& model_dir,
                             const json& q, const std::string& where) {
   const auto fmt_it = q.find("checkpoint_format");
@@ -157,12 +173,16 @@ LinearLoader gptq_v1_loader(const Registry& registry, const std::string& model_d
         fmt::format("{}: group_size must be -1 or positive, got {}", where, group_size));
   const bool sym = json_bool(q, "sym", true, where);
   const bool desc_act = json_bool(q, "desc_act", false, where);
+  check_quantize_config(model_dir, q, where);
   if (registry.find_inference_layer(kPackedFormat) == nullptr)
     throw UsageError(fmt::format("{} is a GPTQ checkpoint, but no loaded inference layer reads "
                                  "{} (see `qforge plugins`)",
                                  model_dir, kPackedFormat));
   return [=, &registry](const TensorStore& store, Linear& l, int64_t out, int64_t in, bool) {
     if (!store.contains(l.name + ".qweight")) return false;
+    if (store.contains(l.name + ".weight"))
+      throw ModelFileError(fmt::format("{}: {} has both a dense .weight and a .qweight; which one "
+                                       "is meant is unclear", model_dir, l.name));
     QuantResult r;
     r.format = kPackedFormat;
     r.metadata = json{{"bits", bits},

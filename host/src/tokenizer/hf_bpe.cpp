@@ -30,6 +30,8 @@
 #include <variant>
 
 #include "qforge_host/base/errors.hpp"
+#include "qforge_host/base/log.hpp"
+#include "qforge_host/base/text.hpp"
 #include "qforge_host/tokenizer/tokenizer.hpp"
 
 using nlohmann::json;
@@ -38,54 +40,6 @@ namespace qforge::host {
 namespace {
 
 // ---------------------------------------------------------------- UTF-8 --
-
-// Length of the well-formed UTF-8 sequence at s (n bytes available), or 0
-// when it is ill-formed; then *subpart is the length of its maximal valid
-// prefix (>= 1), which lossy decoding replaces by one U+FFFD.
-size_t utf8_len(const unsigned char* s, size_t n, size_t* subpart = nullptr) {
-  unsigned char b = s[0];
-  size_t need;
-  unsigned char lo = 0x80, hi = 0xBF;
-  if (b < 0x80) return 1;
-  if (b >= 0xC2 && b <= 0xDF) {
-    need = 2;
-  } else if (b >= 0xE0 && b <= 0xEF) {
-    need = 3;
-    if (b == 0xE0) lo = 0xA0;
-    if (b == 0xED) hi = 0x9F;
-  } else if (b >= 0xF0 && b <= 0xF4) {
-    need = 4;
-    if (b == 0xF0) lo = 0x90;
-    if (b == 0xF4) hi = 0x8F;
-  } else {
-    if (subpart) *subpart = 1;
-    return 0;
-  }
-  size_t k = 1;
-  for (; k < need && k < n; ++k) {
-    unsigned char c = s[k];
-    if (k == 1 ? (c < lo || c > hi) : (c < 0x80 || c > 0xBF)) break;
-  }
-  if (k == need) return need;
-  if (subpart) *subpart = k;
-  return 0;
-}
-
-// Byte offset of the first ill-formed sequence, or npos.
-size_t find_invalid_utf8(std::string_view s) {
-  auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  size_t i = 0, n = s.size();
-  while (i < n) {
-    if (p[i] < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t len = utf8_len(p + i, n - i);
-    if (len == 0) return i;
-    i += len;
-  }
-  return std::string_view::npos;
-}
 
 // The code point of a well-formed sequence of `len` bytes.
 uint32_t decode_cp(const unsigned char* s, size_t len) {
@@ -231,8 +185,11 @@ class Regex {
       if (rc < 0) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(rc, msg, sizeof msg);
-        throw std::runtime_error(
-            fmt::format("regex match failed: {}", reinterpret_cast<const char*>(msg)));
+        // PCRE2's match limit stops a hostile pattern (catastrophic
+        // backtracking): the tokenizer file is at fault, not qforge.
+        throw ModelFileError(fmt::format(
+            "tokenizer.json: a pre-tokenizer pattern cannot be matched against this text: {}",
+            reinterpret_cast<const char*>(msg)));
       }
       PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
       size_t start = ov[0], end = ov[1];
@@ -385,6 +342,7 @@ class HfBpeTokenizer final : public Tokenizer {
     load_added_tokens(j);
     load_normalizer(j.contains("normalizer") ? j["normalizer"] : json());
     load_pre_tokenizer(j.contains("pre_tokenizer") ? j["pre_tokenizer"] : json());
+    warn_missing_bytes();
     build_added_matchers();
     load_post_processor(j.contains("post_processor") ? j["post_processor"] : json());
     load_decoder(j.contains("decoder") ? j["decoder"] : json());
@@ -504,6 +462,25 @@ class HfBpeTokenizer final : public Tokenizer {
   }
 
   static constexpr int64_t kMaxId = (int64_t{1} << 24) - 1;  // a sanity bound
+
+  // A byte-level vocabulary lacking some of the 256 byte symbols loses those
+  // bytes from the text without an unk token (as Hugging Face's does): said once.
+  void warn_missing_bytes() const {
+    const bool byte_level = std::any_of(pre_.begin(), pre_.end(), [](const PreStep& s) {
+      return std::holds_alternative<ByteLevelStep>(s);
+    });
+    if (!byte_level || unk_id_ >= 0) return;
+    int missing = 0, first = -1;
+    for (int b = 0; b < 256; ++b)
+      if (!vocab_.count(byte_alphabet().byte_to_utf8[b])) {
+        ++missing;
+        if (first < 0) first = b;
+      }
+    if (missing > 0)
+      log(LogLevel::warn, "{}: {} of the 256 byte symbols are not in the vocabulary (the first: "
+          "byte 0x{:02X}) and there is no unk token: text holding them loses those bytes", name_,
+          missing, first);
+  }
 
   void load_model(const json& m) {
     if (!m.is_object()) fail("'model' must be an object");

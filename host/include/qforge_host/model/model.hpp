@@ -102,6 +102,9 @@ class Model {
   // checks this before its first block rather than failing at block k or
   // writing a model qforge would refuse to load.
   void check_blocks() const;
+  // The first floating tensor of the checkpoint holding a NaN or an Inf, or
+  // "" (a slow scan: for explaining a non-finite result).
+  std::string first_non_finite_tensor() const;
 
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return dtype_; }
