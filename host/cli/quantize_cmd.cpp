@@ -190,6 +190,24 @@ int quantize_command(const Args& args, host::Registry& registry) {
         throw host::UsageError(fmt::format("--eval {}: not a readable, non-empty text file", e));
     }
   }
+  // The evaluation text and window, checked now rather than after the run.
+  std::vector<int32_t> eval_stream;
+  int64_t eval_seqlen = 0;
+  if (vm.count("eval")) {
+    const int64_t positions = host::load_config(model_dir).max_position_embeddings;
+    eval_seqlen = vm.count("eval-seqlen") ? vm["eval-seqlen"].as<int64_t>()
+                                          : std::min<int64_t>(2048, positions);
+    if (eval_seqlen < 2 || eval_seqlen > positions)
+      throw host::UsageError(fmt::format("--eval-seqlen must be in [2, {}] "
+                                         "(max_position_embeddings)", positions));
+    auto tok = host::load_tokenizer(model_dir);
+    eval_stream = host::perplexity_stream(
+        *tok, host::read_file(vm["eval"].as<std::string>(), "text file"), "");
+    if (static_cast<int64_t>(eval_stream.size()) < eval_seqlen)
+      throw host::UsageError(fmt::format("--eval {}: {} tokens, less than one window of {}",
+                                         vm["eval"].as<std::string>(), eval_stream.size(),
+                                         eval_seqlen));
+  }
   if (!vm.count("from-results") && host::declares_quantization(model_dir))
     throw host::UsageError(fmt::format(
         "{} is already quantized (its config.json has a quantization_config); quantize the "
@@ -272,12 +290,10 @@ int quantize_command(const Args& args, host::Registry& registry) {
   }
 
   if (vm.count("eval")) {
-    auto tok = host::load_tokenizer(model_dir);
-    std::string file = vm["eval"].as<std::string>();
-    auto stream = host::perplexity_stream(*tok, host::read_file(file, "text file"), "");
+    const std::string file = vm["eval"].as<std::string>();
+    const auto& stream = eval_stream;
+    const int64_t seqlen = eval_seqlen;
     host::Model original = host::Model::load(model_dir, at::kFloat);
-    int64_t seqlen = vm.count("eval-seqlen") ? vm["eval-seqlen"].as<int64_t>()
-                                             : std::min<int64_t>(2048, original.config().max_position_embeddings);
     json ppl;
     ppl["original"] = perplexity_of(original, stream, seqlen, "original");
     // The packed model: the original with each quantized layer replaced by its

@@ -45,6 +45,22 @@ expect 0 "" "a run into an --out with a planted symlink" -- "$qforge" "${R[@]}" 
 [ "$(cat "$work/victim")" = ORIGINAL ] && [ ! -L "$work/e/tokenizer_config.json" ] &&
   echo "ok:   the symlink's target is untouched" || { echo "FAIL: wrote through a symlink"; fail=1; }
 
+# A planted .qforge-checkpoint or lock symlink is refused, never written through (D8).
+mkdir -p "$work/e2" "$work/elsewhere" && ln -s "$work/elsewhere" "$work/e2/.qforge-checkpoint"
+expect 2 "is a symbolic link" "a symlinked checkpoint directory is refused" \
+  -- "$qforge" "${R[@]}" --seqlen 64 --out "$work/e2"
+mkdir -p "$work/e3" && ln -s "$work/victim" "$work/e3/.qforge-lock"
+expect 2 "is a symbolic link" "a symlinked lock file is refused" \
+  -- "$qforge" "${R[@]}" --seqlen 64 --out "$work/e3"
+[ -z "$(ls -A "$work/elsewhere")" ] && [ "$(cat "$work/victim")" = ORIGINAL ] &&
+  echo "ok:   ... nothing written through them" || { echo "FAIL: wrote through a symlink"; fail=1; }
+
+# A parameter the schema lets through but the plugin refuses (group_size=0)
+# stops at the first layer; a rerun into the same --out is not blocked (D12).
+expect 2 "group_size" "group_size=0 is refused by the plugin" \
+  -- "$qforge" "${R[@]}" --seqlen 64 --set group_size=0 --out "$work/gs"
+expect 0 "" "... and a rerun into the same --out works" -- "$qforge" "${R[@]}" --seqlen 64 --out "$work/gs"
+
 # A plugin returning NaN: refused with the layer named, before any shard (D10).
 expect 1 "non-finite weights for model.layers.0.self_attn.q_proj" \
   "a plugin's NaN weights are refused, the layer named" \
@@ -70,6 +86,12 @@ expect 2 "is the model directory" "--out = --model is refused" \
   -- "$qforge" "${R[@]}" --seqlen 64 --out "$M"
 expect 2 "not a readable, non-empty text file" "a missing --eval file is refused before the run" \
   -- "$qforge" "${R[@]}" --seqlen 64 --out "$work/g" --eval "$work/no-such.txt"
+[ ! -e "$work/g" ] && echo "ok:   ... with nothing written" || { echo "FAIL: --out written"; fail=1; }
+head -c 800 "$shared/data/tinystories_valid.txt" > "$work/short.txt"
+expect 2 "eval-seqlen must be in \[2, 512\]" "an --eval-seqlen beyond the model is refused before the run" \
+  -- "$qforge" "${R[@]}" --seqlen 64 --out "$work/g" --eval "$work/short.txt" --eval-seqlen 1024
+expect 2 "less than one window" "an --eval text shorter than one window is refused before the run" \
+  -- "$qforge" "${R[@]}" --seqlen 64 --out "$work/g" --eval "$work/short.txt" --eval-seqlen 512
 [ ! -e "$work/g" ] && echo "ok:   ... with nothing written" || { echo "FAIL: --out written"; fail=1; }
 cp -r "$M" "$work/m" && chmod -R u+w "$work/m"
 python3 - "$work/m/model.safetensors" <<'PY'
@@ -97,6 +119,7 @@ cp "$M/config.json" "$work/v/config.json" && sed -i 's/"num_hidden_layers": 5/"n
 expect 2 "num_hidden_layers is 2" "blocks beyond num_hidden_layers are refused, not dropped (D5)" \
   -- "$qforge" quantize --model "$work/v" --method org.qforge.rtn --calib "$C" --nsamples 4 \
      --seqlen 64 --out "$work/vo"
+expect 2 "num_hidden_layers is 2" "... by eval too" -- "$qforge" eval --model "$work/v" --ppl "$C"
 
 # A config.json syntax error is named as such (D17).
 cp "$M/config.json" "$work/v/config.json" && sed -i 's/"rms_norm_eps": [^,]*/"rms_norm_eps": NaN/' "$work/v/config.json"

@@ -29,6 +29,8 @@ DirLock::DirLock(const std::string& dir, const std::string& holder)
   // releasing it (then a third run could lock a new file at the same path).
   for (int attempt = 0; attempt < 100; ++attempt) {
     fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd_ < 0 && errno == ELOOP)  // planted by someone: refuse, never follow
+      throw UsageError(path_ + " is a symbolic link; qforge's lock file must be a plain file");
     if (fd_ < 0) throw IoError(path_ + ": cannot open the lock file: " + std::strerror(errno));
     if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
       const int err = errno;

@@ -132,6 +132,15 @@ void check_present(const TensorStore& store, const std::string& name,
                                      fmt::join(shape, ", ")));
 }
 
+// Blocks the config does not know would be dropped without a word.
+void check_no_extra_blocks(const TensorStore& store, const ModelConfig& c) {
+  for (const auto& name : store.names())
+    if (auto b = c.arch.layout->block_of(name); b && *b >= c.num_layers)
+      throw ModelFileError(fmt::format("{}: tensor '{}' belongs to block {}, but config.json says "
+                                       "num_hidden_layers is {}", store.dir(), name, *b,
+                                       c.num_layers));
+}
+
 Linear load_linear(const TensorStore& store, const std::string& name, int64_t out, int64_t in,
                    bool bias, at::ScalarType dtype, const LinearLoader& loader = {}) {
   Linear l;
@@ -158,6 +167,7 @@ Model Model::load(const std::string& dir, at::ScalarType dtype, bool with_blocks
   const ModelConfig& c = m.config_;
   const TensorStore& store = *m.store_;
   const int64_t H = c.hidden_size;
+  check_no_extra_blocks(store, c);
   m.embed_tokens_ = load_checked(store, "model.embed_tokens.weight", {c.vocab_size, H}, dtype);
   m.final_norm_ = load_checked(store, "model.norm.weight", {H}, dtype);
   if (c.tie_word_embeddings || !store.contains("lm_head.weight")) {
@@ -188,12 +198,7 @@ void Model::check_blocks() const {
                                        store.dir()));
   }
   for (size_t i = 0; i < blocks_.size(); ++i) read_block(i, /*check_only=*/true);
-  // Layers the config does not know would be dropped without a word.
-  for (const auto& name : store.names())
-    if (auto b = c.arch.layout->block_of(name); b && *b >= c.num_layers)
-      throw ModelFileError(fmt::format("{}: tensor '{}' belongs to block {}, but config.json says "
-                                       "num_hidden_layers is {}", store.dir(), name, *b,
-                                       c.num_layers));
+  check_no_extra_blocks(store, c);
   // Tensors copied through unchanged (embedding, norms, lm_head) must be
   // finite: checked a slice at a time on the mapped data.
   for (const auto& name : store.names()) {

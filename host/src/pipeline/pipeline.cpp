@@ -113,6 +113,9 @@ SavedLayer quantize_one(const Registry& registry, const Component& q, const Quan
 // calibration data's embeddings (refusing an --out that already holds a run).
 ResumeState start(const QuantizeOptions& o, const RunCheckpoint& ckpt, const Model& model,
                   const std::string& fingerprint) {
+  if (fs::is_symlink(ckpt.dir()))  // planted: writing through it would leave --out
+    throw UsageError(fmt::format("{} is a symbolic link; qforge keeps its checkpoint only inside "
+                                 "--out", ckpt.dir().string()));
   const std::string died_in = ckpt.last_activity();
   if (!died_in.empty())
     log(LogLevel::warn, "the previous run into {} died while running {}", o.out_dir, died_in);
@@ -123,14 +126,16 @@ ResumeState start(const QuantizeOptions& o, const RunCheckpoint& ckpt, const Mod
     return state;
   }
   const fs::path out(o.out_dir);
-  // A run that died before finishing its first block left no state: nothing to keep.
-  const bool unfinished = o.resume && fs::exists(ckpt.dir());
-  if (unfinished)
+  if (fs::exists(out / "model.safetensors.index.json"))
+    throw UsageError(fmt::format("{} already holds a model; choose another --out or delete it",
+                                 out.string()));
+  if (ckpt.exists())  // (with --resume it was loaded above)
+    throw UsageError(fmt::format("{} holds the checkpoint of an unfinished run; continue it with "
+                                 "--resume, or choose another --out or delete it", out.string()));
+  // A run that stopped before finishing its first block left no state: nothing to keep.
+  if (fs::exists(ckpt.dir()))
     log(LogLevel::info, "the checkpoint in {} has no finished block; starting at block 0",
         ckpt.dir().string());
-  if (fs::exists(out / "model.safetensors.index.json") || (fs::exists(ckpt.dir()) && !unfinished))
-    throw UsageError(fmt::format("{} already holds a model or a checkpoint; choose another "
-                                 "--out, delete it, or pass --resume", out.string()));
   ResumeState state = start_fresh(o, model.store());
   fs::create_directories(ckpt.dir());  // only once the inputs are known to be good
   return state;
