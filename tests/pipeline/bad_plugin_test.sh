@@ -10,15 +10,7 @@
 # usage: bad_plugin_test.sh <qforge binary> <shared dir> <dir of the test plugins' folders>
 set -uo pipefail
 qforge="$1" shared="$2" plugins="$3"
-M="$shared/models/stories260K" C="$shared/data/tinystories_v2_calib.txt"
-if [ ! -d "$M" ]; then
-  [ "${CI:-}" = "true" ] && { echo "FAIL: $M missing"; exit 1; }
-  echo "skip: no $M"; exit 77
-fi
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-fail=0
-check() { if eval "$2"; then echo "ok:   $1"; else echo "FAIL: $1"; cat "$work/err"; fail=1; fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/../support/stories.sh"
 head -c 3000 "$shared/data/tinystories_valid.txt" > "$work/tiny.txt"
 B=(--calib "$C" --nsamples 4 --seqlen 64)
 

@@ -5,14 +5,7 @@
 # usage: limits_test.sh <qforge binary> <shared dir> <dir of the test plugins' folders>
 set -uo pipefail
 qforge="$1" shared="$2" plugins="$3" nan_dir="$3/nan_weights"
-M="$shared/models/stories260K" C="$shared/data/tinystories_v2_calib.txt"
-if [ ! -d "$M" ]; then
-  [ "${CI:-}" = "true" ] && { echo "FAIL: $M missing"; exit 1; }
-  echo "skip: no $M"; exit 77
-fi
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-fail=0
+source "$(dirname "${BASH_SOURCE[0]}")/../support/stories.sh"
 expect() {  # expect <exit code> <text in stderr> <description> -- command...
   local want="$1" text="$2" what="$3"; shift 4
   timeout 120 "$@" > "$work/out" 2> "$work/err"

@@ -5,13 +5,7 @@
 # usage: quantize_cli_test.sh <qforge binary> <shared dir>
 set -uo pipefail
 qforge="$1" shared="$2"
-if [ ! -d "$shared/models/stories260K" ]; then
-  [ "${CI:-}" = "true" ] && { echo "FAIL: shared data missing: $shared"; exit 1; }
-  echo "skip: shared data missing"; exit 0
-fi
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-fail=0
+source "$(dirname "${BASH_SOURCE[0]}")/../support/stories.sh"
 # Evaluation text: the head of the V1 validation split (calibration is V2).
 head -c 60000 "$shared/data/tinystories_valid.txt" > "$work/eval.txt"
 cat > "$work/recipe.json" <<JSON

@@ -5,12 +5,7 @@
 # usage: resume_test.sh <qforge binary> <shared dir>
 set -euo pipefail
 qforge="$1" shared="$2"
-if [ ! -d "$shared/models/stories260K" ]; then
-  [ "${CI:-}" = "true" ] && { echo "FAIL: shared data missing: $shared"; exit 1; }
-  echo "skip: shared data missing"; exit 0
-fi
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/../support/stories.sh"
 args=(quantize --model "$shared/models/stories260K" --method org.qforge.rtn --set bits=3
       --set group_size=32 --calib "$shared/data/tinystories_v2_calib.txt" --nsamples 16
       --seqlen 256 --qep --log-level warn)

@@ -8,15 +8,7 @@
 # usage: out_dir_test.sh <qforge binary> <shared dir>
 set -uo pipefail
 qforge="$1" shared="$2"
-M="$shared/models/stories260K" C="$shared/data/tinystories_v2_calib.txt"
-if [ ! -d "$M" ]; then
-  [ "${CI:-}" = "true" ] && { echo "FAIL: $M missing"; exit 1; }
-  echo "skip: no $M"; exit 77
-fi
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-fail=0
-check() { if eval "$2"; then echo "ok:   $1"; else echo "FAIL: $1"; fail=1; fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/../support/stories.sh"
 
 # Two runs, one directory: the first holds the lock from its start.
 "$qforge" quantize --model "$M" --method org.qforge.gptq --set bits=3 --set group_size=32 \
