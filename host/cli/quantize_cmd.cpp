@@ -121,7 +121,7 @@ double perplexity_of(const host::Model& m, const std::vector<int32_t>& stream, i
 
 int quantize_command(const Args& args, host::Registry& registry) {
   po::options_description opts(
-      "Usage: qforge quantize --model DIR --method ID [--set k=v ...] --calib FILE --out DIR [options]\n"
+      "Usage: qforge quantize --model DIR --method ID [--set k=v ...] [--calib FILE] --out DIR [options]\n"
       "       qforge quantize --recipe FILE.json [options]\n"
       "       qforge quantize --model DIR --from-results FILE --out DIR\n\n"
       "Quantizes every selected linear layer block by block through the quantizer plugin,\n"
@@ -136,7 +136,8 @@ int quantize_command(const Args& args, host::Registry& registry) {
       ("set", po::value<std::vector<std::string>>()->composing(), "method parameter name=value (repeatable)")
       ("override", po::value<std::vector<std::string>>()->composing(),
        "per-layer parameters PATTERN:name=value[,name=value] (glob or substring; repeatable, later wins)")
-      ("calib", po::value<std::string>(), "calibration file: .txt, .jsonl, .csv or token ids .u16/.u32/.i64")
+      ("calib", po::value<std::string>(), "calibration file: .txt, .jsonl, .csv or token ids "
+       ".u16/.u32/.i64 (optional for calibration-free methods, e.g. RTN)")
       ("calib-format", po::value<std::string>()->default_value("auto"), "auto, text, jsonl, csv, ids-u16, ids-u32, ids-i64")
       ("text-field", po::value<std::string>()->default_value("text"), "JSONL key / CSV column holding the text")
       ("nsamples", po::value<int64_t>()->default_value(128), "calibration sequences")
@@ -233,8 +234,7 @@ int quantize_command(const Args& args, host::Registry& registry) {
     o.method = vm["method"].as<std::string>();
     o.params = parse_sets(list(vm, "set"));
     for (const auto& text : list(vm, "override")) o.overrides.push_back(host::parse_override(text));
-    if (!vm.count("calib")) throw host::UsageError("--calib FILE is required");
-    o.calibration.file = vm["calib"].as<std::string>();
+    if (vm.count("calib")) o.calibration.file = vm["calib"].as<std::string>();
     o.calibration.format = vm["calib-format"].as<std::string>();
     o.calibration.text_field = vm["text-field"].as<std::string>();
     o.calibration.nsamples = vm["nsamples"].as<int64_t>();
@@ -280,9 +280,12 @@ int quantize_command(const Args& args, host::Registry& registry) {
     if (!vm.count("json")) {
       fmt::print("calibration: {}\n", s.calibration);
       fmt::print("{:<40} {:>12} {:>12} {:>9}\n", "layer", "rel.out.err", "rel.w.err", "seconds");
+      auto figure = [](const host::LayerReport& l, const char* key) {
+        return l.metrics.count(key) ? fmt::format("{:.4e}", l.metrics.at(key)) : "-";
+      };
       for (const auto& l : s.layers)
-        fmt::print("{:<40} {:>12.4e} {:>12.4e} {:>9.3f}\n", l.name,
-                   l.metrics.at("relative_output_error"), l.metrics.at("relative_weight_error"),
+        fmt::print("{:<40} {:>12} {:>12} {:>9.3f}\n", l.name,
+                   figure(l, "relative_output_error"), figure(l, "relative_weight_error"),
                    l.metrics.count("seconds") ? l.metrics.at("seconds") : 0.0);
       fmt::print("wrote {} ({} checkpoint) and {}\n", out, save_format,
                  s.results_file);

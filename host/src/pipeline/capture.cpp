@@ -6,23 +6,40 @@
 
 namespace qforge::host {
 
-void GramAccumulator::add(const at::Tensor& x, const at::Tensor& x_fp) {
+namespace {
+
+// Adds the sequences of x (and x_fp) [S, T, in] to the sums, one sequence at
+// a time in order, and keeps the rows that were asked for.
+void accumulate(GramAccumulator& acc, const CaptureWants& wants, const at::Tensor& x,
+                const at::Tensor& x_fp, std::vector<at::Tensor>& rows_q,
+                std::vector<at::Tensor>& rows_fp, at::Tensor& abs_sum) {
   for (int64_t s = 0; s < x.size(0); ++s) {
     at::Tensor xs = x[s].to(at::kFloat);
-    if (!gram.defined()) gram = at::zeros({xs.size(1), xs.size(1)}, at::kFloat);
-    gram.addmm_(xs.t(), xs);
-    if (x_fp.defined()) {
-      if (!delta.defined()) delta = at::zeros_like(gram);
-      delta.addmm_((x_fp[s].to(at::kFloat) - xs).t(), xs);
+    if (!acc.gram.defined()) acc.gram = at::zeros({xs.size(1), xs.size(1)}, at::kFloat);
+    acc.gram.addmm_(xs.t(), xs);
+    if (wants.delta) {
+      if (!acc.delta.defined()) acc.delta = at::zeros_like(acc.gram);
+      acc.delta.addmm_((x_fp[s].to(at::kFloat) - xs).t(), xs);
     }
-    rows += xs.size(0);
+    if (wants.act_stats) {
+      at::Tensor a = xs.abs().sum(0, false, at::kDouble);
+      abs_sum = abs_sum.defined() ? abs_sum.add_(a) : a;
+    }
+    if (wants.inputs_q) rows_q.push_back(xs.clone());
+    if (wants.inputs_fp) rows_fp.push_back(x_fp[s].to(at::kFloat).clone());
+    acc.rows += xs.size(0);
   }
 }
 
+}  // namespace
+
 GramAccumulator capture_inputs(Model& model, size_t block, Block& original,
                                const std::string& probe, const at::Tensor& x,
-                               const at::Tensor& x_fp, int64_t chunk) {
+                               const at::Tensor& x_fp, int64_t chunk, const CaptureWants& wants) {
   GramAccumulator acc;
+  std::vector<at::Tensor> rows_q, rows_fp;
+  at::Tensor abs_sum;
+  const bool fp = wants.delta || wants.inputs_fp;
   const int64_t n = x.size(0);
   auto capture = [&](const at::Tensor& stream, int64_t s, int64_t m) {
     at::Tensor captured;
@@ -37,13 +54,16 @@ GramAccumulator capture_inputs(Model& model, size_t block, Block& original,
   for (int64_t s = 0; s < n; s += chunk) {
     int64_t m = std::min(chunk, n - s);
     at::Tensor captured = capture(x, s, m), captured_fp;
-    if (x_fp.defined()) {
+    if (fp) {
       std::swap(model.blocks()[block], original);
       captured_fp = capture(x_fp, s, m);
       std::swap(model.blocks()[block], original);
     }
-    acc.add(captured, captured_fp);
+    accumulate(acc, wants, captured, captured_fp, rows_q, rows_fp, abs_sum);
   }
+  if (wants.inputs_q) acc.inputs_q = at::cat(rows_q);
+  if (wants.inputs_fp) acc.inputs_fp = at::cat(rows_fp);
+  if (wants.act_stats) acc.act_stats = (abs_sum / static_cast<double>(acc.rows)).to(at::kFloat);
   return acc;
 }
 

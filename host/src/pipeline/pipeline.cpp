@@ -42,10 +42,34 @@ std::vector<std::string> select(const ModelConfig& cfg, const LayerSelection& se
   return selected;
 }
 
+// What the quantizer asked the pipeline for (component.h, QFORGE_FEATURE_*)
+// and what the run must therefore compute.
+struct Needs {
+  bool calibration = true;   // false: calibration-free and no --calib given
+  bool fp_stream = false;    // the full-precision stream (QEP or needs-inputs-fp)
+  CaptureWants capture;
+};
+
+Needs needs_of(const Component& q, const QuantizeOptions& o) {
+  const bool free = q.has_feature(QFORGE_FEATURE_CALIBRATION_FREE);
+  Needs n;
+  n.calibration = !o.calibration.file.empty();
+  if (!n.calibration && !free)
+    throw UsageError(fmt::format("--calib FILE is required: {} is not calibration-free", o.method));
+  if (!n.calibration && o.qep) throw UsageError("--qep needs calibration data (--calib FILE)");
+  n.capture.delta = o.qep;
+  n.capture.inputs_q = q.has_feature(QFORGE_FEATURE_NEEDS_INPUTS_Q);
+  n.capture.inputs_fp = q.has_feature(QFORGE_FEATURE_NEEDS_INPUTS_FP);
+  n.capture.act_stats = q.has_feature(QFORGE_FEATURE_NEEDS_ACT_STATS);
+  n.fp_stream = n.calibration && (o.qep || n.capture.inputs_fp);
+  return n;
+}
+
 // Sizes the machine cannot hold are refused before any work: windows beyond
 // the model's positions, and calibration activations (both streams, plus the
 // next block's inputs) or one sequence's attention scores larger than memory.
-void check_limits(const QuantizeOptions& o, const ModelConfig& cfg) {
+void check_limits(const QuantizeOptions& o, const Needs& needs, const ModelConfig& cfg) {
+  if (!needs.calibration) return;
   const int64_t n = o.calibration.nsamples, L = o.calibration.seqlen;
   if (cfg.max_position_embeddings > 0 && L > cfg.max_position_embeddings)
     throw UsageError(fmt::format("--seqlen {} is beyond the model's max_position_embeddings ({})",
@@ -53,8 +77,13 @@ void check_limits(const QuantizeOptions& o, const ModelConfig& cfg) {
   if (n < 1 || L < 1) return;  // the calibration loader says what is wrong
   const double memory = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
                         static_cast<double>(sysconf(_SC_PAGESIZE));
-  const double act = static_cast<double>(n) * L * cfg.hidden_size *
-                     static_cast<double>(c10::elementSize(o.act_dtype)) * (o.qep ? 4 : 2);
+  // Both streams' activations and next inputs, plus the layer inputs a
+  // quantizer asked for (float32, the widest layer input).
+  const double width = static_cast<double>(std::max(cfg.hidden_size, cfg.intermediate_size));
+  const double act = static_cast<double>(n) * L *
+                     (cfg.hidden_size * static_cast<double>(c10::elementSize(o.act_dtype)) *
+                          (needs.fp_stream ? 4 : 2) +
+                      width * 4.0 * (needs.capture.inputs_q + needs.capture.inputs_fp));
   const double scores = static_cast<double>(o.chunk) * cfg.num_heads * L * L * 4.0 * 2;
   if (memory > 0 && (act > memory || scores > memory))
     throw UsageError(fmt::format(
@@ -65,17 +94,21 @@ void check_limits(const QuantizeOptions& o, const ModelConfig& cfg) {
 }
 
 // The calibration sequences' embeddings, streamed from the mapped table.
-ResumeState start_fresh(const QuantizeOptions& o, const TensorStore& store) {
+ResumeState start_fresh(const QuantizeOptions& o, const Needs& needs, const TensorStore& store) {
+  ResumeState s;
+  if (!needs.calibration) {
+    s.calibration = "none (the method is calibration-free)";
+    return s;
+  }
   auto tok = load_tokenizer(o.model_dir);
   Calibration cal = load_calibration(*tok, o.calibration);
   log(LogLevel::info, "calibration: {}", cal.description);
   at::Tensor table = store.view("model.embed_tokens.weight");  // no float32 copy of the table
   if (cal.ids.max().item<int64_t>() >= table.size(0))
     throw UsageError("calibration token ids exceed the model's vocabulary");
-  ResumeState s;
   s.calibration = cal.description;
   s.x = at::embedding(table, cal.ids).to(o.act_dtype);
-  if (o.qep) s.x_fp = s.x.clone();
+  if (needs.fp_stream) s.x_fp = s.x.clone();
   return s;
 }
 
@@ -94,6 +127,9 @@ SavedLayer quantize_one(const Registry& registry, const Component& q, const Quan
   req.bias = l.bias;
   req.hessian = hessian;
   req.nsamples = static_cast<uint64_t>(acc.rows);
+  req.inputs_q = acc.inputs_q;
+  req.inputs_fp = acc.inputs_fp;
+  req.act_stats = acc.act_stats;
   SavedLayer saved;
   saved.result = quantize_layer(q, req, params);
   saved.report = {l.name, saved.result.format, saved.result.metadata,
@@ -104,15 +140,15 @@ SavedLayer quantize_one(const Registry& registry, const Component& q, const Quan
   l.weight = saved.result.dequantized.to(at::kFloat);
   if (registry.find_inference_layer(saved.result.format) != nullptr)
     saved.result.dequantized = at::Tensor();  // rebuilt from the packed tensors
-  log(LogLevel::debug, "{}: relative output error {:.3e}", l.name,
-      saved.report.metrics["relative_output_error"]);
+  log(LogLevel::debug, "{}: relative weight error {:.3e}", l.name,
+      saved.report.metrics["relative_weight_error"]);
   return saved;
 }
 
 // The state to start from: the checkpoint's with --resume, else the
 // calibration data's embeddings (refusing an --out that already holds a run).
-ResumeState start(const QuantizeOptions& o, const RunCheckpoint& ckpt, const Model& model,
-                  const std::string& fingerprint) {
+ResumeState start(const QuantizeOptions& o, const Needs& needs, const RunCheckpoint& ckpt,
+                  const Model& model, const std::string& fingerprint) {
   if (fs::is_symlink(ckpt.dir()))  // planted: writing through it would leave --out
     throw UsageError(fmt::format("{} is a symbolic link; qforge keeps its checkpoint only inside "
                                  "--out", ckpt.dir().string()));
@@ -136,7 +172,7 @@ ResumeState start(const QuantizeOptions& o, const RunCheckpoint& ckpt, const Mod
   if (fs::exists(ckpt.dir()))
     log(LogLevel::info, "the checkpoint in {} has no finished block; starting at block 0",
         ckpt.dir().string());
-  ResumeState state = start_fresh(o, model.store());
+  ResumeState state = start_fresh(o, needs, model.store());
   fs::create_directories(ckpt.dir());  // only once the inputs are known to be good
   return state;
 }
@@ -161,7 +197,8 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
   Model model = Model::open(o.model_dir, at::kFloat);
   const ModelConfig& cfg = model.config();
   const BlockLayout& layout = *cfg.arch.layout;
-  check_limits(o, cfg);
+  const Needs needs = needs_of(*q, o);
+  check_limits(o, needs, cfg);
   model.check_blocks();  // a tensor missing in block k is found now, not after k blocks
   std::vector<std::string> selected = select(cfg, o.selection);
   std::set<std::string> chosen(selected.begin(), selected.end());
@@ -180,7 +217,7 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
 
   RunCheckpoint ckpt(o.out_dir);
   const std::string fingerprint = options_fingerprint(o, sink.name(), q->library);
-  ResumeState state = start(o, ckpt, model, fingerprint);
+  ResumeState state = start(o, needs, ckpt, model, fingerprint);
   auto record = std::make_unique<ActivityRecord>(ckpt.activity_path());
   QuantizeSummary summary;
   summary.calibration = state.calibration;
@@ -200,12 +237,16 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
       for (const auto& s : stage)
         if (chosen.count(layout.prefix(i) + s)) todo.push_back(b.find(s));
       if (todo.empty()) continue;
-      GramAccumulator acc = capture_inputs(model, i, original, todo.front()->name, state.x,
-                                           o.qep ? state.x_fp : at::Tensor(), o.chunk);
-      // H = 2/n XᵀX in place (one n×n copy); the QEP cross term is scaled
-      // alike, which leaves W Δ (G + λI)⁻¹ unchanged.
-      at::Tensor hessian = acc.gram.mul_(2.0 / static_cast<double>(acc.rows));
-      if (acc.delta.defined()) acc.delta.mul_(2.0 / static_cast<double>(acc.rows));
+      GramAccumulator acc;
+      at::Tensor hessian;  // none without calibration
+      if (needs.calibration) {
+        acc = capture_inputs(model, i, original, todo.front()->name, state.x, state.x_fp, o.chunk,
+                             needs.capture);
+        // H = 2/n XᵀX in place (one n×n copy); the QEP cross term is scaled
+        // alike, which leaves W Δ (G + λI)⁻¹ unchanged.
+        hessian = acc.gram.mul_(2.0 / static_cast<double>(acc.rows));
+        if (acc.delta.defined()) acc.delta.mul_(2.0 / static_cast<double>(acc.rows));
+      }
       for (Linear* l : todo) {
         block_results.push_back(
             quantize_one(registry, *q, o, params_for(l->name), *l, acc, hessian));
@@ -214,8 +255,8 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
     }
     // The next block's inputs: the quantized block on the quantized stream,
     // the original block on the full-precision stream.
-    state.x = forward_block(model, i, state.x, o.chunk);
-    if (o.qep) {
+    if (needs.calibration) state.x = forward_block(model, i, state.x, o.chunk);
+    if (needs.fp_stream) {
       std::swap(model.blocks()[i], original);
       state.x_fp = forward_block(model, i, state.x_fp, o.chunk);
       std::swap(model.blocks()[i], original);

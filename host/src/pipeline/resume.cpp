@@ -95,7 +95,9 @@ ResumeState RunCheckpoint::load(const std::string& fingerprint, at::ScalarType a
     if (!fs::exists(path) || file_digest(path) != digest)
       throw UsageError(fmt::format("{} changed since the checkpoint was written; rerun without "
                                    "--resume", path));
-  SafetensorsFile acts((dir_ / "activations.safetensors").string());
+  const std::string activations = (dir_ / "activations.safetensors").string();
+  if (!r.files.count(activations)) return r;  // a calibration-free run carries none
+  SafetensorsFile acts(activations);
   r.x = acts.load("x", act_dtype);
   if (acts.contains("x_fp")) r.x_fp = acts.load("x_fp", act_dtype);
   return r;
@@ -107,12 +109,14 @@ std::string RunCheckpoint::results_path(int64_t block) const {
 
 void RunCheckpoint::save(ResumeState& s, const std::string& fingerprint,
                          const std::vector<std::string>& written) const {
-  std::vector<std::pair<std::string, at::Tensor>> acts = {{"x", s.x}};
-  if (s.x_fp.defined()) acts.emplace_back("x_fp", s.x_fp);
-  const std::string activations = (dir_ / "activations.safetensors").string();
-  save_safetensors(activations, acts);
+  if (s.x.defined()) {
+    std::vector<std::pair<std::string, at::Tensor>> acts = {{"x", s.x}};
+    if (s.x_fp.defined()) acts.emplace_back("x_fp", s.x_fp);
+    const std::string activations = (dir_ / "activations.safetensors").string();
+    save_safetensors(activations, acts);
+    s.files[activations] = file_digest(activations);
+  }
   for (const auto& path : written) s.files[path] = file_digest(path);
-  s.files[activations] = file_digest(activations);
   write_text_atomic((dir_ / "state.json").string(),
                     json{{"fingerprint", fingerprint},
                          {"next_block", s.next_block},

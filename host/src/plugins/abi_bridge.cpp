@@ -83,18 +83,25 @@ QuantResult quantize_layer(const Component& component, const QuantizeRequest& re
     throw UsageError(fmt::format("{}: weight must be a 2-D tensor", req.layer_name));
   at::Tensor w = req.weight.to(at::kFloat).contiguous();
   at::Tensor b = req.bias.defined() ? req.bias.to(at::kFloat).contiguous() : at::Tensor();
-  at::Tensor h = req.hessian.defined() ? req.hessian.to(at::kFloat).contiguous() : at::Tensor();
+  // Optional inputs as borrowed float32 views (NULL when not given).
+  std::vector<std::unique_ptr<DLView>> views;
+  auto view_of = [&](const at::Tensor& t) -> const DLTensor* {
+    if (!t.defined()) return nullptr;
+    views.push_back(std::make_unique<DLView>(t.to(at::kFloat).contiguous()));
+    return views.back()->get();
+  };
   DLView wv(w);
-  std::unique_ptr<DLView> bv = b.defined() ? std::make_unique<DLView>(b) : nullptr;
-  std::unique_ptr<DLView> hv = h.defined() ? std::make_unique<DLView>(h) : nullptr;
 
   qforge_quantize_input in{};
   in.struct_size = sizeof in;
   in.layer_name = req.layer_name.c_str();
   in.weight = wv.get();
-  in.bias = bv ? bv->get() : nullptr;
-  in.hessian = hv ? hv->get() : nullptr;
+  in.bias = view_of(b);
+  in.hessian = view_of(req.hessian);
   in.nsamples = req.nsamples;
+  in.inputs_q = view_of(req.inputs_q);
+  in.inputs_fp = view_of(req.inputs_fp);
+  in.act_stats = view_of(req.act_stats);
   in.params = params.data();
   in.param_count = params.size();
 

@@ -213,6 +213,13 @@ const qforge_postprocess* Component::postprocess() const {
              ? static_cast<const qforge_postprocess*>(desc->vtable) : nullptr;
 }
 
+bool Component::has_feature(const char* tag) const {
+  if (desc->features == nullptr) return false;
+  for (const char* const* f = desc->features; *f != nullptr; ++f)
+    if (std::strcmp(*f, tag) == 0) return true;
+  return false;
+}
+
 Registry::Registry() = default;
 
 Registry::~Registry() {

@@ -38,7 +38,7 @@ typedef struct qforge_component_desc {
   const char* vendor;          /* who ships it */
   const char* license;         /* SPDX expression, e.g. "MIT" */
   const char* description;     /* one paragraph; may cite the paper */
-  const char* const* features; /* NULL-terminated tags (may be NULL), e.g. "needs-hessian" */
+  const char* const* features; /* NULL-terminated tags (may be NULL); see QFORGE_FEATURE_* */
   const qforge_param_desc* const* params; /* param_count pointers (NULL when 0) */
   uint32_t param_count;
   uint32_t reserved2;          /* 0 */
@@ -47,6 +47,34 @@ typedef struct qforge_component_desc {
    * NULL, or returns NULL for unknown ids. Any thread. */
   const void* (*get_extension)(const char* id, uint32_t revision);
 } qforge_component_desc;
+
+/* Feature tags a quantizer declares in `features`. The QFORGE_FEATURE_NEEDS_*
+ * tags and CALIBRATION_FREE change what the host computes and passes in
+ * qforge_quantize_input; every other tag (e.g. "weight-only", "per-group")
+ * is shown by `qforge plugins` and has no effect.
+ *
+ * needs-hessian     `hessian` = 2/n XᵀX of the layer's calibration inputs (the
+ *                   quantized stream), undamped: the quantizer adds its own
+ *                   damping. (The host also passes it, when it calibrates,
+ *                   to quantizers that do not ask: it computes H anyway for
+ *                   its error figures.)
+ * needs-inputs-q    `inputs_q` = X, the layer's inputs in the model as
+ *                   quantized so far, [n, in] float32, n calibration tokens.
+ * needs-inputs-fp   `inputs_fp` = the same layer's inputs in the
+ *                   full-precision model, [n, in] float32, row for row with
+ *                   `inputs_q` (the host runs the full-precision stream for
+ *                   it, as under --qep).
+ * needs-act-stats   `act_stats` = mean |x| per input channel over the
+ *                   quantized stream's n tokens, [in] float32.
+ * calibration-free  the quantizer uses no calibration data: `quantize` runs
+ *                   without --calib (`hessian` NULL, `nsamples` 0). Excludes
+ *                   the needs-* tags.
+ * Inputs a quantizer does not ask for are NULL and never computed. */
+#define QFORGE_FEATURE_NEEDS_HESSIAN "needs-hessian"
+#define QFORGE_FEATURE_NEEDS_INPUTS_Q "needs-inputs-q"
+#define QFORGE_FEATURE_NEEDS_INPUTS_FP "needs-inputs-fp"
+#define QFORGE_FEATURE_NEEDS_ACT_STATS "needs-act-stats"
+#define QFORGE_FEATURE_CALIBRATION_FREE "calibration-free"
 
 /* A named tensor, borrowed for the duration of a call. */
 typedef struct qforge_named_tensor {

@@ -20,6 +20,19 @@
 extern "C" {
 #endif
 
+/* The host contract for one call (what each tensor is, and when it is given,
+ * follows the component's feature tags: component.h, QFORGE_FEATURE_*). Every
+ * tensor is borrowed for the duration of the call, float32, dense, on the CPU;
+ * the quantizer must not modify any of them.
+ *
+ * - `weight` is what to quantize. Under --qep it is already corrected for the
+ *   error of earlier layers (W + α·WΔ(XᵀX+λI)⁻¹), so quantizers need not
+ *   know about QEP.
+ * - `bias` (borrowed, like every input) belongs in the packed format: a
+ *   packed layer runs through its inference layer alone, which must add it
+ *   (the in-tree formats store it as a float tensor "bias"). The dequantized
+ *   weight excludes it; dequantized checkpoints keep the host's own copy.
+ * - `hessian` is undamped 2/n XᵀX; dead input columns have zero diagonal. */
 typedef struct qforge_quantize_input {
   uint32_t struct_size;           /* sizeof(qforge_quantize_input) as compiled by the host */
   uint32_t reserved;              /* 0 */
@@ -28,9 +41,10 @@ typedef struct qforge_quantize_input {
   const DLTensor* bias;           /* [out_features] float32, or NULL */
   const DLTensor* hessian;        /* [in, in] float32, H = 2/n XᵀX, or NULL (no calibration) */
   uint64_t nsamples;              /* rows of X behind `hessian` (0 when NULL) */
-  const DLTensor* inputs_fp;      /* [n, in] full-precision inputs, or NULL */
-  const DLTensor* inputs_q;       /* [n, in] inputs from the quantized model, or NULL */
-  const DLTensor* act_stats;      /* [in] per-channel mean |x|, or NULL */
+  const DLTensor* inputs_fp;      /* [n, in] full-precision inputs; NULL unless needs-inputs-fp */
+  const DLTensor* inputs_q;       /* [n, in] inputs from the quantized model; NULL unless
+                                     needs-inputs-q */
+  const DLTensor* act_stats;      /* [in] per-channel mean |x|; NULL unless needs-act-stats */
   const qforge_param_value* const* params; /* effective parameters, in schema order */
   uint32_t param_count;
   uint32_t reserved2;             /* 0 */

@@ -95,6 +95,15 @@ static qforge_status* copy_quantize(const qforge_host* host, const qforge_quanti
 #ifdef QF_TEST_COPY_EXIT
   exit(0); /* the defect of broken/exit_weights.c */
 #endif
+#ifdef QF_TEST_COPY_ROUND
+  { /* a crude but real quantizer (the inputs probe): the dequantized weight is
+     * rounded to multiples of 1/16, so the quantized stream departs from the
+     * full-precision one */
+    float* d = (float*)deq->dl_tensor.data;
+    int64_t k;
+    for (k = 0; k < w->shape[0] * w->shape[1]; ++k) d[k] = (float)(floor(d[k] * 16.0 + 0.5) / 16.0);
+  }
+#endif
 #ifdef QF_TEST_COPY_NAN
   ((float*)deq->dl_tensor.data)[0] = NAN; /* the defect of broken/nan_weights.c */
 #endif

@@ -6,18 +6,29 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "qforge_host/model/model.hpp"
 
 namespace qforge::host {
+
+// What a stage's capture keeps besides G: what QEP and the quantizer asked
+// for (its QFORGE_FEATURE_NEEDS_* tags). Nothing else is computed.
+struct CaptureWants {
+  bool delta = false;      // QEP's cross term (needs the full-precision stream)
+  bool inputs_q = false;   // the quantized stream's inputs, row for row
+  bool inputs_fp = false;  // the full-precision stream's inputs (needs that stream)
+  bool act_stats = false;  // mean |x| per channel of the quantized stream
+};
 
 // G = Σ xᵀx over every calibration sequence and, for QEP, Δ = Σ (x̃ − x)ᵀx,
 // accumulated one sequence at a time in sequence order: the sums do not
 // depend on how the forward passes were chunked.
 struct GramAccumulator {
   at::Tensor gram, delta;  // [in, in] float32 (delta undefined without QEP)
+  at::Tensor inputs_q, inputs_fp;  // [rows, in] float32 when wanted
+  at::Tensor act_stats;    // [in] float32 when wanted
   int64_t rows = 0;        // calibration tokens seen
-  void add(const at::Tensor& x, const at::Tensor& x_fp);  // [S, T, in] each; x_fp may be undefined
 };
 
 // The inputs of linear `probe` of block `block`, for every sequence of `x`
@@ -26,7 +37,7 @@ struct GramAccumulator {
 // stops at the probe; `chunk` sequences per pass.
 GramAccumulator capture_inputs(Model& model, size_t block, Block& original,
                                const std::string& probe, const at::Tensor& x,
-                               const at::Tensor& x_fp, int64_t chunk);
+                               const at::Tensor& x_fp, int64_t chunk, const CaptureWants& wants);
 
 // Block `block` applied to every sequence of `x` (`chunk` per pass), as
 // float32, stored in x's dtype.

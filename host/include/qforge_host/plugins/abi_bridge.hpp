@@ -28,6 +28,8 @@ struct QuantizeRequest {
   at::Tensor bias;     // optional
   at::Tensor hessian;  // optional [in, in] float32
   uint64_t nsamples = 0;
+  at::Tensor inputs_q, inputs_fp;  // optional [n, in] float32 (needs-inputs-q / -fp)
+  at::Tensor act_stats;            // optional [in] float32 (needs-act-stats)
 };
 
 // Runs `quantizer` on one layer; checks that the result is complete and well

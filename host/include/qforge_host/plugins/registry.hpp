@@ -24,6 +24,7 @@ struct Component {
   const qforge_quantizer* quantizer() const;               // NULL unless kind matches
   const qforge_inference_layer* inference_layer() const;   // NULL unless kind matches
   const qforge_postprocess* postprocess() const;           // NULL unless kind matches
+  bool has_feature(const char* tag) const;                 // a tag of desc->features
 };
 
 struct Refusal {
