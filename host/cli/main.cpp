@@ -66,8 +66,9 @@ int run(int argc, char** argv) {
 
   host::set_log_level(host::parse_log_level(vm["log-level"].as<std::string>()));
   if (vm.count("version")) {
-    fmt::print("qforge {} (plugin ABI {}.{})\n", QFORGE_VERSION, QFORGE_ABI_MAJOR,
-               QFORGE_ABI_MINOR);
+    fmt::print("qforge {} (plugin ABI {}.{}; LibTorch {}, which plugins using LibTorch must "
+               "match)\n", QFORGE_VERSION, QFORGE_ABI_MAJOR, QFORGE_ABI_MINOR,
+               QFORGE_TORCH_VERSION);
     return host::kExitOk;
   }
   if (!vm.count("command")) {

@@ -11,12 +11,17 @@ cmake --install "$build" --component sdk --prefix "$work/prefix" > /dev/null
 cmake -S "$example" -B "$work/build" -DCMAKE_PREFIX_PATH="$work/prefix" \
       -DCMAKE_BUILD_TYPE=Release > "$work/configure.log" || { cat "$work/configure.log"; exit 1; }
 cmake --build "$work/build" > "$work/build.log" || { cat "$work/build.log"; exit 1; }
-test -f "$work/build/example-int8.so"
+test -f "$work/build/example-ternary.so"
 # No in-tree headers were needed: the installed package alone built it.
-grep -q "$work/prefix/include" "$work/build/CMakeFiles/example-int8.dir/flags.make"
-"$qforge" --plugin-dir "$work/build" plugins show org.example.int8 | tee "$work/show.txt"
-grep -q "clip" "$work/show.txt"
-"$qforge" --plugin-dir "$work/build" quantize-layer --method org.example.int8 --rows 64 --cols 96 \
-  --set clip=0.9 | tee "$work/run.txt"
-grep -q "org.example.int8/1" "$work/run.txt"
+grep -q "$work/prefix/include" "$work/build/CMakeFiles/example-ternary.dir/flags.make"
+# The entry point is its only exported symbol.
+[ "$(nm -D --defined-only "$work/build/example-ternary.so" | awk '{print $3}')" = qforge_plugin_entry_v1 ]
+"$qforge" --plugin-dir "$work/build" plugins show org.example.ternary | tee "$work/show.txt"
+grep -q "needs-hessian" "$work/show.txt"
+grep -q "delta .*default 0.7 " "$work/show.txt"
+# quantize-layer checks the plugin's own inference layer against its dequantized weight.
+"$qforge" --plugin-dir "$work/build" quantize-layer --method org.example.ternary --rows 64 --cols 96 \
+  --set group_size=16 | tee "$work/run.txt"
+grep -q "org.example.ternary/1" "$work/run.txt"
+grep -q "inference layer: *org.example.ternary.layer" "$work/run.txt"
 echo "out-of-tree plugin OK"

@@ -6,6 +6,9 @@
 //   in.bias     float32 [out], a contiguous copy; undefined without a bias
 //   in.hessian  float32 [in, in] on the CPU, finite (a view); undefined when
 //               the host passed none
+//   in.inputs_q, in.inputs_fp  float32 [n, in] views (needs-inputs-q / -fp)
+//   in.act_stats               float32 [in] view (needs-act-stats)
+//               each undefined unless the component declared the tag
 #ifndef QFORGE_CPP_LAYER_INPUT_HPP
 #define QFORGE_CPP_LAYER_INPUT_HPP
 
@@ -21,6 +24,7 @@ namespace qforge {
 
 struct LayerInput {
   at::Tensor weight, bias, hessian;
+  at::Tensor inputs_q, inputs_fp, act_stats;
 
   int64_t out_features() const { return weight.size(0); }
   int64_t in_features() const { return weight.size(1); }
@@ -49,6 +53,23 @@ struct LayerInput {
                          shape_str(h.sizes()));
       if (!at::isfinite(h).all().item<bool>())
         invalid_argument("hessian contains NaN or infinite values");
+    }
+
+    auto rows = [&](const DLTensor* t, const char* what) {
+      if (t == nullptr) return at::Tensor();
+      at::Tensor x = borrow_float_cpu(*t, what);
+      if (x.dim() != 2 || x.size(1) != in_f)
+        invalid_argument(std::string(what) + " must be [n, " + std::to_string(in_f) + "], got " +
+                         shape_str(x.sizes()));
+      return x;
+    };
+    in.inputs_q = rows(input.inputs_q, "inputs_q");
+    in.inputs_fp = rows(input.inputs_fp, "inputs_fp");
+    if (input.act_stats != nullptr) {
+      in.act_stats = borrow_float_cpu(*input.act_stats, "act_stats");
+      if (in.act_stats.dim() != 1 || in.act_stats.size(0) != in_f)
+        invalid_argument("act_stats must be [" + std::to_string(in_f) + "], got " +
+                         shape_str(in.act_stats.sizes()));
     }
 
     if (input.bias != nullptr) {

@@ -6,7 +6,9 @@
 // - qforge::Params: typed, by-name access to validated parameter values.
 // - qforge::quantizer_vtable<T>(), qforge::inference_layer_vtable<T>(),
 //   qforge::postprocess_vtable<T>(): the C function tables for a C++ class.
-// - QFORGE_DEFINE_PLUGIN(name, version, components...): the entry point.
+// - QFORGE_PLUGIN(name, version, describe): the entry point, with the
+//   components described through qforge::Plugin (a builder: no hand-counted
+//   arrays); QFORGE_DEFINE_PLUGIN for a hand-built ComponentList.
 //
 // Tensor conversion to at::Tensor (zero-copy) is in qforge/cpp/torch.hpp; a
 // method's shared numerics in qforge/cpp/grid.hpp, hessian.hpp and
@@ -16,11 +18,17 @@
 
 #include <qforge/qforge.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <exception>
+#include <initializer_list>
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace qforge {
@@ -142,6 +150,11 @@ class Params {
   uint32_t count_;
 };
 
+// How a tensor type of another library becomes a DLManagedTensor the host
+// owns: qforge/cpp/torch.hpp specializes it for at::Tensor.
+template <class Tensor>
+struct TensorExport;
+
 // Wraps the output sink of a quantize call; checks every host status.
 class QuantizeOutput {
  public:
@@ -150,11 +163,27 @@ class QuantizeOutput {
   void set_format(const std::string& id, const std::string& metadata_json) const {
     check(host_, out_->set_format(out_, id.c_str(), metadata_json.c_str()));
   }
+  // Metadata as any JSON value with dump(), e.g. an nlohmann::json or
+  // qforge::Metadata (qforge/cpp/metadata.hpp).
+  template <class Json, class = decltype(std::declval<const Json&>().dump())>
+  void set_format(const std::string& id, const Json& metadata) const {
+    set_format(id, std::string(metadata.dump()));
+  }
   void add_tensor(const std::string& name, DLManagedTensor* t) const {
     check(host_, out_->add_tensor(out_, name.c_str(), t));
   }
   void set_dequantized(DLManagedTensor* t) const {
     check(host_, out_->set_dequantized(out_, t));
+  }
+  // The same for a library tensor (at::Tensor with qforge/cpp/torch.hpp): the
+  // host gets its own reference, the caller keeps its tensor.
+  template <class Tensor, class = decltype(TensorExport<Tensor>::make(std::declval<const Tensor&>()))>
+  void add_tensor(const std::string& name, const Tensor& t) const {
+    add_tensor(name, TensorExport<Tensor>::make(t));
+  }
+  template <class Tensor, class = decltype(TensorExport<Tensor>::make(std::declval<const Tensor&>()))>
+  void set_dequantized(const Tensor& t) const {
+    set_dequantized(TensorExport<Tensor>::make(t));
   }
   void set_metric(const std::string& name, double value) const {
     check(host_, out_->set_metric(out_, name.c_str(), value));
@@ -165,8 +194,20 @@ class QuantizeOutput {
   const qforge_quantize_output* out_;
 };
 
+// T::formats() when T declares it (else the formats come from
+// ComponentBuilder::formats()).
+template <class T, class = void>
+struct HasFormats : std::false_type {};
+template <class T>
+struct HasFormats<T, std::void_t<decltype(T::formats())>> : std::true_type {};
+template <class T>
+const char* const* formats_of() {
+  if constexpr (HasFormats<T>::value) return T::formats();
+  else return nullptr;
+}
+
 // A quantizer class T provides
-//   static const char* const* formats();   // NULL-terminated
+//   static const char* const* formats();   // NULL-terminated (or see ComponentBuilder)
 //   static void quantize(const Host&, const qforge_quantize_input&, const Params&,
 //                        const QuantizeOutput&);
 template <class T>
@@ -180,7 +221,7 @@ const qforge_quantizer* quantizer_vtable() {
       });
     }
   };
-  static const qforge_quantizer table = {sizeof(qforge_quantizer), 0, T::formats(),
+  static const qforge_quantizer table = {sizeof(qforge_quantizer), 0, formats_of<T>(),
                                          &Thunk::quantize};
   return &table;
 }
@@ -229,7 +270,7 @@ const qforge_inference_layer* inference_layer_vtable() {
     }
   };
   static const qforge_inference_layer table = {
-      sizeof(qforge_inference_layer), 0, T::formats(), &Thunk::create, &Thunk::destroy,
+      sizeof(qforge_inference_layer), 0, formats_of<T>(), &Thunk::create, &Thunk::destroy,
       &Thunk::shape, &Thunk::forward, &Thunk::backward_input, &Thunk::dequantize};
   return &table;
 }
@@ -384,7 +425,164 @@ DLManagedTensor* new_tensor(const std::vector<int64_t>& shape, T** data) {
 // The list of components a plugin returns from its entry; built once.
 using ComponentList = std::vector<qforge_component_desc>;
 
+// What `qforge plugins` shows about a component.
+struct About {
+  const char* id;           // reverse-DNS, e.g. "org.example.ternary"
+  const char* name;         // short human name
+  const char* version;      // e.g. "0.1.0"
+  const char* vendor;
+  const char* license;      // SPDX, e.g. "MIT"
+  const char* description;  // one paragraph; cite the paper
+};
+
+// One component being described: its feature tags and its parameter schema
+// (validated by the host before every call), kept in storage it owns.
+class ComponentBuilder {
+ public:
+  ComponentBuilder(int32_t kind, const About& about, const void* vtable)
+      : kind_(kind), about_(about), vtable_(vtable) {}
+
+  // The packed formats a quantizer writes or an inference layer reads (instead
+  // of a static T::formats()).
+  ComponentBuilder& formats(std::initializer_list<const char*> ids) {
+    for (const char* id : ids) formats_.push_back(keep(id));
+    return *this;
+  }
+  // Tags from component.h (QFORGE_FEATURE_*) or descriptive ones.
+  ComponentBuilder& features(std::initializer_list<const char*> tags) {
+    for (const char* t : tags) features_.push_back(keep(t));
+    return *this;
+  }
+  ComponentBuilder& param_int(const char* name, int64_t fallback, int64_t min, int64_t max,
+                              const char* help) {
+    return add(param_range(QFORGE_PARAM_INT, name, help, keep(std::to_string(fallback)),
+                           static_cast<double>(min), static_cast<double>(max)));
+  }
+  ComponentBuilder& param_float(const char* name, double fallback, double min, double max,
+                                const char* help) {
+    return add(param_range(QFORGE_PARAM_FLOAT, name, help, keep(shortest(fallback)), min, max));
+  }
+  ComponentBuilder& param_bool(const char* name, bool fallback, const char* help) {
+    return add(param(QFORGE_PARAM_BOOL, name, help, fallback ? "true" : "false"));
+  }
+  ComponentBuilder& param_string(const char* name, const char* fallback, const char* help) {
+    return add(param(QFORGE_PARAM_STRING, name, help, keep(fallback)));
+  }
+  ComponentBuilder& param_enum(const char* name, const char* fallback,
+                               std::initializer_list<const char*> choices, const char* help) {
+    choice_lists_.emplace_back();
+    for (const char* c : choices) choice_lists_.back().push_back(keep(c));
+    choice_lists_.back().push_back(nullptr);
+    return add(param(QFORGE_PARAM_ENUM, name, help, keep(fallback), choice_lists_.back().data()));
+  }
+
+  // The descriptor; points into this builder, which must stay where it is.
+  qforge_component_desc desc() {
+    param_ptrs_.clear();
+    for (const auto& p : params_) param_ptrs_.push_back(&p);
+    feature_list_ = features_;
+    feature_list_.push_back(nullptr);
+    return component(kind_, about_.id, about_.name, about_.version, about_.vendor, about_.license,
+                     about_.description, feature_list_.data(),
+                     param_ptrs_.empty() ? nullptr : param_ptrs_.data(),
+                     static_cast<uint32_t>(param_ptrs_.size()), with_formats());
+  }
+
+ private:
+  ComponentBuilder& add(const qforge_param_desc& p) {
+    params_.push_back(p);
+    return *this;
+  }
+  const char* keep(const std::string& text) { return strings_.emplace_back(text).c_str(); }
+  // The shortest decimal that reads back as `v` ("0.01", not "0.01000000000000000021").
+  static std::string shortest(double v) {
+    char buf[32];
+    for (int digits = 1; digits <= 17; ++digits) {
+      std::snprintf(buf, sizeof buf, "%.*g", digits, v);
+      if (std::strtod(buf, nullptr) == v) break;
+    }
+    return buf;
+  }
+
+  // The function table, copied here with formats() when they were given.
+  const void* with_formats() {
+    if (formats_.empty()) return vtable_;
+    format_list_ = formats_;
+    format_list_.push_back(nullptr);
+    if (kind_ == QFORGE_COMPONENT_QUANTIZER) {
+      quantizer_ = *static_cast<const qforge_quantizer*>(vtable_);
+      quantizer_.output_formats = format_list_.data();
+      return &quantizer_;
+    }
+    if (kind_ == QFORGE_COMPONENT_INFERENCE_LAYER) {
+      layer_ = *static_cast<const qforge_inference_layer*>(vtable_);
+      layer_.formats = format_list_.data();
+      return &layer_;
+    }
+    return vtable_;
+  }
+
+  int32_t kind_;
+  About about_;
+  const void* vtable_;
+  qforge_quantizer quantizer_{};
+  qforge_inference_layer layer_{};
+  std::vector<const char*> formats_, format_list_;
+  std::deque<std::string> strings_;  // deque: pointers into it stay valid
+  std::deque<qforge_param_desc> params_;
+  std::deque<std::vector<const char*>> choice_lists_;
+  std::vector<const char*> features_, feature_list_;
+  std::vector<const qforge_param_desc*> param_ptrs_;
+};
+
+// A plugin's components, described in one function (see QFORGE_PLUGIN):
+//
+//   p.quantizer<Ternary>({"org.example.ternary", "Ternary", "0.1.0", "Me", "MIT", "..."})
+//       .formats({"org.example.ternary/1"})
+//       .features({QFORGE_FEATURE_NEEDS_HESSIAN})
+//       .param_int("group_size", 32, -1, 4096, "input columns sharing one scale");
+//   p.inference_layer<TernaryLayer>({"org.example.ternary.layer", ...})
+//       .formats({"org.example.ternary/1"});
+class Plugin {
+ public:
+  template <class T>
+  ComponentBuilder& quantizer(const About& about) {
+    return parts_.emplace_back(QFORGE_COMPONENT_QUANTIZER, about, quantizer_vtable<T>());
+  }
+  template <class T>
+  ComponentBuilder& inference_layer(const About& about) {
+    return parts_.emplace_back(QFORGE_COMPONENT_INFERENCE_LAYER, about,
+                               inference_layer_vtable<T>());
+  }
+  template <class T>
+  ComponentBuilder& postprocess(const About& about) {
+    return parts_.emplace_back(QFORGE_COMPONENT_POSTPROCESS, about, postprocess_vtable<T>());
+  }
+  const ComponentList& components() {
+    if (list_.empty())
+      for (auto& part : parts_) list_.push_back(part.desc());
+    return list_;
+  }
+
+ private:
+  std::deque<ComponentBuilder> parts_;  // deque: descriptors point into them
+  ComponentList list_;
+};
+
 }  // namespace qforge
+
+// Defines the entry point of a plugin whose components `describe(qforge::Plugin&)`
+// declares (called once, during the plugin's init).
+#define QFORGE_PLUGIN(plugin_name, plugin_version, describe)          \
+  namespace {                                                         \
+  const qforge::ComponentList& qforge_cpp_components() {              \
+    static qforge::Plugin plugin;                                     \
+    static const bool described = (describe(plugin), true);           \
+    (void)described;                                                  \
+    return plugin.components();                                       \
+  }                                                                   \
+  }                                                                   \
+  QFORGE_DEFINE_PLUGIN(plugin_name, plugin_version, qforge_cpp_components)
 
 // Defines the entry point. `components_fn` is a function returning
 // `const qforge::ComponentList&` (built on first call, after init).

@@ -6,6 +6,13 @@
 //   at::Tensor qforge::borrow_float_cpu(t, what)    the same, checked float32 on the CPU
 //   at::Tensor qforge::adopt(DLManagedTensor*)      takes ownership (deleter called once)
 //   DLManagedTensor* qforge::export_tensor(at::Tensor)  gives ownership away
+//
+// With it, QuantizeOutput's add_tensor / set_dequantized take at::Tensor, and
+// two helpers serve inference layers:
+//   at::Tensor qforge::tensor_named(tensors, "codes")   a packed tensor by name
+//   struct qforge::DenseLayer                            an inference layer that
+//       runs as a float32 matrix unpacked once at load (forward, backward_input,
+//       dequantize done; derive and set `weight`, and `bias` when there is one)
 #ifndef QFORGE_CPP_TORCH_HPP
 #define QFORGE_CPP_TORCH_HPP
 
@@ -144,6 +151,43 @@ inline DLManagedTensor* export_tensor(const at::Tensor& t) {
   m.deleter = [](DLManagedTensor* self) { delete static_cast<Holder*>(self->manager_ctx); };
   return &m;
 }
+
+template <>
+struct TensorExport<at::Tensor> {
+  static DLManagedTensor* make(const at::Tensor& t) { return export_tensor(t); }
+};
+
+// The packed tensor `name` an inference layer was created with (a borrowed
+// view, valid during `create`: copy what the layer keeps); when it is missing,
+// INVALID_ARGUMENT, or an undefined tensor if it is not `required`.
+inline at::Tensor tensor_named(const std::vector<const qforge_named_tensor*>& tensors,
+                               const char* name, bool required = true) {
+  for (const auto* t : tensors)
+    if (t != nullptr && t->name != nullptr && std::string(t->name) == name && t->tensor != nullptr)
+      return borrow(*t->tensor);
+  if (required) invalid_argument(std::string("the packed tensors have no '") + name + "'");
+  return at::Tensor();
+}
+
+// An inference layer computing with a dense float32 weight [out, in] (and an
+// optional bias [out]) that the derived constructor unpacks once: y = x Wᵀ + b.
+// Simple and exact; a packed kernel is faster and smaller.
+struct DenseLayer {
+  at::Tensor weight, bias;
+  int64_t out_features() const { return weight.size(0); }
+  int64_t in_features() const { return weight.size(1); }
+  void forward(const DLTensor& x, const DLTensor& y) const {
+    at::Tensor out = borrow(y).view({-1, out_features()});
+    at::Tensor in = borrow(x).reshape({-1, in_features()}).to(at::kFloat);
+    if (bias.defined()) at::addmm_out(out, bias, in, weight.t());
+    else at::mm_out(out, in, weight.t());
+  }
+  void backward_input(const DLTensor& grad_y, const DLTensor& grad_x) const {
+    at::Tensor gx = borrow(grad_x).view({-1, in_features()});
+    at::mm_out(gx, borrow(grad_y).reshape({-1, out_features()}).to(at::kFloat), weight);
+  }
+  void dequantize(const DLTensor& out) const { borrow(out).copy_(weight); }
+};
 
 // A borrowed DLTensor describing `t` (t must outlive the use). Storage for
 // shape/strides lives in the returned object.
