@@ -4,8 +4,8 @@
 # symmetric, act-order) through the block-sequential pipeline, saved as a
 # compressed-tensors pack-quantized checkpoint (the format vLLM and
 # transformers load), then read back and evaluated: the perplexity of the
-# original model, of the checkpoint as written (run packed) and of the
-# in-memory packed model. Model: $QFORGE_MODEL, else
+# original model (cached between runs) and of the checkpoint as written, run
+# packed. Model: $QFORGE_MODEL, else
 # ../shared/models/stories260K. Calibration text: $QFORGE_CALIB, else
 # ../shared/data/tinystories_v2_calib.txt; evaluation text: $QFORGE_EVAL,
 # else ../shared/data/tinystories_valid.txt (a different split). Without a

@@ -12,6 +12,7 @@
 
 #include "commands.hpp"
 #include "signals.hpp"
+#include "qforge_host/base/allocator.hpp"
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/base/log.hpp"
 #include "qforge_host/plugins/services.hpp"
@@ -128,6 +129,7 @@ void default_to_passive_waiting(char** argv) {
 
 int main(int argc, char** argv) {
   default_to_passive_waiting(argv);
+  host::keep_large_allocations_in_heap();
   try {
     return run(argc, argv);
   } catch (const host::UsageError& e) {

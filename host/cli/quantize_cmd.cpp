@@ -9,6 +9,7 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "commands.hpp"
@@ -17,6 +18,7 @@
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/base/text.hpp"
 #include "qforge_host/eval/eval.hpp"
+#include "qforge_host/eval/ppl_cache.hpp"
 #include "qforge_host/base/log.hpp"
 #include "qforge_host/model/model.hpp"
 #include "qforge_host/pipeline/pipeline.hpp"
@@ -111,6 +113,14 @@ void apply_recipe(const std::string& path, const po::options_description& opts,
   po::store(po::command_line_parser(args).options(opts).run(), vm);
 }
 
+// Whether any linear of `m` runs through an inference layer.
+bool runs_packed(host::Model& m) {
+  for (auto& b : m.blocks())
+    for (const host::Linear* l : b.linears())
+      if (l->packed) return true;
+  return false;
+}
+
 double perplexity_of(const host::Model& m, const std::vector<int32_t>& stream, int64_t seqlen,
                      const std::string& label) {
   host::ProgressLine p("perplexity " + label, "windows");
@@ -166,7 +176,9 @@ int quantize_command(const Args& args, host::Registry& registry) {
       ("from-results", po::value<std::string>(), "re-apply a quant_results.safetensors without quantizing")
       ("chunk", po::value<int64_t>()->default_value(4), "calibration sequences per forward pass")
       ("act-dtype", po::value<std::string>()->default_value("float32"), "calibration activations stored as float32, bfloat16 or float16")
-      ("eval", po::value<std::string>(), "text file: print perplexity of original, dequantized and packed models")
+      ("eval", po::value<std::string>(), "text file: print the perplexity of the original model "
+       "(kept between runs, keyed by content), of the written checkpoint read back, and of the "
+       "packed model in memory when the checkpoint is not run packed")
       ("eval-seqlen", po::value<int64_t>(), "perplexity window (default: min(2048, max_position_embeddings))")
       ("json", "print a JSON summary");
   po::variables_map vm;
@@ -296,29 +308,40 @@ int quantize_command(const Args& args, host::Registry& registry) {
     const std::string file = vm["eval"].as<std::string>();
     const auto& stream = eval_stream;
     const int64_t seqlen = eval_seqlen;
-    host::Model original = host::Model::load(model_dir, at::kFloat);
     json ppl;
-    ppl["original"] = perplexity_of(original, stream, seqlen, "original");
-    // The packed model: the original with each quantized layer replaced by its
-    // inference layer (when every format has one).
-    std::string results = (fs::path(out) / "quant_results.safetensors").string();
-    if (vm.count("from-results")) results = vm["from-results"].as<std::string>();
-    const bool packed = host::attach_packed_layers(registry, original, host::load_results(results));
-    if (packed) ppl["packed"] = perplexity_of(original, stream, seqlen, "packed");
+    // The original model's figure is kept between runs (eval/ppl_cache.hpp).
+    const std::string key = host::perplexity_key(model_dir, file, seqlen);
+    const std::optional<double> known = host::cached_perplexity(key);
+    host::Model original = host::Model::load(model_dir, at::kFloat);
+    ppl["original"] = known ? *known : perplexity_of(original, stream, seqlen, "original");
+    if (!known) host::remember_perplexity(key, ppl["original"].get<double>());
     // The checkpoint as written to --out, read back.
     const std::string saved_as = save_format;
     host::Model written = host::load_model(registry, out, at::kFloat);
     ppl[saved_as] = perplexity_of(written, stream, seqlen, saved_as);
+    // The packed model in memory (the original with each quantized layer run
+    // by its inference layer), when the written checkpoint is not itself run
+    // packed: then it is the only packed figure.
+    const bool written_packed = runs_packed(written);
+    bool packed = false;
+    if (!written_packed) {
+      std::string results = (fs::path(out) / "quant_results.safetensors").string();
+      if (vm.count("from-results")) results = vm["from-results"].as<std::string>();
+      packed = host::attach_packed_layers(registry, original, host::load_results(results));
+      if (packed) ppl["packed"] = perplexity_of(original, stream, seqlen, "packed");
+    }
     summary["perplexity"] = ppl;
     summary["perplexity_protocol"] = fmt::format(
         "{}: whole file, one BOS, non-overlapping windows of {} tokens, {} tokens", file, seqlen,
         stream.size());
     if (!vm.count("json")) {
       fmt::print("perplexity ({}):\n", summary["perplexity_protocol"].get<std::string>());
-      fmt::print("  original           {:.4f}\n  {:<18} {:.4f}  (the written checkpoint)\n",
-                 ppl["original"].get<double>(), saved_as, ppl[saved_as].get<double>());
+      fmt::print("  original           {:.4f}{}\n", ppl["original"].get<double>(),
+                 known ? "  (measured before for this model and text)" : "");
+      fmt::print("  {:<18} {:.4f}  (the written checkpoint{})\n", saved_as,
+                 ppl[saved_as].get<double>(), written_packed ? ", run packed" : "");
       if (packed) fmt::print("  packed             {:.4f}\n", ppl["packed"].get<double>());
-      else fmt::print("  packed             (no inference layer for every format)\n");
+      else if (!written_packed) fmt::print("  packed             (no inference layer for every format)\n");
     }
   }
   if (vm.count("json")) std::cout << summary.dump(2) << "\n";

@@ -12,6 +12,12 @@
 // token at a time through the KV cache), and, as the same-run baseline, the
 // time of the same linear layers as bare at::matmul calls (what the forward
 // pass cannot beat on this machine), plus peak RSS next to the model's size.
+// Then the two workloads of a quantize run with --eval: evaluation (batches of
+// --eval-batch windows of --seqlen tokens through the whole model, as `qforge
+// eval` runs them) and calibration (batches of 4 sequences through every
+// block, as the pipeline's forward passes), in tokens/s.
+// --default-malloc keeps glibc's allocation defaults instead of what the CLI
+// does (host/base/allocator.hpp), to measure the difference.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
@@ -25,6 +31,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "qforge_host/base/allocator.hpp"
 #include "qforge_host/model/model.hpp"
 #include "qforge_host/io/safetensors.hpp"
 
@@ -132,12 +139,35 @@ double linear_only_seconds(const qforge::host::Model& m, int64_t T) {
   return secs(t0);
 }
 
+// Tokens/s of `batches` forward passes of [batch, T] random ids through the
+// whole model (evaluation) or through every block (calibration).
+double eval_tokens_per_s(const qforge::host::Model& m, int64_t batch, int64_t T, int batches) {
+  at::Tensor ids = at::randint(0, m.config().vocab_size, {batch, T}, at::kLong);
+  (void)m.forward(ids.narrow(0, 0, 1).narrow(1, 0, std::min<int64_t>(8, T)));  // warm-up
+  auto t0 = Clock::now();
+  for (int k = 0; k < batches; ++k) (void)m.forward(ids);
+  return static_cast<double>(batches * batch * T) / secs(t0);
+}
+double calibration_tokens_per_s(const qforge::host::Model& m, int64_t T, int batches) {
+  const int64_t chunk = 4;
+  at::Tensor ids = at::randint(0, m.config().vocab_size, {chunk, T}, at::kLong);
+  auto t0 = Clock::now();
+  for (int k = 0; k < batches; ++k) {
+    at::Tensor h = m.embed(ids);
+    for (size_t b = 0; b < m.blocks().size(); ++b) h = m.block_forward(b, h, 0, nullptr, nullptr);
+  }
+  return static_cast<double>(batches * chunk * T) / secs(t0);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string model_dir, synthetic, keep;
   int64_t seqlen = 256, decode = 32;
   bool write_only = false;  // --synthetic with --keep DIR: only write the weights
+  bool default_malloc = false;
+  int64_t eval_batch = 8;
+  int batches = 2;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -147,12 +177,17 @@ int main(int argc, char** argv) {
     else if (a == "--seqlen") seqlen = std::stoll(next());
     else if (a == "--decode") decode = std::stoll(next());
     else if (a == "--write-only") write_only = true;
+    else if (a == "--default-malloc") default_malloc = true;
+    else if (a == "--eval-batch") eval_batch = std::stoll(next());
+    else if (a == "--batches") batches = std::stoi(next());
     else {
       fmt::print(stderr, "usage: {} (--model DIR | --synthetic llama-3.2-1b [--keep DIR]) "
-                 "[--seqlen N] [--decode N] [--write-only]\n", argv[0]);
+                 "[--seqlen N] [--decode N] [--eval-batch N] [--batches N] [--default-malloc] "
+                 "[--write-only]\n", argv[0]);
       return 2;
     }
   }
+  if (!default_malloc) qforge::host::keep_large_allocations_in_heap();
   at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
   fs::path tmp;
   std::string label = model_dir;
@@ -212,6 +247,13 @@ int main(int argc, char** argv) {
   fmt::print("decode:   {:.2f} tokens/s ({} tokens, KV cache); linear layers alone: {:.2f} tokens/s "
              "-> {:.0f}%\n",
              decode / decode_s, decode, 1 / lin_decode, 100 * lin_decode * decode / decode_s);
+  const int64_t T = std::min<int64_t>(seqlen + decode, c.max_position_embeddings);
+  fmt::print("eval:     {:.0f} tokens/s ({} batches of {} windows of {} tokens, whole model)\n",
+             eval_tokens_per_s(model, eval_batch, T, batches), batches, eval_batch, T);
+  fmt::print("calibrate: {:.0f} tokens/s ({} batches of 4 sequences of {} tokens, every block)\n",
+             calibration_tokens_per_s(model, T, batches), batches, T);
+  fmt::print("allocator: {}\n", default_malloc ? "glibc defaults (--default-malloc)"
+                                                : "large allocations kept in the heap (as the CLI)");
   fmt::print("peak RSS: {:.0f} MiB (before loading {:.0f} MiB; weights as float32 {:.0f} MiB)\n",
              peak_rss_mib(), rss_before, params * 4 / 1048576.0);
   if (!tmp.empty() && keep.empty()) fs::remove_all(tmp);

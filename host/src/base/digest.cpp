@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <vector>
 
@@ -70,6 +71,25 @@ std::string file_identity(const std::string& path) {
   const long long mtime_ns =
       static_cast<long long>(st.st_mtim.tv_sec) * 1000000000ll + st.st_mtim.tv_nsec;
   return std::to_string(size) + ":" + std::to_string(mtime_ns) + ":" + hex(h);
+}
+
+std::string text_digest(std::string_view text) {
+  uint64_t h = kFnvOffset;
+  fnv(h, text.data(), text.size());
+  return hex(h);
+}
+
+std::map<std::string, std::string> model_files_identity(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (!e.is_regular_file()) continue;
+    if (name == "config.json" || name.find("tokenizer") != std::string::npos)
+      out[name] = file_digest(e.path().string());
+    else if (e.path().extension() == ".safetensors" || name.find(".index.json") != std::string::npos)
+      out[name] = file_identity(e.path().string());
+  }
+  return out;
 }
 
 }  // namespace qforge::host

@@ -26,13 +26,7 @@ namespace qforge::host {
 namespace {
 
 json inputs_identity(const QuantizeOptions& o, const std::string& plugin_library) {
-  json model = json::object();
-  for (const auto& e : fs::directory_iterator(o.model_dir)) {
-    const std::string name = e.path().filename().string();
-    if (name == "config.json") model[name] = file_digest(e.path().string());
-    else if (e.path().extension() == ".safetensors" || name.find(".index.json") != std::string::npos)
-      model[name] = file_identity(e.path().string());
-  }
+  const json model = model_files_identity(o.model_dir);
   const std::string& calib = o.calibration.file;
   std::error_code ec;
   json calibration = !fs::is_regular_file(calib, ec) ? json(nullptr)  // the loader says why

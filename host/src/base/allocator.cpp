@@ -1,0 +1,12 @@
+#include "qforge_host/base/allocator.hpp"
+
+#include <malloc.h>
+
+namespace qforge::host {
+
+void keep_large_allocations_in_heap() {
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
+}
+
+}  // namespace qforge::host
