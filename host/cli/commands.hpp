@@ -21,6 +21,7 @@ int tokenize_command(const Args& args, host::Registry& registry);
 int eval_command(const Args& args, host::Registry& registry);
 int generate_command(const Args& args, host::Registry& registry);
 int quantize_command(const Args& args, host::Registry& registry);
+int new_plugin_command(const Args& args, host::Registry& registry);
 
 // Loads the plugins and logs one warning per refused library.
 void load_plugins(host::Registry& registry);

@@ -31,6 +31,7 @@ const char* kCommands =
     "  tokenize         print the token ids of a text under a model's tokenizer\n"
     "  eval             perplexity or multiple-choice accuracy of a model\n"
     "  generate         greedy text generation with a KV cache\n"
+    "  new-plugin       write a plugin project to start from (the SDK's example)\n"
     "\n"
     "Run `qforge <command> --help` for a command's options.\n"
     "Exit codes: 0 success, 2 bad usage or bad input, 1 a failure that is not the input's\n"
@@ -111,6 +112,7 @@ int run(int argc, char** argv) {
   if (command == "eval") return cli::eval_command(rest, registry);
   if (command == "quantize") return cli::quantize_command(rest, registry);
   if (command == "generate") return cli::generate_command(rest, registry);
+  if (command == "new-plugin") return cli::new_plugin_command(rest, registry);
   throw host::UsageError(fmt::format("unknown command '{}'\n\n{}", command, kCommands));
 }
 

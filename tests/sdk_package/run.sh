@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Installs the SDK from the build tree into a temporary prefix, builds the
-# example plugin as a separate project with find_package(qforge), and checks
-# that the qforge CLI loads it and runs it.
-# usage: run.sh <qforge build dir> <qforge binary> <example source dir>
+# Installs the SDK from the build tree into a temporary prefix, writes the
+# example plugin project with `qforge new-plugin`, builds it as a separate
+# project with find_package(qforge), and checks that the qforge CLI loads it
+# and runs it.
+# usage: run.sh <qforge build dir> <qforge binary>
 set -euo pipefail
-build="$1" qforge="$2" example="$3"
+build="$1" qforge="$2"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cmake --install "$build" --component sdk --prefix "$work/prefix" > /dev/null
+example="$work/my-plugin"
+"$qforge" new-plugin "$example" | tee "$work/new.txt"
+grep -q "quantize-layer --method org.example.ternary" "$work/new.txt"
+if "$qforge" new-plugin "$example" > /dev/null 2>&1; then echo "new-plugin overwrote a project"; exit 1; fi
 cmake -S "$example" -B "$work/build" -DCMAKE_PREFIX_PATH="$work/prefix" \
       -DCMAKE_BUILD_TYPE=Release > "$work/configure.log" || { cat "$work/configure.log"; exit 1; }
 cmake --build "$work/build" > "$work/build.log" || { cat "$work/build.log"; exit 1; }
