@@ -347,9 +347,9 @@ at::Tensor Model::block_forward_impl(size_t layer, const at::Tensor& h, int64_t 
   }
   // Grouped-query attention without copying K/V: the n_rep query heads that
   // share a KV head become n_rep*T rows of one batched matmul.
-  at::Tensor q3 = q.reshape({B * c.num_kv_heads, n_rep * T, D});
-  at::Tensor k3 = k.reshape({B * c.num_kv_heads, total, D});
-  at::Tensor v3 = v.reshape({B * c.num_kv_heads, total, D});
+  at::Tensor q3 = q.reshape({B, c.num_kv_heads, n_rep * T, D});
+  at::Tensor k3 = k.reshape({B, c.num_kv_heads, total, D});
+  at::Tensor v3 = v.reshape({B, c.num_kv_heads, total, D});
   // Query t (position start+t) sees key s when s <= start+t (and, with a
   // sliding window, s > start+t-window): an additive 0/-inf mask, fused into
   // the scaled QKᵀ product.
@@ -360,12 +360,19 @@ at::Tensor Model::block_forward_impl(size_t layer, const at::Tensor& h, int64_t 
   at::Tensor mask = at::zeros({T, total}, q.options())
                         .masked_fill_(hidden, -std::numeric_limits<float>::infinity())
                         .repeat({n_rep, 1});
-  at::Tensor scores = at::baddbmm(mask, q3, k3.transpose(1, 2), 1.0, 1.0 / std::sqrt(double(D)));
-  at::Tensor probs = at::softmax(scores.to(at::kFloat), -1).to(q.scalar_type());
-  at::Tensor attn = at::bmm(probs, v3)
-                        .view({B, c.num_heads, T, D})
-                        .transpose(1, 2)
-                        .reshape({B, T, c.num_heads * D});
+  // One sequence at a time: the scores of a batch ([B, heads, T, total]) are
+  // the largest tensors of a forward pass; per sequence they are B times
+  // smaller, reused from the heap instead of fresh pages each time, and every
+  // product has the same shape whatever the batch (as in Linear::forward).
+  at::Tensor attn = at::empty({B, c.num_kv_heads, n_rep * T, D}, q.options());
+  for (int64_t s = 0; s < B; ++s) {
+    at::Tensor scores =
+        at::baddbmm(mask, q3[s], k3[s].transpose(1, 2), 1.0, 1.0 / std::sqrt(double(D)));
+    at::Tensor probs = at::softmax(scores.to(at::kFloat), -1).to(q.scalar_type());
+    at::Tensor out_s = attn[s];
+    at::bmm_out(out_s, probs, v3[s]);
+  }
+  attn = attn.view({B, c.num_heads, T, D}).transpose(1, 2).reshape({B, T, c.num_heads * D});
   at::Tensor out = h + run(b.o_proj, attn);
 
   x = rms_norm(out, b.post_attention_norm, c.rms_norm_eps);

@@ -84,7 +84,8 @@ void check_limits(const QuantizeOptions& o, const Needs& needs, const ModelConfi
                      (cfg.hidden_size * static_cast<double>(c10::elementSize(o.act_dtype)) *
                           (needs.fp_stream ? 4 : 2) +
                       width * 4.0 * (needs.capture.inputs_q + needs.capture.inputs_fp));
-  const double scores = static_cast<double>(o.chunk) * cfg.num_heads * L * L * 4.0 * 2;
+  // Attention runs one sequence at a time (model.cpp): its scores and probabilities.
+  const double scores = static_cast<double>(cfg.num_heads) * L * L * 4.0 * 2;
   if (memory > 0 && (act > memory || scores > memory))
     throw UsageError(fmt::format(
         "--nsamples {} --seqlen {}: the calibration needs about {:.1f} GiB (activations {:.1f} "
