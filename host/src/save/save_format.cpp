@@ -26,7 +26,8 @@ void SaveFormat::check_plan(const std::vector<std::string>&, const std::vector<s
                             const ModelConfig&) const {}
 
 nlohmann::ordered_json SaveFormat::quantization_config(const std::vector<LayerReport>&,
-                                                       const ModelConfig&) const {
+                                                       const ModelConfig&,
+                                                       const std::vector<std::string>&) const {
   return nullptr;
 }
 
