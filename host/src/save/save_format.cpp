@@ -18,6 +18,7 @@ const Row kFormats[] = {
     {"dequantized", make_dequantized_format},
     {"gptq", make_gptq_v1_format},
     {"compressed-tensors", make_compressed_tensors_format},
+    {"qforge", make_native_format},
 };
 
 }  // namespace
@@ -49,7 +50,8 @@ std::string save_format_names() {
 }
 
 const std::vector<CheckpointReader>& checkpoint_readers() {
-  static const std::vector<CheckpointReader> readers = {kGptqV1Reader, kCompressedTensorsReader};
+  static const std::vector<CheckpointReader> readers = {kGptqV1Reader, kCompressedTensorsReader,
+                                                        kNativeReader};
   return readers;
 }
 
