@@ -169,7 +169,9 @@ int quantize_command(const Args& args, host::Registry& registry) {
        "checkpoint (quantization_config, quantize_config.json) for transformers/vLLM, needs a "
        "method writing org.qforge.gptq/1 and every block linear quantized with one setting; "
        "compressed-tensors: pack-quantized (llm-compressor's format, loaded by vLLM and "
-       "transformers) for any affine grid result, per-layer settings allowed")
+       "transformers) for any affine grid result, per-layer settings allowed; qforge: any "
+       "packed format (a third-party plugin's too) stored bit for bit with its format id and "
+       "metadata, read back only by qforge through that format's inference layer")
       ("resume", "continue an interrupted run in --out from its checkpoint")
       ("force", "delete model files in --out that this run would not write (a stale "
                 "model.safetensors, *.bin, an index) instead of refusing")

@@ -122,7 +122,8 @@ std::vector<std::string> CheckpointWriter::write_block(
     if (auto r = results.find(l->name); r != results.end()) {
       NamedTensors packed = format_->packed_linear(l->name, *r->second);
       if (!packed.empty()) {
-        for (auto& [name, t] : packed) add_float(name, t);
+        // As the format gave them: an inference layer reads them bit for bit.
+        for (auto& [name, t] : packed) w.emplace_back(name, t.contiguous());
         continue;
       }
     }
@@ -135,6 +136,16 @@ std::vector<std::string> CheckpointWriter::write_block(
   return {shard};
 }
 
+std::vector<std::string> CheckpointWriter::block_tensor_names() const {
+  std::vector<std::string> names;
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    const SafetensorsFile shard((out_ / shard_name(i)).string());
+    for (const auto& [name, info] : shard.tensors()) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 void CheckpointWriter::finish(const std::vector<LayerReport>& layers) {
   // Everything that can be refused is checked before the first file is written.
   ordered_json config = ordered_json::parse(
@@ -143,7 +154,7 @@ void CheckpointWriter::finish(const std::vector<LayerReport>& layers) {
     throw UsageError(fmt::format("{}/config.json is not a JSON object", model_dir_));
   config.erase("quantization_config");
   config["torch_dtype"] = "float16";
-  ordered_json quant = format_->quantization_config(layers, config_);
+  ordered_json quant = format_->quantization_config(layers, config_, block_tensor_names());
   if (!quant.is_null()) config["quantization_config"] = quant;
   // Written like every other file (a temporary name, then a rename): a
   // symlink planted in --out is replaced, never followed.

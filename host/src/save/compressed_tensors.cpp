@@ -18,6 +18,7 @@
 #include "compressed_tensors_codec.hpp"
 #include "formats.hpp"
 #include "qforge_host/base/errors.hpp"
+#include "qforge_host/save/checkpoint.hpp"
 #include "qforge_host/io/safetensors.hpp"
 
 using nlohmann::json;
@@ -98,12 +99,13 @@ class CompressedTensors final : public SaveFormat {
     }
     NamedTensors out = ct::pack(layer, l, at::kHalf);
     if (auto bias = r.tensors.find("bias"); bias != r.tensors.end())
-      out.emplace_back(layer + ".bias", bias->second);
+      out.emplace_back(layer + ".bias", to_half(layer + ".bias", bias->second));
     return out;
   }
 
   ordered_json quantization_config(const std::vector<LayerReport>& layers,
-                                   const ModelConfig& config) const override {
+                                   const ModelConfig& config,
+                                   const std::vector<std::string>&) const override {
     std::vector<std::pair<std::string, ct::Scheme>> quantized;
     for (const auto& l : layers) {
       auto it = schemes_.find(l.name);

@@ -13,5 +13,7 @@ std::unique_ptr<SaveFormat> make_gptq_v1_format();       // gptq_v1.cpp
 extern const CheckpointReader kGptqV1Reader;             // gptq_v1.cpp
 std::unique_ptr<SaveFormat> make_compressed_tensors_format();  // compressed_tensors.cpp
 extern const CheckpointReader kCompressedTensorsReader;        // compressed_tensors.cpp
+std::unique_ptr<SaveFormat> make_native_format();  // native.cpp
+extern const CheckpointReader kNativeReader;       // native.cpp
 
 }  // namespace qforge::host

@@ -16,6 +16,7 @@
 
 #include "formats.hpp"
 #include "qforge_host/base/errors.hpp"
+#include "qforge_host/save/checkpoint.hpp"
 #include "qforge_host/base/text.hpp"
 #include "qforge_host/io/safetensors.hpp"
 
@@ -119,12 +120,12 @@ class GptqV1 final : public SaveFormat {
       out.emplace_back(layer + "." + t, it->second.contiguous());
     }
     if (auto bias = q.tensors.find("bias"); bias != q.tensors.end())
-      out.emplace_back(layer + ".bias", bias->second);
+      out.emplace_back(layer + ".bias", to_half(layer + ".bias", bias->second));
     return out;
   }
 
-  ordered_json quantization_config(const std::vector<LayerReport>& layers,
-                                   const ModelConfig&) const override {
+  ordered_json quantization_config(const std::vector<LayerReport>& layers, const ModelConfig&,
+                                   const std::vector<std::string>&) const override {
     std::vector<std::pair<std::string, std::string>> fm;
     for (const auto& l : layers) fm.emplace_back(l.format, l.metadata);
     return gptq_config(fm);

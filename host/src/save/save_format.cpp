@@ -18,6 +18,7 @@ const Row kFormats[] = {
     {"dequantized", make_dequantized_format},
     {"gptq", make_gptq_v1_format},
     {"compressed-tensors", make_compressed_tensors_format},
+    {"qforge", make_native_format},
 };
 
 }  // namespace
@@ -26,7 +27,8 @@ void SaveFormat::check_plan(const std::vector<std::string>&, const std::vector<s
                             const ModelConfig&) const {}
 
 nlohmann::ordered_json SaveFormat::quantization_config(const std::vector<LayerReport>&,
-                                                       const ModelConfig&) const {
+                                                       const ModelConfig&,
+                                                       const std::vector<std::string>&) const {
   return nullptr;
 }
 
@@ -48,7 +50,8 @@ std::string save_format_names() {
 }
 
 const std::vector<CheckpointReader>& checkpoint_readers() {
-  static const std::vector<CheckpointReader> readers = {kGptqV1Reader, kCompressedTensorsReader};
+  static const std::vector<CheckpointReader> readers = {kGptqV1Reader, kCompressedTensorsReader,
+                                                        kNativeReader};
   return readers;
 }
 

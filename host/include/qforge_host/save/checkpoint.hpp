@@ -5,7 +5,9 @@
 // block finishes, plus model-rest), with the tokenizer files, config.json
 // (+ the format's side files) and model.safetensors.index.json written last,
 // so an interrupted run never leaves a directory that looks complete. Every
-// floating tensor is float16 (a value beyond float16's range is an error).
+// dense floating tensor is float16 (a value beyond float16's range is an
+// error); a quantized linear's packed tensors are stored as its format's
+// packed_linear returns them.
 #pragma once
 
 #include <filesystem>
@@ -47,6 +49,8 @@ class CheckpointWriter final : public BlockSink {
   static std::string shard_name(size_t i);
 
  private:
+  // The tensors of every block shard (headers only), sorted.
+  std::vector<std::string> block_tensor_names() const;
   std::unique_ptr<SaveFormat> format_;
   std::string model_dir_;
   std::filesystem::path out_;
@@ -70,7 +74,8 @@ LinearLoader packed_linear_loader(const Registry& registry, const std::string& m
 Model load_model(const Registry& registry, const std::string& dir, at::ScalarType dtype,
                  bool with_blocks = true);
 
-// Floating tensors as float16; a value beyond float16's range is an error.
+// Floating tensors as float16 (others as they are, contiguous); a value beyond
+// float16's range is an error.
 at::Tensor to_half(const std::string& name, const at::Tensor& t);
 
 }  // namespace qforge::host

@@ -34,12 +34,19 @@ class SaveFormat {
                           const std::vector<std::string>& selected,
                           const ModelConfig& config) const;
   // The tensors storing quantized linear `layer` (named "<layer>.<tensor>"),
-  // or an empty list to store its dequantized weight. Refuses (UsageError)
-  // a result the format cannot hold, before anything of its block is written.
+  // or an empty list to store its dequantized weight. They are stored as
+  // returned, dtype included (the writer turns only dense tensors into
+  // float16): a format converts what its layout wants converted. Refuses
+  // (UsageError) a result the format cannot hold, before anything of its
+  // block is written.
   virtual NamedTensors packed_linear(const std::string& layer, const QuantResult& result) = 0;
   // config.json's "quantization_config" (null: none) for the quantized layers.
+  // `stored`: the names of the tensors in the block shards, sorted, those a
+  // resumed run's earlier process wrote included (packed_linear was not
+  // called for them in this process).
   virtual nlohmann::ordered_json quantization_config(const std::vector<LayerReport>& layers,
-                                                     const ModelConfig& config) const;
+                                                     const ModelConfig& config,
+                                                     const std::vector<std::string>& stored) const;
   // Files written beside config.json (name, text), given that config.
   virtual std::vector<std::pair<std::string, std::string>> side_files(
       const nlohmann::ordered_json& quantization_config) const;
