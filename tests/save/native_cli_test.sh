@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
 # --save-format qforge from the command line, on stories260K:
-#  - RTN 4-bit g32 and GPTQ: `quantize --eval`'s figure for the written
-#    checkpoint (read back packed) is the in-memory packed model's, and
-#    `qforge eval --model OUT` gives the written figure exactly. Written and
-#    packed differ only by the dense tensors (embedding, norms: float16 in
-#    every checkpoint, float32 in stories260K), so they agree to 1e-3
-#    relative, not bit for bit; that the packed layers themselves round-trip
-#    bit for bit (logits equal exactly) is native_test's job;
+#  - RTN 4-bit g32 and GPTQ: `quantize --eval` measures the written
+#    checkpoint run packed (so not the in-memory packed model again), and
+#    `qforge eval --model OUT` gives the written figure exactly; that the
+#    packed layers round-trip bit for bit (logits equal the in-memory packed
+#    model's exactly) is native_test's job;
 #  - a third-party format (org.example.sign/1 from tests/save/third_party,
 #    loaded with --plugin-dir) saved and read back through its own inference
 #    layer alike; without that plugin its checkpoint is refused (exit 2, one
@@ -18,6 +16,7 @@ set -uo pipefail
 qforge="$1" shared="$2" sign="$3"
 source "$(dirname "${BASH_SOURCE[0]}")/../support/stories.sh"
 head -c 60000 "$shared/data/tinystories_valid.txt" > "$work/eval.txt"
+export QFORGE_CACHE="$work/cache"
 
 # field <json file> <key>: perplexity[key] as Python's repr (every digit), or "".
 field() {
@@ -26,9 +25,6 @@ p = json.load(open(sys.argv[1])).get("perplexity", {})
 v = p.get(sys.argv[2])
 print(repr(v) if isinstance(v, float) else "")' "$1" "$2" 2> /dev/null
 }
-# close <a> <b>: |a - b| <= 1e-3 |b|
-close() { python3 -c 'import sys; a, b = map(float, sys.argv[1:]); sys.exit(abs(a - b) > 1e-3 * abs(b))' "$1" "$2"; }
-
 # round_trip <name> <global options> -- <quantize options>: quantize into
 # $work/<name> with --eval, then `qforge eval` the checkpoint.
 round_trip() {
@@ -47,8 +43,8 @@ round_trip() {
   evaluated=$(python3 -c 'import json, sys; print(repr(json.load(open(sys.argv[1]))["perplexity"]["ppl"]))' \
     "$work/$name.eval.json" 2> /dev/null)
   echo "$name: original $(field "$work/$name.json" original), packed $packed, written $written, eval $evaluated"
-  check "$name: the written checkpoint's perplexity is the packed model's (float16 dense tensors aside)" \
-    '[ -n "$written" ] && [ -n "$packed" ] && close "$written" "$packed"'
+  check "$name: the written checkpoint is measured, run packed (the in-memory packed model is not measured again)" \
+    '[ -n "$written" ] && [ -z "$packed" ]'
   check "$name: qforge eval gives the written checkpoint's figure exactly" \
     '[ -n "$evaluated" ] && [ "$evaluated" = "$written" ]'
   check "$name: config.json says quant_method qforge" \
