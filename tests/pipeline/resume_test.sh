@@ -49,6 +49,22 @@ for run in killed int; do
   done
   test ! -e "$work/$run/.qforge-checkpoint" || { echo "FAIL: checkpoint left behind in $run"; exit 1; }
 done
+# Packed save formats resume too: the per-layer settings of the blocks an
+# earlier run wrote come back from the checkpoint (config.json as uninterrupted).
+for format in compressed-tensors qforge; do
+  saved=("${args[@]}"); args+=(--save-format "$format")
+  "$qforge" "${args[@]}" --out "$work/full-$format" > /dev/null
+  interrupt KILL "$work/killed-$format"
+  "$qforge" "${args[@]}" --out "$work/killed-$format" --resume > /dev/null 2> "$work/err3" ||
+    { echo "FAIL: --resume with --save-format $format"; cat "$work/err3"; exit 1; }
+  for f in "$work/full-$format"/*; do
+    name="$(basename "$f")"
+    [ "$name" = quant_results.safetensors ] && continue
+    cmp -s "$f" "$work/killed-$format/$name" ||
+      { echo "FAIL: $format: $name differs from the uninterrupted run"; exit 1; }
+  done
+  args=("${saved[@]}")
+done
 # A different option set must not resume someone else's checkpoint.
 interrupt KILL "$work/other"
 set +e

@@ -321,6 +321,10 @@ class StopAt final : public qh::BlockSink {
     if (i == stop_) throw std::runtime_error("stopped");
     return inner_.write_block(i, b, results);
   }
+  void restore_block(size_t i,
+                     const std::map<std::string, const qh::QuantResult*>& results) override {
+    inner_.restore_block(i, results);
+  }
   void finish(const std::vector<qh::LayerReport>& layers) override { inner_.finish(layers); }
 
  private:

@@ -219,6 +219,12 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
   RunCheckpoint ckpt(o.out_dir);
   const std::string fingerprint = options_fingerprint(o, sink.name(), q->library);
   ResumeState state = start(o, needs, ckpt, model, fingerprint);
+  for (int64_t i = 0; i < state.next_block; ++i) {  // what earlier runs wrote
+    const std::vector<SavedLayer> earlier = load_results(ckpt.results_path(i));
+    std::map<std::string, const QuantResult*> packed;
+    for (const auto& r : earlier) packed[r.report.name] = &r.result;
+    sink.restore_block(static_cast<size_t>(i), packed);
+  }
   auto record = std::make_unique<ActivityRecord>(ckpt.activity_path());
   QuantizeSummary summary;
   summary.calibration = state.calibration;

@@ -105,6 +105,13 @@ void CheckpointWriter::check_plan(const std::vector<std::string>& formats,
   format_->check_plan(formats, selected, config_);
 }
 
+void CheckpointWriter::restore_block(size_t,
+                                     const std::map<std::string, const QuantResult*>& results) {
+  // The format sees each packed result again, as when the block was written
+  // (its tensors are already in the block's shard and are not kept).
+  for (const auto& [layer, result] : results) (void)format_->packed_linear(layer, *result);
+}
+
 std::vector<std::string> CheckpointWriter::write_block(
     size_t i, const Block& b, const std::map<std::string, const QuantResult*>& results) {
   const std::string p = config_.arch.layout->prefix(static_cast<int64_t>(i));

@@ -39,6 +39,10 @@ class BlockSink {
   // the files written (a resumed run checks they are unchanged).
   virtual std::vector<std::string> write_block(
       size_t i, const Block& block, const std::map<std::string, const QuantResult*>& results) = 0;
+  // A resumed run: block `i` was written by an earlier run, with these packed
+  // results (from the checkpoint); the sink takes back what it learned then
+  // (e.g. the per-layer settings its config lists). Nothing is written.
+  virtual void restore_block(size_t i, const std::map<std::string, const QuantResult*>& results) = 0;
   // Everything else, once every block is written.
   virtual void finish(const std::vector<LayerReport>& layers) = 0;
 };

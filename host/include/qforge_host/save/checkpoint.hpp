@@ -44,6 +44,7 @@ class CheckpointWriter final : public BlockSink {
                   const std::vector<std::string>& selected) const override;
   std::vector<std::string> write_block(
       size_t i, const Block& block, const std::map<std::string, const QuantResult*>& results) override;
+  void restore_block(size_t i, const std::map<std::string, const QuantResult*>& results) override;
   void finish(const std::vector<LayerReport>& layers) override;
 
   static std::string shard_name(size_t i);
