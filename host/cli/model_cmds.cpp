@@ -28,7 +28,8 @@ namespace {
 void add_model_options(po::options_description& opts) {
   opts.add_options()
       ("model", po::value<std::string>(), "Hugging Face model directory (config.json, safetensors, tokenizer); "
-       "a GPTQ checkpoint (AutoGPTQ v1) runs packed through the plugins")
+       "a quantized checkpoint (AutoGPTQ v1, compressed-tensors pack-quantized, qforge) runs "
+       "packed through the plugins' inference layers")
       ("dtype", po::value<std::string>()->default_value("float32"),
        "compute dtype: float32, bfloat16 or float16");
 }
