@@ -33,6 +33,9 @@ Q=("$qforge" --plugin-dir "$plugins/crash_weights" quantize --model "$M"
 QF_TEST_CRASH_AT=model.layers.2.mlp timeout 120 "${Q[@]}" --out "$work/crash" \
   > "$work/out" 2> "$work/err"; rc=$?
 check "a crash in block 2 kills the run with the crash's status (got $rc)" '[ $rc -eq 139 ]'
+timeout 120 "${Q[@]}" --out "$work/crash" > "$work/out" 2> "$work/err"; rc=$?
+check "a rerun without --resume is refused in one line that also names what died (exit $rc)" \
+  '[ $rc -eq 2 ] && [ $(wc -l < "$work/err") -eq 1 ] && grep -q "resume.*died while running org.qforge.test.crash-weights" "$work/err"'
 QF_TEST_CRASH_AT=nowhere timeout 120 "${Q[@]}" --out "$work/crash" --resume \
   > "$work/out" 2> "$work/err"; rc=$?
 check "--resume continues from block 2 and finishes (exit $rc)" \

@@ -153,22 +153,38 @@ ResumeState start(const QuantizeOptions& o, const Needs& needs, const RunCheckpo
   if (fs::is_symlink(ckpt.dir()))  // planted: writing through it would leave --out
     throw UsageError(fmt::format("{} is a symbolic link; qforge keeps its checkpoint only inside "
                                  "--out", ckpt.dir().string()));
+  // What the previous run into --out was running when it died: said once,
+  // in the refusal when there is one, else as a warning.
   const std::string died_in = ckpt.last_activity();
-  if (!died_in.empty())
-    log(LogLevel::warn, "the previous run into {} died while running {}", o.out_dir, died_in);
+  const std::string previous =
+      died_in.empty() ? "" : fmt::format("the previous run into {} died while running {}",
+                                         o.out_dir, died_in);
+  auto refuse = [&](const std::string& why) {
+    throw UsageError(previous.empty() ? why : why + "; " + previous);
+  };
+  auto carry_on = [&] {
+    if (!previous.empty()) log(LogLevel::warn, "{}", previous);
+  };
   if (o.resume && ckpt.exists()) {
-    ResumeState state = ckpt.load(fingerprint, o.act_dtype);
+    ResumeState state;
+    try {
+      state = ckpt.load(fingerprint, o.act_dtype);
+    } catch (const UsageError& e) {
+      refuse(e.what());
+    }
+    carry_on();
     log(LogLevel::info, "resuming at block {}/{} from {}", state.next_block,
         model.config().num_layers, ckpt.dir().string());
     return state;
   }
   const fs::path out(o.out_dir);
   if (fs::exists(out / "model.safetensors.index.json"))
-    throw UsageError(fmt::format("{} already holds a model; choose another --out or delete it",
-                                 out.string()));
+    refuse(fmt::format("{} already holds a model; choose another --out or delete it",
+                       out.string()));
   if (ckpt.exists())  // (with --resume it was loaded above)
-    throw UsageError(fmt::format("{} holds the checkpoint of an unfinished run; continue it with "
-                                 "--resume, or choose another --out or delete it", out.string()));
+    refuse(fmt::format("{} holds the checkpoint of an unfinished run; continue it with --resume, "
+                       "or choose another --out or delete it", out.string()));
+  carry_on();
   // A run that stopped before finishing its first block left no state: nothing to keep.
   if (fs::exists(ckpt.dir()))
     log(LogLevel::info, "the checkpoint in {} has no finished block; starting at block 0",

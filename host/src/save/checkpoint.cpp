@@ -80,6 +80,8 @@ CheckpointWriter::CheckpointWriter(std::unique_ptr<SaveFormat> format, std::stri
     for (const auto& e : fs::directory_iterator(dir, ec))
       if (e.path().filename().string().find(".tmp-") != std::string::npos) fs::remove(e.path(), ec);
   }
+  // An unfinished run's shards are not stale: the pipeline says to --resume it.
+  if (!options.resume && fs::exists(out_ / ".qforge-checkpoint" / "state.json")) return;
   const std::vector<std::string> stale = foreign_model_files(out_, options.resume);
   if (stale.empty()) return;
   if (!options.force)
