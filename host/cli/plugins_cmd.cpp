@@ -80,21 +80,24 @@ int list(host::Registry& registry, bool as_json) {
     std::cout << out.dump(2) << "\n";
     return host::kExitOk;
   }
-  size_t wid = 2, wkind = 4;
+  // Columns as wide as their longest entry (a long vendor name included).
+  size_t wid = 2, wkind = 4, wversion = 7, wvendor = 6;
   for (const auto& c : registry.components()) {
     wid = std::max(wid, std::strlen(c.desc->id));
     wkind = std::max(wkind, std::strlen(host::kind_name(c.desc->kind)));
+    wversion = std::max(wversion, std::strlen(c.desc->version));
+    wvendor = std::max(wvendor, std::strlen(c.desc->vendor));
   }
-  fmt::print("{:<{}}  {:<{}}  {:<8}  {:<12}  {}\n", "ID", wid, "KIND", wkind, "VERSION", "VENDOR",
-             "PARAMETERS");
+  fmt::print("{:<{}}  {:<{}}  {:<{}}  {:<{}}  {}\n", "ID", wid, "KIND", wkind, "VERSION", wversion,
+             "VENDOR", wvendor, "PARAMETERS");
   for (const auto& c : registry.components()) {
     std::string params;
     for (uint32_t k = 0; k < c.desc->param_count; ++k)
       params += (k ? " " : "") + fmt::format("{}={}", c.desc->params[k]->name,
                                              or_dash(c.desc->params[k]->default_value));
-    fmt::print("{:<{}}  {:<{}}  {:<8}  {:<12}  {}\n", c.desc->id, wid,
-               host::kind_name(c.desc->kind), wkind, c.desc->version, c.desc->vendor,
-               params.empty() ? "-" : params);
+    fmt::print("{:<{}}  {:<{}}  {:<{}}  {:<{}}  {}\n", c.desc->id, wid,
+               host::kind_name(c.desc->kind), wkind, c.desc->version, wversion, c.desc->vendor,
+               wvendor, params.empty() ? "-" : params);
   }
   if (registry.components().empty())
     fmt::print("(no plugins found in: {})\n", fmt::join(registry.directories(), ", "));
