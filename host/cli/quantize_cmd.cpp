@@ -205,11 +205,11 @@ int quantize_command(const Args& args, host::Registry& registry) {
         throw host::UsageError(fmt::format("--eval {}: not a readable, non-empty text file", e));
     }
   }
+  const int64_t positions = host::load_config(model_dir).max_position_embeddings;
   // The evaluation text and window, checked now rather than after the run.
   std::vector<int32_t> eval_stream;
   int64_t eval_seqlen = 0;
   if (vm.count("eval")) {
-    const int64_t positions = host::load_config(model_dir).max_position_embeddings;
     eval_seqlen = vm.count("eval-seqlen") ? vm["eval-seqlen"].as<int64_t>()
                                           : std::min<int64_t>(2048, positions);
     if (eval_seqlen < 2 || eval_seqlen > positions)
@@ -255,7 +255,6 @@ int quantize_command(const Args& args, host::Registry& registry) {
     o.calibration.seqlen = vm["seqlen"].as<int64_t>();
     // The default window is 2048 tokens: cut to the model's positions, and say so
     // (an explicit --seqlen beyond them is refused by the pipeline).
-    const int64_t positions = host::load_config(model_dir).max_position_embeddings;
     if (vm["seqlen"].defaulted() && positions > 0 && o.calibration.seqlen > positions) {
       o.calibration.seqlen = positions;
       host::log(host::LogLevel::info, "--seqlen {} (the model's max_position_embeddings)",
