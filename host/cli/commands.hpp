@@ -9,6 +9,10 @@
 #include <string>
 #include <vector>
 
+#include <boost/program_options.hpp>
+#include <nlohmann/json.hpp>
+
+#include "qforge_host/data/calibration.hpp"
 #include "qforge_host/plugins/registry.hpp"
 
 namespace qforge::cli {
@@ -22,6 +26,35 @@ int eval_command(const Args& args, host::Registry& registry);
 int generate_command(const Args& args, host::Registry& registry);
 int quantize_command(const Args& args, host::Registry& registry);
 int new_plugin_command(const Args& args, host::Registry& registry);
+int postprocess_command(const Args& args, host::Registry& registry);
+
+// Post-processes run on a saved quantized checkpoint (postprocess_cmd.cpp).
+struct PostprocessStep {
+  std::string id;                          // a post-process component
+  std::map<std::string, std::string> set;  // its parameters (--pp-set)
+};
+struct PostprocessPlan {
+  std::string model_dir;     // the quantized checkpoint
+  std::string out_dir;       // may be model_dir: the adapter is added beside it
+  std::string teacher_dir;   // the unquantized model ("" when none)
+  host::CalibrationOptions data;  // the training file
+  std::vector<PostprocessStep> steps;
+  std::string adapter;       // an existing PEFT adapter to apply first (with merge)
+  bool merge = false;        // write a float16 model with the adapters folded in
+  bool resume = false;       // continue unfinished training from its checkpoint
+  bool lock = true;          // take --out's lock (quantize already holds it)
+};
+// Runs the plan; returns a JSON summary of each step. Throws UsageError,
+// PluginError, Cancelled (the training checkpoint is kept for --resume).
+nlohmann::json run_postprocess_plan(host::Registry& registry, const PostprocessPlan& plan);
+// "--postprocess ID --pp-set k=v ..." in command-line order: each --pp-set
+// belongs to the --postprocess before it.
+std::vector<PostprocessStep> postprocess_steps(const Args& args);
+// The options saying what to post-process with (--postprocess, --pp-set,
+// --teacher, --train-data, ...), shared by quantize and postprocess, and
+// their values into a plan.
+void add_postprocess_options(boost::program_options::options_description& opts);
+void fill_training_options(const boost::program_options::variables_map& vm, PostprocessPlan& plan);
 
 // Loads the plugins and logs one warning per refused library.
 void load_plugins(host::Registry& registry);

@@ -26,6 +26,7 @@ const char* kCommands =
     "Commands:\n"
     "  quantize         quantize a model block by block with a method plugin\n"
     "  plugins          list plugins; `plugins show ID` describes one component\n"
+    "  postprocess      post-processes (e.g. LoRA SFT) on a saved quantized checkpoint\n"
     "  quantize-layer   quantize one random weight matrix with a method and check\n"
     "                   its packed inference layer (a quick check of a plugin)\n"
     "  tokenize         print the token ids of a text under a model's tokenizer\n"
@@ -113,6 +114,7 @@ int run(int argc, char** argv) {
   if (command == "quantize") return cli::quantize_command(rest, registry);
   if (command == "generate") return cli::generate_command(rest, registry);
   if (command == "new-plugin") return cli::new_plugin_command(rest, registry);
+  if (command == "postprocess") return cli::postprocess_command(rest, registry);
   throw host::UsageError(fmt::format("unknown command '{}'\n\n{}", command, kCommands));
 }
 

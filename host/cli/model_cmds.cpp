@@ -11,6 +11,7 @@
 
 #include "commands.hpp"
 #include "qforge_host/save/checkpoint.hpp"
+#include "qforge_host/save/peft.hpp"
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/base/text.hpp"
 #include "qforge_host/base/log.hpp"
@@ -31,7 +32,9 @@ void add_model_options(po::options_description& opts) {
        "a quantized checkpoint (AutoGPTQ v1, compressed-tensors pack-quantized, qforge) runs "
        "packed through the plugins' inference layers")
       ("dtype", po::value<std::string>()->default_value("float32"),
-       "compute dtype: float32, bfloat16 or float16");
+       "compute dtype: float32, bfloat16 or float16")
+      ("adapter", po::value<std::string>(), "a PEFT LoRA adapter directory to apply (e.g. DIR/adapter "
+       "written by `qforge postprocess`)");
 }
 
 
@@ -51,7 +54,10 @@ std::string require_model(const po::variables_map& vm) {
 host::Model load_model(host::Registry& registry, const std::string& dir,
                        const po::variables_map& vm) {
   if (host::declares_quantization(dir)) load_plugins(registry);
-  return host::load_model(registry, dir, parse_dtype(vm["dtype"].as<std::string>(), "--dtype"));
+  host::Model model =
+      host::load_model(registry, dir, parse_dtype(vm["dtype"].as<std::string>(), "--dtype"));
+  if (vm.count("adapter")) host::apply_peft_adapter(model, vm["adapter"].as<std::string>());
+  return model;
 }
 
 }  // namespace
@@ -95,6 +101,7 @@ int eval_command(const Args& args, host::Registry& registry) {
   host::Model model = load_model(registry, dir, vm);
   auto tok = host::load_tokenizer(dir);
   json out = {{"model", dir}, {"dtype", vm["dtype"].as<std::string>()}};
+  if (vm.count("adapter")) out["adapter"] = vm["adapter"].as<std::string>();
 
   if (vm.count("ppl")) {
     std::string file = vm["ppl"].as<std::string>();

@@ -55,7 +55,7 @@ JsonKind kind_of(const po::option_description& o) {
 // both is taken from the command line, a --set name replaces the recipe's,
 // and command-line --override patterns come after the recipe's (later wins).
 void apply_recipe(const std::string& path, const po::options_description& opts,
-                  po::variables_map& vm) {
+                  po::variables_map& vm, std::vector<PostprocessStep>& steps) {
   json r = json::parse(host::read_file(path, "recipe"), nullptr, false);
   if (r.is_discarded() || !r.is_object())
     throw host::UsageError(fmt::format("{}: a recipe must be a JSON object", path));
@@ -69,9 +69,22 @@ void apply_recipe(const std::string& path, const po::options_description& opts,
   std::vector<std::string> args;
   for (const auto& [key, value] : r.items()) {
     if (key == "recipe") throw host::UsageError(fmt::format("{}: a recipe cannot include another", path));
-    if (key == "postprocess") {
-      if (!value.is_array() || !value.empty())
-        throw host::UsageError(fmt::format("{}: no post-process plugin exists yet; \"postprocess\" must be []", path));
+    if (key == "postprocess") {  // [{"id": ..., "set": {...}}, ...]
+      if (!value.is_array()) throw bad(key, "an array of {\"id\": ..., \"set\": {...}}");
+      for (const auto& step : value) {
+        if (!step.is_object() || !step.contains("id") || !step["id"].is_string())
+          throw bad(key, "an array of {\"id\": ..., \"set\": {...}}");
+        std::vector<std::string> sets;
+        for (const auto& [k, v] : step.items()) {
+          if (k == "id") continue;
+          if (k != "set" || !v.is_object()) throw bad(key + "[].set", "an object of parameter values");
+          for (const auto& [name, x] : v.items()) {
+            if (!x.is_primitive() || x.is_null()) throw bad("postprocess[].set." + name, "a string, number or boolean");
+            sets.push_back(name + "=" + (x.is_string() ? x.get<std::string>() : x.dump()));
+          }
+        }
+        steps.push_back({step["id"].get<std::string>(), parse_sets(sets)});
+      }
       continue;
     }
     const po::option_description* o = opts.find_nothrow(key, false);
@@ -183,13 +196,17 @@ int quantize_command(const Args& args, host::Registry& registry) {
        "packed model in memory when the checkpoint is not run packed")
       ("eval-seqlen", po::value<int64_t>(), "perplexity window (default: min(2048, max_position_embeddings))")
       ("json", "print a JSON summary");
+  add_postprocess_options(opts);
   po::variables_map vm;
   po::store(po::command_line_parser(args).options(opts).run(), vm);
   if (vm.count("help")) {
     std::cout << opts << "\n";
     return host::kExitOk;
   }
-  if (vm.count("recipe")) apply_recipe(vm["recipe"].as<std::string>(), opts, vm);
+  // Post-processes: the command line's, else the recipe's ("postprocess").
+  std::vector<PostprocessStep> recipe_steps, steps = postprocess_steps(args);
+  if (vm.count("recipe")) apply_recipe(vm["recipe"].as<std::string>(), opts, vm, recipe_steps);
+  if (steps.empty()) steps = recipe_steps;
   po::notify(vm);
   if (!vm.count("model")) throw host::UsageError("--model DIR is required");
   if (!vm.count("out")) throw host::UsageError("--out DIR is required");
@@ -303,6 +320,31 @@ int quantize_command(const Args& args, host::Registry& registry) {
       fmt::print("wrote {} ({} checkpoint) and {}\n", out, save_format,
                  s.results_file);
     }
+  }
+
+  if (!steps.empty()) {
+    PostprocessPlan plan;
+    plan.model_dir = out;
+    plan.out_dir = out;
+    plan.steps = steps;
+    fill_training_options(vm, plan);
+    if (plan.teacher_dir.empty()) plan.teacher_dir = model_dir;
+    if (plan.data.file.empty() && vm.count("calib")) {
+      plan.data.file = vm["calib"].as<std::string>();
+      plan.data.format = vm["calib-format"].as<std::string>();
+      plan.data.text_field = vm["text-field"].as<std::string>();
+    }
+    plan.lock = false;  // the writer holds --out's lock
+    try {
+      InterruptScope interruptible;
+      summary["postprocess"] = run_postprocess_plan(registry, plan);
+    } catch (const host::Cancelled&) {
+      fmt::print(stderr, "qforge: stopped; the quantized model is in {} and its training is "
+                 "checkpointed — continue with `qforge postprocess --model {} --out {} --resume` "
+                 "and the same --postprocess options\n", out, out, out);
+      return host::kExitCancelled;
+    }
+    if (!vm.count("json")) fmt::print("post-processes done; adapter in {}/adapter\n", out);
   }
 
   if (vm.count("eval")) {

@@ -15,6 +15,7 @@
  * The same file is also compiled as C++ (layout_test_cxx.cpp) so that the
  * host's compiler sees the same layout as a plugin's C compiler. */
 #include <qforge/qforge.h>
+#include <qforge/ext/train.h>
 
 #include <stddef.h>
 #include <stdint.h>
@@ -58,6 +59,10 @@ QF_ENUM(QFORGE_STATUS_UNSUPPORTED, 2);
 QF_ENUM(QFORGE_STATUS_OUT_OF_MEMORY, 3);
 QF_ENUM(QFORGE_STATUS_CANCELLED, 4);
 QF_ENUM(QFORGE_STATUS_IO, 5);
+QF_ENUM(QFORGE_LOSS_CROSS_ENTROPY, 1);
+QF_ENUM(QFORGE_LOSS_KL_TEACHER, 2);
+QF_ENUM(QFORGE_LOSS_MSE_TEACHER_LOGITS, 3);
+QF_ENUM(QFORGE_LOSS_MSE_TEACHER_BLOCKS, 4);
 QF_ENUM(QFORGE_STATUS_INTERNAL, 6);
 
 QF_ENUM(QFORGE_PARAM_BOOL, 1);
@@ -251,7 +256,7 @@ QF_FIELD(qforge_inference_layer, backward_input, 48, P);
 QF_FIELD(qforge_inference_layer, dequantize, 56, P);
 
 /* ---- postprocess.h ---- */
-QF_SIZE(qforge_model_services, 48);
+QF_SIZE(qforge_model_services, 64); /* 48 in 1.0 */
 QF_STRUCT_SIZE_FIRST(qforge_model_services);
 QF_FIELD(qforge_model_services, reserved, 4, 4);
 QF_FIELD(qforge_model_services, host_data, 8, P);
@@ -259,6 +264,60 @@ QF_FIELD(qforge_model_services, layer_count, 16, P);
 QF_FIELD(qforge_model_services, layer_name, 24, P);
 QF_FIELD(qforge_model_services, get_parameter, 32, P);
 QF_FIELD(qforge_model_services, set_parameter, 40, P);
+/* appended in 1.1 */
+QF_FIELD(qforge_model_services, block_count, 48, P);
+QF_FIELD(qforge_model_services, layer_info, 56, P);
+
+/* ---- ext/train.h (1.1) ---- */
+QF_SIZE(qforge_loss_term, 40);
+QF_STRUCT_SIZE_FIRST(qforge_loss_term);
+QF_FIELD(qforge_loss_term, kind, 4, 4);
+QF_FIELD(qforge_loss_term, weight, 8, 8);
+QF_FIELD(qforge_loss_term, temperature, 16, 8);
+QF_FIELD(qforge_loss_term, blocks, 24, P);
+QF_FIELD(qforge_loss_term, block_count, 32, 4);
+QF_FIELD(qforge_loss_term, reserved, 36, 4);
+
+QF_SIZE(qforge_train_config, 104);
+QF_STRUCT_SIZE_FIRST(qforge_train_config);
+QF_FIELD(qforge_train_config, teacher, 4, 4);
+QF_FIELD(qforge_train_config, max_length, 8, 8);
+QF_FIELD(qforge_train_config, max_samples, 16, 8);
+QF_FIELD(qforge_train_config, batch_size, 24, 8);
+QF_FIELD(qforge_train_config, shuffle_seed, 32, 8);
+QF_FIELD(qforge_train_config, lr, 40, 8);
+QF_FIELD(qforge_train_config, weight_decay, 48, 8);
+QF_FIELD(qforge_train_config, beta1, 56, 8);
+QF_FIELD(qforge_train_config, beta2, 64, 8);
+QF_FIELD(qforge_train_config, eps, 72, 8);
+QF_FIELD(qforge_train_config, max_grad_norm, 80, 8);
+QF_FIELD(qforge_train_config, teacher_top_k, 88, 4);
+QF_FIELD(qforge_train_config, reserved, 92, 4);
+QF_FIELD(qforge_train_config, teacher_cache_temperature, 96, 8);
+
+QF_SIZE(qforge_adapter_vtable, 64);
+QF_STRUCT_SIZE_FIRST(qforge_adapter_vtable);
+QF_FIELD(qforge_adapter_vtable, reserved, 4, 4);
+QF_FIELD(qforge_adapter_vtable, param_count, 8, P);
+QF_FIELD(qforge_adapter_vtable, param, 16, P);
+QF_FIELD(qforge_adapter_vtable, forward, 24, P);
+QF_FIELD(qforge_adapter_vtable, backward, 32, P);
+QF_FIELD(qforge_adapter_vtable, merge, 40, P);
+QF_FIELD(qforge_adapter_vtable, export_format, 48, P);
+QF_FIELD(qforge_adapter_vtable, destroy, 56, P);
+
+QF_SIZE(qforge_host_train, 80);
+QF_STRUCT_SIZE_FIRST(qforge_host_train);
+QF_FIELD(qforge_host_train, reserved, 4, 4);
+QF_FIELD(qforge_host_train, trainer_create, 8, P);
+QF_FIELD(qforge_host_train, trainer_destroy, 16, P);
+QF_FIELD(qforge_host_train, attach_adapter, 24, P);
+QF_FIELD(qforge_host_train, batch_count, 32, P);
+QF_FIELD(qforge_host_train, set_schedule, 40, P);
+QF_FIELD(qforge_host_train, loss_backward, 48, P);
+QF_FIELD(qforge_host_train, step, 56, P);
+QF_FIELD(qforge_host_train, save_state, 64, P);
+QF_FIELD(qforge_host_train, restore_state, 72, P);
 
 QF_SIZE(qforge_postprocess, 16);
 QF_STRUCT_SIZE_FIRST(qforge_postprocess);
@@ -295,6 +354,10 @@ QF_STRUCT_SIZE_FIRST(qforge_inference_layer);
 QF_STRUCT_SIZE_FIRST(qforge_model_services);
 QF_STRUCT_SIZE_FIRST(qforge_postprocess);
 QF_STRUCT_SIZE_FIRST(qforge_plugin_entry);
+QF_STRUCT_SIZE_FIRST(qforge_loss_term);
+QF_STRUCT_SIZE_FIRST(qforge_train_config);
+QF_STRUCT_SIZE_FIRST(qforge_adapter_vtable);
+QF_STRUCT_SIZE_FIRST(qforge_host_train);
 #endif /* QF_LP64 */
 
 /* The entry function type must accept the exported symbol's signature. */

@@ -324,27 +324,12 @@ std::vector<std::string> read_documents(const std::string& contents, const std::
 
 }  // namespace detail
 
-Calibration load_calibration(const Tokenizer& tok, const CalibrationOptions& opt) {
+// The file's tokens: one stream, or one token list per document.
+static Corpus read_corpus(const Tokenizer& tok, const CalibrationOptions& opt, const std::string& format,
+                   bool per_doc) {
   const std::string& file = opt.file;
-  if (file.empty()) throw UsageError("calibration: no file given");
-  if (opt.nsamples < 1)
-    throw UsageError(fmt::format("calibration file {}: nsamples must be at least 1 (got {})", file,
-                                 opt.nsamples));
-  if (opt.seqlen < 1)
-    throw UsageError(
-        fmt::format("calibration file {}: seqlen must be at least 1 (got {})", file, opt.seqlen));
-  if (opt.nsamples > std::numeric_limits<int64_t>::max() / opt.seqlen)
-    throw UsageError(fmt::format("calibration file {}: nsamples * seqlen is too large", file));
-  const std::string format = resolve_format(opt);
-  const std::string strategy = resolve_strategy(opt);
-  if ((format == "jsonl" || format == "csv") && opt.text_field.empty())
-    throw UsageError(fmt::format("calibration file {}: text_field is empty", file));
-  const bool per_doc = strategy == "drop-head" || strategy == "drop-rand" || strategy == "per-document";
-  const int64_t n = opt.nsamples, L = opt.seqlen;
-
   std::string bytes = read_file(file, "calibration file");
 
-  // Tokens: one stream, or one token list per document.
   Corpus corpus;
   if (format.rfind("ids-", 0) == 0) {
     corpus.stream = read_ids(bytes, format, tok, file);
@@ -377,6 +362,29 @@ Calibration load_calibration(const Tokenizer& tok, const CalibrationOptions& opt
       corpus.stream = encode_with_bos(tok, joined, file);
     }
   }
+
+  return corpus;
+}
+
+Calibration load_calibration(const Tokenizer& tok, const CalibrationOptions& opt) {
+  const std::string& file = opt.file;
+  if (file.empty()) throw UsageError("calibration: no file given");
+  if (opt.nsamples < 1)
+    throw UsageError(fmt::format("calibration file {}: nsamples must be at least 1 (got {})", file,
+                                 opt.nsamples));
+  if (opt.seqlen < 1)
+    throw UsageError(
+        fmt::format("calibration file {}: seqlen must be at least 1 (got {})", file, opt.seqlen));
+  if (opt.nsamples > std::numeric_limits<int64_t>::max() / opt.seqlen)
+    throw UsageError(fmt::format("calibration file {}: nsamples * seqlen is too large", file));
+  const std::string format = resolve_format(opt);
+  const std::string strategy = resolve_strategy(opt);
+  if ((format == "jsonl" || format == "csv") && opt.text_field.empty())
+    throw UsageError(fmt::format("calibration file {}: text_field is empty", file));
+  const bool per_doc = strategy == "drop-head" || strategy == "drop-rand" || strategy == "per-document";
+  const int64_t n = opt.nsamples, L = opt.seqlen;
+
+  Corpus corpus = read_corpus(tok, opt, format, per_doc);
 
   Calibration cal;
   cal.file = file;
@@ -470,6 +478,42 @@ Calibration load_calibration(const Tokenizer& tok, const CalibrationOptions& opt
         grouped(n), grouped(L), grouped(n), opt.seed, skipped, grouped(T), file);
   }
   return cal;
+}
+
+TrainingSequences load_training_sequences(const Tokenizer& tok, const CalibrationOptions& opt,
+                                          int64_t length, int64_t max_samples) {
+  const std::string& file = opt.file;
+  if (file.empty()) throw UsageError("training data: no file given");
+  if (length < 2)
+    throw UsageError(fmt::format("training data {}: sequences of {} tokens are too short (at least 2)",
+                                 file, length));
+  const std::string format = resolve_format(opt);
+  if ((format == "jsonl" || format == "csv") && opt.text_field.empty())
+    throw UsageError(fmt::format("training data {}: text_field is empty", file));
+  std::vector<int32_t> stream;
+  try {
+    stream = read_corpus(tok, opt, format, false).stream;
+  } catch (const UsageError& e) {  // the reader's messages name a "calibration file"
+    std::string m = e.what();
+    const std::string as_calibration = "calibration file ";
+    if (m.rfind(as_calibration, 0) == 0) m = "training data " + m.substr(as_calibration.size());
+    throw UsageError(m);
+  }
+  const int64_t T = static_cast<int64_t>(stream.size());
+  if (T < 2) throw UsageError(fmt::format("training data {}: fewer than 2 tokens", file));
+  int64_t n = (T + length - 1) / length;
+  if (max_samples > 0) n = std::min(n, max_samples);
+  TrainingSequences seq;
+  seq.ids = at::zeros({n, length}, at::kLong);
+  seq.labels = at::full({n, length}, -100, at::kLong);
+  int64_t* ids = seq.ids.data_ptr<int64_t>();
+  int64_t* labels = seq.labels.data_ptr<int64_t>();
+  for (int64_t i = 0; i < std::min(T, n * length); ++i) ids[i] = labels[i] = stream[i];
+  const int64_t used = std::min(T, n * length);
+  seq.description = fmt::format("{} sequences of {} tokens ({} tokens{}) from {}", grouped(n),
+                                grouped(length), grouped(used),
+                                used % length ? ", the last one padded" : "", file);
+  return seq;
 }
 
 }  // namespace qforge::host

@@ -53,14 +53,20 @@ void check_shape(const at::Tensor& t, at::IntArrayRef want, const std::string& n
 // activations (and the Hessians and codes built from them) do not depend on
 // --chunk.
 at::Tensor Linear::forward(const at::Tensor& x) const {
-  if (packed) return packed->forward(x).to(x.scalar_type());
+  at::Tensor y;
   c10::optional<at::Tensor> b = bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt;
-  if (x.dim() != 3) return at::linear(x, weight, b);
-  at::Tensor y = at::empty({x.size(0), x.size(1), weight.size(0)}, x.options());
-  for (int64_t s = 0; s < x.size(0); ++s) {
-    at::Tensor ys = y[s];
-    at::linear_out(ys, x[s], weight, b);
+  if (packed) {
+    y = packed->forward(x).to(x.scalar_type());
+  } else if (x.dim() != 3 || at::GradMode::is_enabled()) {
+    y = at::linear(x, weight, b);  // out= variants are not differentiable
+  } else {
+    y = at::empty({x.size(0), x.size(1), weight.size(0)}, x.options());
+    for (int64_t s = 0; s < x.size(0); ++s) {
+      at::Tensor ys = y[s];
+      at::linear_out(ys, x[s], weight, b);
+    }
   }
+  if (adapter) y = y + adapter->forward(x).to(y.scalar_type());
   return y;
 }
 
@@ -364,14 +370,23 @@ at::Tensor Model::block_forward_impl(size_t layer, const at::Tensor& h, int64_t 
   // the largest tensors of a forward pass; per sequence they are B times
   // smaller, reused from the heap instead of fresh pages each time, and every
   // product has the same shape whatever the batch (as in Linear::forward).
-  at::Tensor attn = at::empty({B, c.num_kv_heads, n_rep * T, D}, q.options());
+  // Under autograd the per-sequence results are stacked instead (out= ops
+  // are not differentiable).
+  const bool grad = at::GradMode::is_enabled();
+  at::Tensor attn = grad ? at::Tensor() : at::empty({B, c.num_kv_heads, n_rep * T, D}, q.options());
+  std::vector<at::Tensor> outs;
   for (int64_t s = 0; s < B; ++s) {
     at::Tensor scores =
         at::baddbmm(mask, q3[s], k3[s].transpose(1, 2), 1.0, 1.0 / std::sqrt(double(D)));
     at::Tensor probs = at::softmax(scores.to(at::kFloat), -1).to(q.scalar_type());
-    at::Tensor out_s = attn[s];
-    at::bmm_out(out_s, probs, v3[s]);
+    if (grad) {
+      outs.push_back(at::bmm(probs, v3[s]));
+    } else {
+      at::Tensor out_s = attn[s];
+      at::bmm_out(out_s, probs, v3[s]);
+    }
   }
+  if (grad) attn = at::stack(outs);
   attn = attn.view({B, c.num_heads, T, D}).transpose(1, 2).reshape({B, T, c.num_heads * D});
   at::Tensor out = h + run(b.o_proj, attn);
 

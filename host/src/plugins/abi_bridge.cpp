@@ -146,7 +146,7 @@ QuantResult quantize_layer(const Component& component, const QuantizeRequest& re
 }
 
 PackedLayer::PackedLayer(const Component& component, const QuantResult& result)
-    : vt_(component.inference_layer()) {
+    : vt_(component.inference_layer()), format_(result.format) {
   if (vt_ == nullptr)
     throw UsageError(fmt::format("'{}' is not an inference layer", component.desc->id));
   std::vector<std::unique_ptr<DLView>> views;

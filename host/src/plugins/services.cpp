@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <stdexcept>
 #include <string>
 
 #include "qforge_host/base/errors.hpp"
@@ -68,9 +69,34 @@ void* host_alloc(const qforge_host*, uint64_t size, uint64_t alignment) {
 }
 void host_free(const qforge_host*, void* p) { std::free(p); }
 
-const void* get_extension(const qforge_host*, const char*, uint32_t) { return nullptr; }
+struct Extension {
+  const char* id;
+  uint32_t revision;
+  const void* table;
+};
+std::atomic<Extension*> g_extensions[4];  // offered once at start-up, read from any thread
+
+const void* get_extension(const qforge_host*, const char* id, uint32_t revision) {
+  if (id == nullptr) return nullptr;
+  for (auto& slot : g_extensions)
+    if (const Extension* e = slot.load(); e && std::strcmp(e->id, id) == 0 && e->revision >= revision)
+      return e->table;
+  return nullptr;
+}
 
 }  // namespace
+
+void offer_host_extension(const char* id, uint32_t revision, const void* table) {
+  for (auto& slot : g_extensions) {
+    Extension* e = slot.load();
+    if (e && std::strcmp(e->id, id) == 0) return;  // already offered
+    if (e == nullptr) {
+      slot.store(new Extension{id, revision, table});
+      return;
+    }
+  }
+  throw std::logic_error("offer_host_extension: no free slot");
+}
 
 const qforge_host* services() {
   static const qforge_host host = {

@@ -1,5 +1,7 @@
 /* Post-process components: run over a whole quantized model through host
- * services (e.g. LoRA SFT, block-wise reconstruction).
+ * services (e.g. LoRA SFT, block-wise reconstruction), after quantization
+ * (`qforge quantize --postprocess ID`) or on a saved quantized checkpoint
+ * (`qforge postprocess --model DIR --postprocess ID`).
  *
  * The model is reached only through qforge_model_services. Training support
  * (host-side autograd, optimizers, losses, plugin adapters) is the host
@@ -34,6 +36,16 @@ typedef struct qforge_model_services {
   /* Replaces parameter `name` with a copy of `value` (same shape). */
   qforge_status* (*set_parameter)(const struct qforge_model_services* model, const char* name,
                                   const DLTensor* value);
+
+  /* ---- ABI 1.1 (read them only when host->abi_minor >= 1) ---- */
+  /* Number of transformer blocks. */
+  uint32_t (*block_count)(const struct qforge_model_services* model);
+  /* Linear `index`: its [out_features, in_features] shape, the block it
+   * belongs to (block_count() for one outside the blocks, e.g. lm_head), and
+   * the id of its packed format ("" for a dense layer). */
+  qforge_status* (*layer_info)(const struct qforge_model_services* model, uint32_t index,
+                               int64_t* out_features, int64_t* in_features, uint32_t* block,
+                               const char** format_id);
 } qforge_model_services;
 
 typedef struct qforge_postprocess {

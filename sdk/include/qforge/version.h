@@ -3,14 +3,17 @@
  * Versioning (DESIGN.md rule 2): the ABI major must match exactly; a minor only
  * appends (new fields at the end of structs, new functions at the end of tables,
  * new extensions). A host of minor M accepts plugins built against any minor,
- * and refuses a component that declares it needs a host minor greater than M. */
+ * and refuses a component that declares it needs a host minor greater than M.
+ *
+ * Minors: 1.0 the first; 1.1 qforge_model_services.block_count/layer_info and
+ * the host extension "qforge.host.train" (qforge/ext/train.h). */
 #ifndef QFORGE_VERSION_H
 #define QFORGE_VERSION_H
 
 #include <stdint.h>
 
 #define QFORGE_ABI_MAJOR 1
-#define QFORGE_ABI_MINOR 0
+#define QFORGE_ABI_MINOR 1
 
 #if defined(_WIN32)
 #define QFORGE_EXPORT __declspec(dllexport)

@@ -98,6 +98,18 @@ struct Calibration {
 
 Calibration load_calibration(const Tokenizer& tok, const CalibrationOptions& opt);
 
+// Training data for post-processes: the file's token stream (as strategy
+// concat-chunk reads it; opt.file, format and text_field are used) cut into
+// consecutive sequences of `length` tokens, at most `max_samples` (0: all)
+// from the start. labels = ids, except the padding that fills the last,
+// shorter sequence (token 0, label -100).
+struct TrainingSequences {
+  at::Tensor ids, labels;   // [n, length] int64
+  std::string description;  // one line
+};
+TrainingSequences load_training_sequences(const Tokenizer& tok, const CalibrationOptions& opt,
+                                          int64_t length, int64_t max_samples);
+
 namespace detail {
 // Exposed for tests.
 // The seeded generator: std::mt19937_64 with an unbiased mapping to [0, n)

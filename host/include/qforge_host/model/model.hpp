@@ -32,14 +32,28 @@ class LinearKernel {
   virtual at::Tensor forward(const at::Tensor& x) const = 0;          // [..., in] -> [..., out]
   virtual at::Tensor backward_input(const at::Tensor& gy) const = 0;  // [..., out] -> [..., in]
   virtual at::Tensor dequantize() const = 0;                           // [out, in] float32
+  virtual std::string format_id() const { return {}; }                 // e.g. "org.qforge.gptq/1"
 };
 
-// y = x Wᵀ + b, or through a packed kernel when one is set.
+// What a post-process adds to a linear layer (e.g. a LoRA adapter):
+// y = base(x) + f(x). Under autograd, f is differentiated like any other op.
+class LinearAdapter {
+ public:
+  virtual ~LinearAdapter() = default;
+  virtual at::Tensor forward(const at::Tensor& x) const = 0;  // [..., in] -> f(x), [..., out]
+  // W += ΔW for a dense [out, in] float32 weight; false when f is not linear.
+  virtual bool merge_into(at::Tensor& /*weight*/) const { return false; }
+};
+
+// y = x Wᵀ + b, or through a packed kernel when one is set; plus f(x) when an
+// adapter is set. With autograd on (at::GradMode), every op is differentiable
+// (training); off, products go into preallocated outputs (inference).
 struct Linear {
   std::string name;            // e.g. "model.layers.0.self_attn.q_proj"
   at::Tensor weight;           // [out, in] in the compute dtype (undefined when packed)
   at::Tensor bias;             // [out] or undefined
   std::shared_ptr<LinearKernel> packed;
+  std::shared_ptr<LinearAdapter> adapter;
   at::Tensor forward(const at::Tensor& x) const;
 };
 

@@ -50,9 +50,11 @@ class PackedLayer final : public LinearKernel {
   at::Tensor forward(const at::Tensor& x) const override;
   at::Tensor backward_input(const at::Tensor& gy) const override;
   at::Tensor dequantize() const override;
+  std::string format_id() const override { return format_; }
 
  private:
   const qforge_inference_layer* vt_;
+  std::string format_;
   qforge_layer* layer_ = nullptr;
   int64_t out_ = 0, in_ = 0;
 };

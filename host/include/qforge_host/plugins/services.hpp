@@ -11,6 +11,10 @@ namespace qforge::host {
 // allocation, extensions). Valid for the life of the process.
 const qforge_host* services();
 
+// Offers a host extension (DESIGN.md rule 10) through qforge_host.get_extension:
+// later stages register theirs (the training stage its qforge.host.train).
+void offer_host_extension(const char* id, uint32_t revision, const void* table);
+
 // Throws PluginError for a non-NULL status (releasing it); `what` prefixes the message.
 void throw_if_error(qforge_status* status, const std::string& what);
 

@@ -468,6 +468,20 @@ class ComponentBuilder {
   ComponentBuilder& param_string(const char* name, const char* fallback, const char* help) {
     return add(param(QFORGE_PARAM_STRING, name, help, keep(fallback)));
   }
+  // Comma-separated lists; an empty default is the empty list.
+  ComponentBuilder& param_strings(const char* name, const char* fallback, const char* help) {
+    return add(param(QFORGE_PARAM_STRING_LIST, name, help, keep(fallback)));
+  }
+  ComponentBuilder& param_ints(const char* name, const char* fallback, int64_t min, int64_t max,
+                               const char* help) {
+    return add(param_range(QFORGE_PARAM_INT_LIST, name, help, keep(fallback),
+                           static_cast<double>(min), static_cast<double>(max)));
+  }
+  // The lowest host ABI minor the component needs (e.g. 1 for qforge/ext/train.h).
+  ComponentBuilder& min_host_minor(uint32_t minor) {
+    min_host_minor_ = minor;
+    return *this;
+  }
   ComponentBuilder& param_enum(const char* name, const char* fallback,
                                std::initializer_list<const char*> choices, const char* help) {
     choice_lists_.emplace_back();
@@ -482,10 +496,13 @@ class ComponentBuilder {
     for (const auto& p : params_) param_ptrs_.push_back(&p);
     feature_list_ = features_;
     feature_list_.push_back(nullptr);
-    return component(kind_, about_.id, about_.name, about_.version, about_.vendor, about_.license,
-                     about_.description, feature_list_.data(),
-                     param_ptrs_.empty() ? nullptr : param_ptrs_.data(),
-                     static_cast<uint32_t>(param_ptrs_.size()), with_formats());
+    qforge_component_desc d =
+        component(kind_, about_.id, about_.name, about_.version, about_.vendor, about_.license,
+                  about_.description, feature_list_.data(),
+                  param_ptrs_.empty() ? nullptr : param_ptrs_.data(),
+                  static_cast<uint32_t>(param_ptrs_.size()), with_formats());
+    d.min_host_minor = min_host_minor_;
+    return d;
   }
 
  private:
@@ -530,6 +547,7 @@ class ComponentBuilder {
   std::vector<const char*> formats_, format_list_;
   std::deque<std::string> strings_;  // deque: pointers into it stay valid
   std::deque<qforge_param_desc> params_;
+  uint32_t min_host_minor_ = 0;
   std::deque<std::vector<const char*>> choice_lists_;
   std::vector<const char*> features_, feature_list_;
   std::vector<const qforge_param_desc*> param_ptrs_;

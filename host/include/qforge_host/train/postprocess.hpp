@@ -1,0 +1,78 @@
+// Post-processes (DESIGN.md "Post-processes and training"): the model as a
+// post-process sees it (qforge_model_services) and the training extension
+// "qforge.host.train" (sdk/include/qforge/ext/train.h).
+//
+// The host owns the mechanics: autograd over its own model (a packed linear
+// is a frozen node whose backward is its inference layer's backward_input; a
+// plugin's adapter is a node whose backward is the adapter's), the losses,
+// AdamW, clipping, the schedule, the teacher, the batches and the training
+// checkpoints. The plugin owns the policy.
+#pragma once
+
+#include <ATen/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <qforge/ext/train.h>
+
+#include "qforge_host/data/calibration.hpp"
+#include "qforge_host/model/model.hpp"
+#include "qforge_host/plugins/params.hpp"
+#include "qforge_host/plugins/registry.hpp"
+
+namespace qforge::host {
+
+class Tokenizer;
+
+// What a post-process run needs beyond the model.
+struct PostprocessContext {
+  const Tokenizer* tokenizer = nullptr;  // the model's (training data)
+  std::string teacher_dir;               // the unquantized model; "" when none was given
+  CalibrationOptions data;               // the training file (file, format, text_field)
+  std::string state_dir;                 // where training checkpoints go; "" keeps none
+  bool resume = false;                   // continue from a checkpoint in state_dir
+  std::string identity;                  // what a checkpoint must have been made by
+};
+
+// An attached adapter, as saved: its file format ("peft.lora/1"), metadata
+// and trainable tensors (copies).
+struct AdapterExport {
+  std::string layer;  // e.g. "model.layers.0.self_attn.q_proj"
+  std::string format;
+  std::string metadata;  // JSON object
+  std::vector<std::pair<std::string, at::Tensor>> params;
+};
+
+class ModelServices {
+ public:
+  // `model` (every block loaded) must outlive this object. Its packed linears
+  // become differentiable for as long as this object lives.
+  ModelServices(Model& model, PostprocessContext context);
+  ~ModelServices();  // detaches and destroys the adapters
+  ModelServices(const ModelServices&) = delete;
+  ModelServices& operator=(const ModelServices&) = delete;
+
+  const qforge_model_services* table() const;
+  // The adapters attached so far, in layer order. Throws UsageError for one
+  // that has no export format.
+  std::vector<AdapterExport> export_adapters() const;
+
+  struct Impl;
+  Impl& impl() const { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Runs post-process `component` with validated `params` on `model`. Throws
+// PluginError, Cancelled (Ctrl-C; the training checkpoint is kept) or
+// UsageError.
+void run_postprocess(const Component& component, const ParamValues& params, ModelServices& model);
+
+// The host's qforge.host.train table (revision 1).
+const qforge_host_train* host_train_table();
+
+}  // namespace qforge::host

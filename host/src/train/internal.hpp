@@ -1,0 +1,76 @@
+// Shared by the training stage's two translation units: the model services
+// (services.cpp) and the trainer (trainer.cpp).
+#pragma once
+
+#include <ATen/Tensor.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "qforge_host/train/postprocess.hpp"
+
+namespace qforge::host {
+
+// Whether adapters run in training mode (dropout on) and the noise seed of
+// the current micro-batch.
+struct TrainMode {
+  bool training = false;
+  uint64_t seed = 0;
+};
+
+// A plugin's adapter on one linear layer: y = base(x) + f(x), with f and its
+// backward called through the adapter's table. Under autograd it is one node
+// of the graph, and its trainable tensors receive their gradients from the
+// adapter's backward.
+class PluginAdapter final : public LinearAdapter {
+ public:
+  struct Param {
+    std::string name;
+    at::Tensor value;  // the adapter's storage, updated in place by the optimizer
+    at::Tensor grad;   // host-owned, same shape
+  };
+  PluginAdapter(qforge_adapter* adapter, const qforge_adapter_vtable* vtable, std::string layer,
+                uint64_t layer_index, const TrainMode* mode, int64_t out, int64_t in);
+  ~PluginAdapter() override;
+  at::Tensor forward(const at::Tensor& x) const override;
+  // Direct calls (no autograd): f(x), and grad_x (param grads accumulate).
+  at::Tensor call_forward(const at::Tensor& x, bool training, uint64_t seed) const;
+  at::Tensor call_backward(const at::Tensor& x, const at::Tensor& grad_y, bool training,
+                           uint64_t seed) const;
+  const std::string& layer() const { return layer_; }
+  std::vector<Param>& params() { return params_; }
+  AdapterExport export_() const;
+  bool merge_into(at::Tensor& weight) const override;  // [out, in] float32
+
+ private:
+  qforge_adapter* adapter_;
+  const qforge_adapter_vtable* vt_;
+  std::string layer_;
+  uint64_t layer_index_;
+  const TrainMode* mode_;
+  int64_t out_, in_;
+  std::vector<Param> params_;
+  at::Tensor anchor_;  // requires grad: keeps the node in the graph when x needs no gradient
+};
+
+struct ModelServices::Impl {
+  Impl(Model& m, PostprocessContext c) : model(m), context(std::move(c)) {}
+  Model& model;
+  PostprocessContext context;
+  qforge_model_services table{};
+  std::vector<Linear*> linears;   // the blocks' linears, in order
+  std::vector<uint32_t> block_of;  // block of each
+  std::vector<std::string> format_of;
+  std::vector<std::shared_ptr<LinearKernel>> packed_before;  // restored by the destructor
+  std::map<std::string, std::shared_ptr<PluginAdapter>> adapters;  // by layer
+  TrainMode mode;
+  bool trainer_alive = false;
+
+  // Linear `name`'s index; UsageError naming it when there is none.
+  size_t index_of(const std::string& name) const;
+  void attach(const std::string& layer, qforge_adapter* adapter, const qforge_adapter_vtable* vt);
+};
+
+}  // namespace qforge::host

@@ -1,0 +1,356 @@
+// The model as a post-process sees it (sdk/include/qforge/postprocess.h), and
+// the autograd nodes that make packed layers and plugin adapters trainable.
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <qforge/cpp/torch.hpp>
+
+#include "internal.hpp"
+#include "qforge_host/base/errors.hpp"
+#include "qforge_host/plugins/abi_bridge.hpp"
+#include "qforge_host/plugins/services.hpp"
+
+namespace qforge::host {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// A packed linear inside autograd: forward is the inference layer's forward,
+// backward its backward_input (the layer is frozen).
+struct PackedNode : torch::autograd::Function<PackedNode> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t kernel) {
+    ctx->saved_data["kernel"] = kernel;
+    return reinterpret_cast<const LinearKernel*>(kernel)->forward(x);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    const auto* k = reinterpret_cast<const LinearKernel*>(ctx->saved_data["kernel"].toInt());
+    return {k->backward_input(grad[0]), at::Tensor()};
+  }
+};
+
+class DifferentiablePacked final : public LinearKernel {
+ public:
+  explicit DifferentiablePacked(std::shared_ptr<LinearKernel> inner) : inner_(std::move(inner)) {}
+  int64_t out_features() const override { return inner_->out_features(); }
+  int64_t in_features() const override { return inner_->in_features(); }
+  at::Tensor forward(const at::Tensor& x) const override {
+    if (at::GradMode::is_enabled() && x.requires_grad())
+      return PackedNode::apply(x, reinterpret_cast<int64_t>(inner_.get()));
+    return inner_->forward(x);
+  }
+  at::Tensor backward_input(const at::Tensor& gy) const override { return inner_->backward_input(gy); }
+  at::Tensor dequantize() const override { return inner_->dequantize(); }
+  std::string format_id() const override { return inner_->format_id(); }
+
+ private:
+  std::shared_ptr<LinearKernel> inner_;
+};
+
+// A plugin adapter inside autograd (the adapter keeps no tape: x and the
+// noise seed are passed again to its backward).
+struct AdapterNode : torch::autograd::Function<AdapterNode> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& /*anchor*/,
+                            int64_t adapter, bool training, int64_t seed) {
+    ctx->save_for_backward({x});
+    ctx->saved_data["adapter"] = adapter;
+    ctx->saved_data["training"] = training;
+    ctx->saved_data["seed"] = seed;
+    return reinterpret_cast<const PluginAdapter*>(adapter)->call_forward(
+        x, training, static_cast<uint64_t>(seed));
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    const auto* a = reinterpret_cast<const PluginAdapter*>(ctx->saved_data["adapter"].toInt());
+    at::Tensor x = ctx->get_saved_variables()[0];
+    at::Tensor gx = a->call_backward(x, grad[0], ctx->saved_data["training"].toBool(),
+                                     static_cast<uint64_t>(ctx->saved_data["seed"].toInt()));
+    return {gx, at::zeros({}), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// splitmix64: the per-layer noise seed from the micro-batch's.
+uint64_t mix(uint64_t a, uint64_t b) {
+  uint64_t z = a + 0x9E3779B97F4A7C15ull * (b + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+qforge_status* fail(int32_t code, const std::string& message) {
+  const qforge_host* h = services();
+  return h->status_create(h, code, message.c_str());
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- adapters --
+
+PluginAdapter::PluginAdapter(qforge_adapter* adapter, const qforge_adapter_vtable* vt,
+                             std::string layer, uint64_t layer_index, const TrainMode* mode,
+                             int64_t out, int64_t in)
+    : adapter_(adapter), vt_(vt), layer_(std::move(layer)), layer_index_(layer_index),
+      mode_(mode), out_(out), in_(in) {
+  anchor_ = at::zeros({}, at::kFloat).set_requires_grad(true);
+  const uint32_t n = vt_->param_count(adapter_);
+  for (uint32_t i = 0; i < n; ++i) {
+    const char* name = nullptr;
+    const DLTensor* value = nullptr;
+    throw_if_error(vt_->param(adapter_, i, &name, &value),
+                   fmt::format("adapter on {}: param {}", layer_, i));
+    if (name == nullptr || value == nullptr)
+      throw PluginError(QFORGE_STATUS_INTERNAL,
+                        fmt::format("adapter on {}: param {} has no name or tensor", layer_, i));
+    at::Tensor t = borrow_float_cpu(*value, fmt::format("adapter on {}: param '{}'", layer_, name));
+    if (!t.is_contiguous())
+      throw PluginError(QFORGE_STATUS_INVALID_ARGUMENT,
+                        fmt::format("adapter on {}: param '{}' is not contiguous", layer_, name));
+    for (const Param& p : params_)
+      if (p.name == name)
+        throw PluginError(QFORGE_STATUS_INVALID_ARGUMENT,
+                          fmt::format("adapter on {}: two params named '{}'", layer_, name));
+    params_.push_back({name, t, at::zeros_like(t)});
+  }
+}
+
+PluginAdapter::~PluginAdapter() { vt_->destroy(adapter_); }
+
+at::Tensor PluginAdapter::forward(const at::Tensor& x) const {
+  const uint64_t seed = mix(mode_->seed, layer_index_);
+  if (at::GradMode::is_enabled())
+    return AdapterNode::apply(x, anchor_, reinterpret_cast<int64_t>(this), mode_->training,
+                              static_cast<int64_t>(seed));
+  return call_forward(x, mode_->training, seed);
+}
+
+at::Tensor PluginAdapter::call_forward(const at::Tensor& x, bool training, uint64_t seed) const {
+  at::Tensor x2 = x.reshape({-1, in_}).to(at::kFloat).contiguous();
+  at::Tensor y = at::zeros({x2.size(0), out_}, at::kFloat);
+  DLView xv(x2), yv(y);
+  throw_if_error(vt_->forward(adapter_, training ? 1 : 0, seed, xv.get(), yv.get()),
+                 fmt::format("adapter on {}: forward", layer_));
+  auto shape = x.sizes().vec();
+  shape.back() = out_;
+  return y.view(shape);
+}
+
+at::Tensor PluginAdapter::call_backward(const at::Tensor& x, const at::Tensor& grad_y,
+                                        bool training, uint64_t seed) const {
+  at::Tensor x2 = x.reshape({-1, in_}).to(at::kFloat).contiguous();
+  at::Tensor g2 = grad_y.reshape({-1, out_}).to(at::kFloat).contiguous();
+  at::Tensor gx = at::zeros_like(x2);
+  DLView xv(x2), gv(g2), gxv(gx);
+  std::vector<std::unique_ptr<DLView>> grads;
+  std::vector<const DLTensor*> grad_ptrs;
+  for (const Param& p : params_) {
+    grads.push_back(std::make_unique<DLView>(p.grad));
+    grad_ptrs.push_back(grads.back()->get());
+  }
+  throw_if_error(vt_->backward(adapter_, training ? 1 : 0, seed, xv.get(), gv.get(), gxv.get(),
+                               grad_ptrs.data()),
+                 fmt::format("adapter on {}: backward", layer_));
+  return gx.view(x.sizes()).to(x.scalar_type());
+}
+
+AdapterExport PluginAdapter::export_() const {
+  const char* meta = nullptr;
+  const char* format = vt_->export_format ? vt_->export_format(adapter_, &meta) : nullptr;
+  if (format == nullptr)
+    throw UsageError(fmt::format("the adapter on {} has no file format it can be saved in", layer_));
+  AdapterExport e{layer_, format, meta ? meta : "{}", {}};
+  for (const Param& p : params_) e.params.emplace_back(p.name, p.value.clone());
+  return e;
+}
+
+bool PluginAdapter::merge_into(at::Tensor& weight) const {
+  if (vt_->merge == nullptr) return false;
+  DLView wv(weight);
+  throw_if_error(vt_->merge(adapter_, wv.get()), fmt::format("adapter on {}: merge", layer_));
+  return true;
+}
+
+// ---------------------------------------------------------------- services --
+
+namespace {
+
+ModelServices::Impl& impl_of(const qforge_model_services* m) {
+  return *static_cast<ModelServices::Impl*>(m->host_data);
+}
+
+uint32_t layer_count(const qforge_model_services* m) {
+  return static_cast<uint32_t>(impl_of(m).linears.size());
+}
+
+const char* layer_name(const qforge_model_services* m, uint32_t i) {
+  const auto& ls = impl_of(m).linears;
+  return i < ls.size() ? ls[i]->name.c_str() : nullptr;
+}
+
+uint32_t block_count(const qforge_model_services* m) {
+  return static_cast<uint32_t>(impl_of(m).model.blocks().size());
+}
+
+qforge_status* layer_info(const qforge_model_services* m, uint32_t i, int64_t* out, int64_t* in,
+                          uint32_t* block, const char** format) {
+  auto& s = impl_of(m);
+  if (i >= s.linears.size())
+    return fail(QFORGE_STATUS_INVALID_ARGUMENT, fmt::format("layer_info: no layer {}", i));
+  const Linear& l = *s.linears[i];
+  if (out) *out = l.packed ? l.packed->out_features() : l.weight.size(0);
+  if (in) *in = l.packed ? l.packed->in_features() : l.weight.size(1);
+  if (block) *block = s.block_of[i];
+  if (format) *format = s.format_of[i].c_str();
+  return nullptr;
+}
+
+// The tensor a parameter name stands for: a linear's weight or bias, or a
+// block's norm. `dequantized` receives a packed linear's weight.
+at::Tensor* find_parameter(ModelServices::Impl& s, const std::string& name, const Linear** packed) {
+  *packed = nullptr;
+  for (Linear* l : s.linears) {
+    if (name == l->name + ".weight") {
+      if (l->packed) {
+        *packed = l;
+        return nullptr;
+      }
+      return &l->weight;
+    }
+    if (name == l->name + ".bias" && l->bias.defined()) return &l->bias;
+  }
+  const auto& c = s.model.config();
+  for (size_t i = 0; i < s.model.blocks().size(); ++i) {
+    Block& b = s.model.blocks()[i];
+    const std::string p = c.arch.layout->prefix(static_cast<int64_t>(i));
+    if (name == p + "input_layernorm.weight") return &b.input_norm;
+    if (name == p + "post_attention_layernorm.weight") return &b.post_attention_norm;
+    if (b.q_norm.defined() && name == p + "self_attn.q_norm.weight") return &b.q_norm;
+    if (b.k_norm.defined() && name == p + "self_attn.k_norm.weight") return &b.k_norm;
+  }
+  throw UsageError(fmt::format("the model has no parameter named '{}'", name));
+}
+
+qforge_status* get_parameter(const qforge_model_services* m, const char* name,
+                             DLManagedTensor** value) {
+  return guard(services(), [&] {
+    if (name == nullptr || value == nullptr) invalid_argument("get_parameter: NULL argument");
+    const Linear* packed = nullptr;
+    at::Tensor* t = find_parameter(impl_of(m), name, &packed);
+    at::Tensor copy = packed ? packed->packed->dequantize() : t->to(at::kFloat).clone();
+    *value = export_tensor(copy);
+  });
+}
+
+qforge_status* set_parameter(const qforge_model_services* m, const char* name,
+                             const DLTensor* value) {
+  return guard(services(), [&] {
+    if (name == nullptr || value == nullptr) invalid_argument("set_parameter: NULL argument");
+    const Linear* packed = nullptr;
+    at::Tensor* t = find_parameter(impl_of(m), name, &packed);
+    if (packed)
+      throw qforge::Error(QFORGE_STATUS_UNSUPPORTED,
+                  fmt::format("set_parameter: {} is packed ({}); its weight cannot be replaced",
+                              name, packed->packed->format_id()));
+    at::Tensor v = borrow_float_cpu(*value, fmt::format("set_parameter {}", name));
+    if (v.sizes() != t->sizes()) invalid_argument(fmt::format("set_parameter: {} has another shape", name));
+    t->copy_(v);
+  });
+}
+
+}  // namespace
+
+size_t ModelServices::Impl::index_of(const std::string& name) const {
+  for (size_t i = 0; i < linears.size(); ++i)
+    if (linears[i]->name == name) return i;
+  throw UsageError(fmt::format("the model has no linear layer named '{}'", name));
+}
+
+void ModelServices::Impl::attach(const std::string& layer, qforge_adapter* adapter,
+                                 const qforge_adapter_vtable* vt) {
+  // The host owns the adapter from here: destroyed on every path below.
+  struct Owner {
+    qforge_adapter* a;
+    const qforge_adapter_vtable* vt;
+    ~Owner() { if (a && vt && vt->destroy) vt->destroy(a); }
+  } owner{adapter, vt};
+  if (adapter == nullptr) invalid_argument("attach_adapter: no adapter");
+  if (vt == nullptr || vt->struct_size < sizeof(qforge_adapter_vtable) || !vt->param_count ||
+      !vt->param || !vt->forward || !vt->backward || !vt->destroy) {
+    owner.vt = (vt && vt->struct_size >= sizeof(qforge_adapter_vtable)) ? vt : nullptr;
+    invalid_argument("attach_adapter: the adapter's table is incomplete or smaller than revision 1's");
+  }
+  const size_t i = index_of(layer);
+  Linear& l = *linears[i];
+  if (adapters.count(layer) || l.adapter)
+    invalid_argument(fmt::format("{} already has an adapter", layer));
+  owner.a = nullptr;  // PluginAdapter destroys it from here
+  const int64_t out = l.packed ? l.packed->out_features() : l.weight.size(0);
+  const int64_t in = l.packed ? l.packed->in_features() : l.weight.size(1);
+  auto a = std::make_shared<PluginAdapter>(adapter, vt, layer, i, &mode, out, in);
+  l.adapter = a;
+  adapters[layer] = a;
+}
+
+ModelServices::ModelServices(Model& model, PostprocessContext context)
+    : impl_(std::make_unique<Impl>(model, std::move(context))) {
+  offer_host_extension(QFORGE_EXT_HOST_TRAIN, QFORGE_EXT_HOST_TRAIN_REVISION, host_train_table());
+  Impl& s = *impl_;
+  for (size_t b = 0; b < model.blocks().size(); ++b) {
+    if (!model.blocks()[b].input_norm.defined())
+      throw UsageError(fmt::format("post-process: block {} is not loaded", b));
+    for (Linear* l : model.blocks()[b].linears()) {
+      s.linears.push_back(l);
+      s.block_of.push_back(static_cast<uint32_t>(b));
+      s.format_of.push_back(l->packed ? l->packed->format_id() : "");
+      s.packed_before.push_back(l->packed);
+      if (l->packed) l->packed = std::make_shared<DifferentiablePacked>(l->packed);
+    }
+  }
+  qforge_model_services& t = s.table;
+  t.struct_size = sizeof(qforge_model_services);
+  t.host_data = &s;
+  t.layer_count = &layer_count;
+  t.layer_name = &layer_name;
+  t.get_parameter = &get_parameter;
+  t.set_parameter = &set_parameter;
+  t.block_count = &block_count;
+  t.layer_info = &layer_info;
+}
+
+ModelServices::~ModelServices() {
+  Impl& s = *impl_;
+  for (size_t i = 0; i < s.linears.size(); ++i) {
+    Linear& l = *s.linears[i];
+    if (auto it = s.adapters.find(l.name); it != s.adapters.end() && l.adapter == it->second)
+      l.adapter.reset();
+    if (l.packed) l.packed = s.packed_before[i];
+  }
+  s.adapters.clear();
+}
+
+const qforge_model_services* ModelServices::table() const { return &impl_->table; }
+
+std::vector<AdapterExport> ModelServices::export_adapters() const {
+  std::vector<AdapterExport> out;
+  for (Linear* l : impl_->linears)
+    if (auto it = impl_->adapters.find(l->name); it != impl_->adapters.end())
+      out.push_back(it->second->export_());
+  return out;
+}
+
+void run_postprocess(const Component& component, const ParamValues& params, ModelServices& model) {
+  const qforge_postprocess* pp = component.postprocess();
+  if (pp == nullptr) throw UsageError(fmt::format("'{}' is not a post-process", component.desc->id));
+  PluginActivity activity(fmt::format("{} (post-process)", component.desc->id));
+  try {
+    throw_if_error(pp->run(services(), model.table(), params.data(), params.size()),
+                   component.desc->id);
+  } catch (const PluginError& e) {
+    // "the caller's input is wrong": the user's (a parameter, the data, the
+    // teacher), often reported by the host's own services through the plugin.
+    if (e.code() == QFORGE_STATUS_INVALID_ARGUMENT)
+      throw UsageError(e.what());
+    throw;
+  }
+}
+
+}  // namespace qforge::host

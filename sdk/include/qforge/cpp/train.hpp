@@ -1,0 +1,139 @@
+// C++ helpers for post-processes that train (qforge/ext/train.h): the host's
+// training table behind a small RAII class, and adapter_vtable<T>() for an
+// adapter written as a C++ class. Header-only; exceptions stay on this side
+// of the ABI (every thunk runs under qforge::guard).
+#ifndef QFORGE_CPP_TRAIN_HPP
+#define QFORGE_CPP_TRAIN_HPP
+
+#include <qforge/ext/train.h>
+
+#include <memory>
+#include <vector>
+
+#include "plugin.hpp"
+
+namespace qforge {
+
+// The host's qforge.host.train; Error(UNSUPPORTED) when the host lacks it.
+inline const qforge_host_train& host_train(const Host& host) {
+  const void* t = host.get()->abi_minor >= 1
+                      ? host.get()->get_extension(host.get(), QFORGE_EXT_HOST_TRAIN,
+                                                  QFORGE_EXT_HOST_TRAIN_REVISION)
+                      : nullptr;
+  if (t == nullptr)
+    throw Error(QFORGE_STATUS_UNSUPPORTED, "this host does not offer " QFORGE_EXT_HOST_TRAIN);
+  return *static_cast<const qforge_host_train*>(t);
+}
+
+// An adapter class T provides
+//   uint32_t param_count() const;
+//   void param(uint32_t i, const char** name, const DLTensor** value) const;
+//   void forward(bool training, uint64_t seed, const DLTensor& x, const DLTensor& y) const;
+//   void backward(bool training, uint64_t seed, const DLTensor& x, const DLTensor& grad_y,
+//                 const DLTensor& grad_x, const DLTensor* const* grads) const;
+//   void merge(const DLTensor& weight) const;
+//   const char* export_format(const char** metadata_json) const;
+template <class T>
+const qforge_adapter_vtable* adapter_vtable() {
+  struct Thunk {
+    static const T& self(const qforge_adapter* a) { return *reinterpret_cast<const T*>(a); }
+    static uint32_t param_count(const qforge_adapter* a) { return self(a).param_count(); }
+    static qforge_status* param(const qforge_adapter* a, uint32_t i, const char** name,
+                                const DLTensor** value) {
+      return guard(nullptr, [&] { self(a).param(i, name, value); });
+    }
+    static qforge_status* forward(const qforge_adapter* a, qforge_bool training, uint64_t seed,
+                                  const DLTensor* x, const DLTensor* y) {
+      return guard(nullptr, [&] { self(a).forward(training != 0, seed, *x, *y); });
+    }
+    static qforge_status* backward(const qforge_adapter* a, qforge_bool training, uint64_t seed,
+                                   const DLTensor* x, const DLTensor* gy, const DLTensor* gx,
+                                   const DLTensor* const* grads) {
+      return guard(nullptr, [&] { self(a).backward(training != 0, seed, *x, *gy, *gx, grads); });
+    }
+    static qforge_status* merge(const qforge_adapter* a, const DLTensor* w) {
+      return guard(nullptr, [&] { self(a).merge(*w); });
+    }
+    static const char* export_format(const qforge_adapter* a, const char** metadata) {
+      try {
+        return self(a).export_format(metadata);
+      } catch (...) {
+        return nullptr;
+      }
+    }
+    static void destroy(qforge_adapter* a) { delete reinterpret_cast<T*>(a); }
+  };
+  static const qforge_adapter_vtable table = {
+      sizeof(qforge_adapter_vtable), 0, &Thunk::param_count, &Thunk::param, &Thunk::forward,
+      &Thunk::backward, &Thunk::merge, &Thunk::export_format, &Thunk::destroy};
+  return &table;
+}
+
+// One training run over the whole model (qforge_host_train), throwing Error
+// for a host status.
+class Trainer {
+ public:
+  Trainer(const Host& host, const qforge_model_services& model, const qforge_train_config& config)
+      : host_(host), t_(host_train(host)) {
+    check(host_.get(), t_.trainer_create(&model, &config, &trainer_));
+  }
+  ~Trainer() { t_.trainer_destroy(trainer_); }
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // Hands `adapter` (of adapter class A) to the host, which owns it from here.
+  template <class A>
+  void attach(const char* layer, std::unique_ptr<A> adapter) {
+    check(host_.get(), t_.attach_adapter(trainer_, layer,
+                                         reinterpret_cast<qforge_adapter*>(adapter.release()),
+                                         adapter_vtable<A>()));
+  }
+  uint64_t batch_count() const { return t_.batch_count(trainer_); }
+  void set_schedule(uint64_t warmup_steps, uint64_t total_steps) {
+    check(host_.get(), t_.set_schedule(trainer_, warmup_steps, total_steps));
+  }
+  void loss_backward(uint64_t epoch, uint64_t index, const std::vector<qforge_loss_term>& terms,
+                     double scale, double* values) {
+    std::vector<const qforge_loss_term*> pointers;
+    for (const auto& t : terms) pointers.push_back(&t);
+    check(host_.get(), t_.loss_backward(trainer_, epoch, index, pointers.data(),
+                                        static_cast<uint32_t>(pointers.size()), scale, values));
+  }
+  double step() {
+    double lr = 0;
+    check(host_.get(), t_.step(trainer_, &lr));
+    return lr;
+  }
+  void save_state(uint64_t position, bool force) {
+    check(host_.get(), t_.save_state(trainer_, position, force ? 1 : 0));
+  }
+  uint64_t restore_state() {
+    uint64_t position = 0;
+    check(host_.get(), t_.restore_state(trainer_, &position));
+    return position;
+  }
+
+ private:
+  Host host_;
+  const qforge_host_train& t_;
+  qforge_trainer* trainer_ = nullptr;
+};
+
+// A loss term with the struct size filled in.
+inline qforge_loss_term loss_term(int32_t kind, double weight, double temperature = 1.0,
+                                  const std::vector<uint32_t>* blocks = nullptr) {
+  qforge_loss_term t{};
+  t.struct_size = sizeof t;
+  t.kind = kind;
+  t.weight = weight;
+  t.temperature = temperature;
+  if (blocks != nullptr && !blocks->empty()) {
+    t.blocks = blocks->data();
+    t.block_count = static_cast<uint32_t>(blocks->size());
+  }
+  return t;
+}
+
+}  // namespace qforge
+
+#endif  // QFORGE_CPP_TRAIN_HPP

@@ -1,0 +1,51 @@
+/* Post-process components: run over a whole quantized model through host
+ * services (e.g. LoRA SFT, block-wise reconstruction).
+ *
+ * The model is reached only through qforge_model_services. Training support
+ * (host-side autograd, optimizers, losses, plugin adapters) is the host
+ * extension "qforge.host.train", looked up with qforge_host.get_extension;
+ * services added later are appended to qforge_model_services in a new minor,
+ * and a component that needs them sets its `min_host_minor`. */
+#ifndef QFORGE_POSTPROCESS_H
+#define QFORGE_POSTPROCESS_H
+
+#include "component.h"
+#include "host.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Access to the model being processed. Valid during `run` only; its functions
+ * may be called from the thread running `run` only. */
+typedef struct qforge_model_services {
+  uint32_t struct_size;           /* sizeof(qforge_model_services) as compiled by the host */
+  uint32_t reserved;              /* 0 */
+  void* host_data;                /* private to the host */
+
+  /* Number of linear layers and their names (stable for the whole `run`). */
+  uint32_t (*layer_count)(const struct qforge_model_services* model);
+  const char* (*layer_name)(const struct qforge_model_services* model, uint32_t index);
+  /* Copies parameter `name` (e.g. "model.layers.0.mlp.up_proj.weight"; for a
+   * quantized layer its dequantized weight) into a new tensor owned by the
+   * caller, who calls its deleter. */
+  qforge_status* (*get_parameter)(const struct qforge_model_services* model, const char* name,
+                                  DLManagedTensor** value);
+  /* Replaces parameter `name` with a copy of `value` (same shape). */
+  qforge_status* (*set_parameter)(const struct qforge_model_services* model, const char* name,
+                                  const DLTensor* value);
+} qforge_model_services;
+
+typedef struct qforge_postprocess {
+  uint32_t struct_size;           /* sizeof(qforge_postprocess) as compiled by the plugin */
+  uint32_t reserved;              /* 0 */
+  /* Runs the post-process with validated parameters. Main thread. */
+  qforge_status* (*run)(const qforge_host* host, const qforge_model_services* model,
+                        const qforge_param_value* const* params, uint32_t param_count);
+} qforge_postprocess;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QFORGE_POSTPROCESS_H */
