@@ -331,10 +331,12 @@ TEST(Registry, PluginPathEnvironmentVariableIsHonoured) {
 
 // ---- the C plugin's quantizer ------------------------------------------------------
 
-class SignQuantizer : public ::testing::Test {
+// The same C source built against today's headers (c_plugin) and against
+// the frozen v1.0 headers (c_plugin_v1_0): a v1.0 plugin keeps working.
+class SignQuantizer : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
-    load_only(registry_, {case_dir("c_plugin")});
+    load_only(registry_, {case_dir(GetParam())});
     sign_ = registry_.find(kSignId);
     ASSERT_NE(sign_, nullptr) << describe(registry_);
   }
@@ -353,7 +355,11 @@ class SignQuantizer : public ::testing::Test {
   const Component* sign_ = nullptr;
 };
 
-TEST_F(SignQuantizer, DescribesItself) {
+TEST_P(SignQuantizer, DescribesItself) {
+  // The build against the frozen headers really is a v1.0 plugin.
+  auto entry = loaded_symbol<qforge_plugin_entry_fn>(sign_->library, QFORGE_ENTRY_SYMBOL_V1);
+  ASSERT_NE(entry, nullptr);
+  EXPECT_EQ(entry()->abi_minor, std::string(GetParam()) == "c_plugin_v1_0" ? 0u : QFORGE_ABI_MINOR);
   const qforge_component_desc* d = sign_->desc;
   EXPECT_EQ(d->kind, QFORGE_COMPONENT_QUANTIZER);
   EXPECT_STREQ(d->license, "MIT");
@@ -375,7 +381,7 @@ TEST_F(SignQuantizer, DescribesItself) {
   EXPECT_EQ(q->output_formats[1], nullptr);
 }
 
-TEST_F(SignQuantizer, QuantizesARandomMatrixThroughTheHost) {
+TEST_P(SignQuantizer, QuantizesARandomMatrixThroughTheHost) {
   at::manual_seed(20240611);
   at::Tensor w = at::randn({16, 40});
   w.index_put_({3, 7}, 0.0f);  // sign(0) = +1
@@ -424,7 +430,7 @@ TEST_F(SignQuantizer, QuantizesARandomMatrixThroughTheHost) {
   }
 }
 
-TEST_F(SignQuantizer, OutOfRangeScaleIsRefusedByTheSchema) {
+TEST_P(SignQuantizer, OutOfRangeScaleIsRefusedByTheSchema) {
   for (const char* bad : {"3", "0.25", "nan", "two"}) {
     SCOPED_TRACE(bad);
     try {
@@ -504,7 +510,7 @@ int32_t call_raw(const Component& sign, const DLTensor& weight, RawSink& sink,
   return code;
 }
 
-TEST_F(SignQuantizer, HonoursStridesAndByteOffset) {
+TEST_P(SignQuantizer, HonoursStridesAndByteOffset) {
   // Storage: one float of padding, then a [40, 16] row-major matrix M; the
   // weight is W = Mᵀ, [16, 40] with strides {1, 16}, at byte_offset 4.
   at::manual_seed(7);
@@ -558,7 +564,7 @@ TEST_F(SignQuantizer, HonoursStridesAndByteOffset) {
   EXPECT_TRUE(at::allclose(deq, expected_dequantized(w, 1.0), 1e-6, 1e-7));
 }
 
-TEST_F(SignQuantizer, RejectsInvalidInputWithAStatus) {
+TEST_P(SignQuantizer, RejectsInvalidInputWithAStatus) {
   std::vector<float> data(16 * 40, 1.0f);
   int64_t shape[2] = {16, 40};
   int64_t strides[2] = {40, 1};
@@ -605,6 +611,12 @@ TEST_F(SignQuantizer, RejectsInvalidInputWithAStatus) {
     EXPECT_EQ(sink.calls, 0) << "nothing may be handed over on failure";
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(HeadersOfEachMinor, SignQuantizer,
+                         ::testing::Values("c_plugin", "c_plugin_v1_0"),
+                         [](const ::testing::TestParamInfo<const char*>& i) {
+                           return std::string(i.param) == "c_plugin" ? "Current" : "V1_0";
+                         });
 
 }  // namespace
 
