@@ -6,6 +6,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "qforge_host/data/calibration.hpp"
+#include "qforge_host/plugins/params.hpp"
 #include "qforge_host/plugins/registry.hpp"
 
 namespace qforge::cli {
@@ -44,6 +46,10 @@ struct PostprocessPlan {
   bool resume = false;       // continue unfinished training from its checkpoint
   bool lock = true;          // take --out's lock (quantize already holds it)
 };
+// Each step's component is a post-process and its parameters are valid
+// (UsageError otherwise); returns the validated values.
+std::vector<std::unique_ptr<host::ParamValues>> check_postprocess_steps(
+    const host::Registry& registry, const std::vector<PostprocessStep>& steps);
 // Runs the plan; returns a JSON summary of each step. Throws UsageError,
 // PluginError, Cancelled (the training checkpoint is kept for --resume).
 nlohmann::json run_postprocess_plan(host::Registry& registry, const PostprocessPlan& plan);

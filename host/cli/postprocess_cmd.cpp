@@ -163,15 +163,21 @@ void fill_training_options(const po::variables_map& vm, PostprocessPlan& plan) {
   plan.data.text_field = vm["train-text-field"].as<std::string>();
 }
 
-json run_postprocess_plan(host::Registry& registry, const PostprocessPlan& plan) {
-  load_plugins(registry);
-  // Everything that can be refused, before any work.
+std::vector<std::unique_ptr<host::ParamValues>> check_postprocess_steps(
+    const host::Registry& registry, const std::vector<PostprocessStep>& steps) {
   std::vector<std::unique_ptr<host::ParamValues>> params;
-  for (const auto& step : plan.steps) {
+  for (const auto& step : steps) {
     const host::Component& c = postprocess_component(registry, step.id);
     params.push_back(std::make_unique<host::ParamValues>(step.id, c.desc->params,
                                                          c.desc->param_count, step.set));
   }
+  return params;
+}
+
+json run_postprocess_plan(host::Registry& registry, const PostprocessPlan& plan) {
+  load_plugins(registry);
+  // Everything that can be refused, before any work.
+  const auto params = check_postprocess_steps(registry, plan.steps);
   if (!plan.adapter.empty() && !plan.steps.empty())
     throw host::UsageError("--adapter applies an existing adapter; it cannot be combined with --postprocess");
   if (plan.steps.empty() && !(plan.merge && !plan.adapter.empty()))

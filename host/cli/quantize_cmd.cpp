@@ -15,6 +15,8 @@
 #include "commands.hpp"
 #include "signals.hpp"
 #include "qforge_host/save/checkpoint.hpp"
+#include "qforge_host/save/peft.hpp"
+#include "qforge_host/train/postprocess.hpp"
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/base/text.hpp"
 #include "qforge_host/eval/eval.hpp"
@@ -251,8 +253,27 @@ int quantize_command(const Args& args, host::Registry& registry) {
   wo.holder = fmt::format("qforge quantize --model {}", model_dir);
   host::CheckpointWriter writer(host::make_save_format(save_format), model_dir, out, wo);
   load_plugins(registry);
+  // Post-processes are checked now, not after a long quantization. Those
+  // with a per-block hook run inside the pipeline, the others at the end.
+  check_postprocess_steps(registry, steps);
+  std::vector<host::BlockPostprocess> block_steps;
+  std::vector<PostprocessStep> model_steps;
+  for (const auto& step : steps) {
+    if (host::has_run_block(*registry.find(step.id)))
+      block_steps.push_back({step.id, step.set});
+    else
+      model_steps.push_back(step);
+  }
+  if (!block_steps.empty() && !model_steps.empty())
+    throw host::UsageError(fmt::format(
+        "{} runs block by block and {} on the whole model: run the latter afterwards with "
+        "`qforge postprocess`", block_steps[0].id, model_steps[0].id));
+  steps = model_steps;
+  if (!steps.empty() && !vm.count("train-data") && !vm.count("calib"))
+    throw host::UsageError("post-processes train on --train-data FILE (or the --calib file)");
 
   json summary = {{"model", model_dir}, {"out", out}};
+  bool wrote_adapter = false;  // by a per-block post-process
   if (vm.count("from-results")) {
     host::apply_results(registry, model_dir, vm["from-results"].as<std::string>(), writer);
     summary["from_results"] = vm["from-results"].as<std::string>();
@@ -292,6 +313,7 @@ int quantize_command(const Args& args, host::Registry& registry) {
     o.resume = vm.count("resume") > 0;
     o.chunk = vm["chunk"].as<int64_t>();
     o.act_dtype = parse_dtype(vm["act-dtype"].as<std::string>(), "--act-dtype");
+    o.block_postprocesses = block_steps;
     host::QuantizeSummary s;
     try {
       InterruptScope interruptible;
@@ -300,6 +322,10 @@ int quantize_command(const Args& args, host::Registry& registry) {
       fmt::print(stderr, "qforge: stopped; the finished blocks are checkpointed in {} — rerun "
                  "with --resume to continue\n", out);
       return host::kExitCancelled;
+    }
+    if (!s.adapters.empty()) {
+      host::write_peft_adapter((fs::path(out) / "adapter").string(), s.adapters, model_dir);
+      wrote_adapter = true;
     }
     json layers = json::array();
     for (const auto& l : s.layers) layers.push_back({{"name", l.name}, {"format", l.format}, {"metrics", l.metrics}});
@@ -362,6 +388,13 @@ int quantize_command(const Args& args, host::Registry& registry) {
     const std::string saved_as = save_format;
     host::Model written = host::load_model(registry, out, at::kFloat);
     ppl[saved_as] = perplexity_of(written, stream, seqlen, saved_as);
+    // With the adapter the post-processes wrote beside it, read back too.
+    const fs::path adapter = fs::path(out) / "adapter";
+    const bool adapted = (!steps.empty() || wrote_adapter) && fs::exists(adapter / "adapter_config.json");
+    if (adapted) {
+      host::apply_peft_adapter(written, adapter.string());
+      ppl[saved_as + "+adapter"] = perplexity_of(written, stream, seqlen, saved_as + "+adapter");
+    }
     // The packed model in memory (the original with each quantized layer run
     // by its inference layer), when the written checkpoint is not itself run
     // packed: then it is the only packed figure.
@@ -383,6 +416,9 @@ int quantize_command(const Args& args, host::Registry& registry) {
                  known ? "  (measured before for this model and text)" : "");
       fmt::print("  {:<18} {:.4f}  (the written checkpoint{})\n", saved_as,
                  ppl[saved_as].get<double>(), written_packed ? ", run packed" : "");
+      if (adapted)
+        fmt::print("  {:<18} {:.4f}  (the written checkpoint with its adapter, {})\n",
+                   saved_as + "+adapter", ppl[saved_as + "+adapter"].get<double>(), adapter.string());
       if (packed) fmt::print("  packed             {:.4f}\n", ppl["packed"].get<double>());
       else if (!written_packed) fmt::print("  packed             (no inference layer for every format)\n");
     }

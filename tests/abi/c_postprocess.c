@@ -15,6 +15,11 @@
  * trained. Its adapters export as "peft.lora/1" (lora_A = aᵀ [1, in], lora_B
  * = b [out, 1], r = 1, lora_alpha = alpha) and merge as W += s·b·aᵀ.
  *
+ * It also has the per-block hook (run_block): inside `qforge quantize` it
+ * trains each block's adapters on the block's output error against the
+ * unquantized block (QFORGE_LOSS_MSE_BLOCK_TARGET), again failing unless
+ * that error went down.
+ *
  * Every adapter is one host allocation, freed by `destroy`. */
 #include <qforge/qforge.h>
 #include <qforge/ext/train.h>
@@ -216,26 +221,28 @@ static qforge_status* inspect(const qforge_model_services* model) {
   return s;
 }
 
-static qforge_status* rank1_run(const qforge_host* host, const qforge_model_services* model,
-                                const qforge_param_value* const* params, uint32_t count) {
+/* Attaches the adapters, then trains `steps` updates on `loss` and fails
+ * unless the first epoch's mean loss went down by the last epoch. */
+static qforge_status* train(const qforge_host* host, const qforge_model_services* model,
+                            const qforge_param_value* const* params, uint32_t count, int32_t loss,
+                            const char* what) {
   const qforge_host_train* t;
   qforge_train_config cfg;
   qforge_trainer* trainer = NULL;
-  qforge_loss_term ce;
+  qforge_loss_term term;
   const qforge_loss_term* terms[1];
-  qforge_status* s;
+  qforge_status* s = NULL;
   const char* target = param(params, count, "target")->s;
   const double alpha = param(params, count, "alpha")->f;
   const uint64_t steps = (uint64_t)param(params, count, "steps")->i;
   uint64_t batches, k, position = 0;
   uint32_t i, attached = 0;
   double first = 0, last = 0;
-  char message[160];
+  char message[200];
 
   t = (const qforge_host_train*)host->get_extension(host, QFORGE_EXT_HOST_TRAIN,
                                                     QFORGE_EXT_HOST_TRAIN_REVISION);
   if (t == NULL) return fail(QFORGE_STATUS_UNSUPPORTED, RANK1_ID ": the host offers no training");
-  if ((s = inspect(model)) != NULL) return s;
 
   memset(&cfg, 0, sizeof cfg);
   cfg.struct_size = sizeof cfg;
@@ -258,7 +265,7 @@ static qforge_status* rank1_run(const qforge_host* host, const qforge_model_serv
     rank1* r;
     if (!ends_with(name, target)) continue;
     if ((s = model->layer_info(model, i, &out, &in, &block, &format)) != NULL) break;
-    if ((r = rank1_new(out, in, alpha, i)) == NULL) {
+    if ((r = rank1_new(out, in, alpha, i + 100u * block)) == NULL) {
       s = fail(QFORGE_STATUS_OUT_OF_MEMORY, RANK1_ID ": out of memory");
       break;
     }
@@ -270,11 +277,11 @@ static qforge_status* rank1_run(const qforge_host* host, const qforge_model_serv
   if (s == NULL) s = t->set_schedule(trainer, 0, steps);
   if (s == NULL) s = t->restore_state(trainer, &position);
 
-  memset(&ce, 0, sizeof ce);
-  ce.struct_size = sizeof ce;
-  ce.kind = QFORGE_LOSS_CROSS_ENTROPY;
-  ce.weight = 1.0;
-  terms[0] = &ce;
+  memset(&term, 0, sizeof term);
+  term.struct_size = sizeof term;
+  term.kind = loss;
+  term.weight = 1.0;
+  terms[0] = &term;
   for (k = position; k < steps && s == NULL; ++k) {
     double value = 0;
     s = t->loss_backward(trainer, k / batches, k % batches, terms, 1, 1.0, &value);
@@ -286,8 +293,10 @@ static qforge_status* rank1_run(const qforge_host* host, const qforge_model_serv
   }
   t->trainer_destroy(trainer);
   if (s != NULL) return s;
-  snprintf(message, sizeof message, RANK1_ID ": %u adapters, mean cross-entropy %.4f (first epoch) -> %.4f (last) over %llu steps",
-           attached, first, last, (unsigned long long)steps);
+  snprintf(message, sizeof message,
+           RANK1_ID " %s: %u adapters, mean %s %.6g (first epoch) -> %.6g (last) over %llu steps",
+           what, attached, loss == QFORGE_LOSS_CROSS_ENTROPY ? "cross-entropy" : "block-target-mse",
+           first, last, (unsigned long long)steps);
   host->log(host, QFORGE_LOG_INFO, message);
   /* The same sequences come back each epoch: a trained adapter lowers their mean loss. */
   if (position == 0 && steps >= 2 * batches && !(last < first))
@@ -295,7 +304,25 @@ static qforge_status* rank1_run(const qforge_host* host, const qforge_model_serv
   return NULL;
 }
 
-static const qforge_postprocess rank1_table = {sizeof(qforge_postprocess), 0, &rank1_run};
+/* The whole model: next-token cross-entropy on the run's training data. */
+static qforge_status* rank1_run(const qforge_host* host, const qforge_model_services* model,
+                                const qforge_param_value* const* params, uint32_t count) {
+  qforge_status* s = inspect(model);
+  if (s != NULL) return s;
+  return train(host, model, params, count, QFORGE_LOSS_CROSS_ENTROPY, "model");
+}
+
+/* One block inside `qforge quantize`: its output against the unquantized block's. */
+static qforge_status* rank1_run_block(const qforge_host* host, const qforge_model_services* model,
+                                      uint32_t block, const qforge_param_value* const* params,
+                                      uint32_t count) {
+  char what[32];
+  snprintf(what, sizeof what, "block %u", block);
+  return train(host, model, params, count, QFORGE_LOSS_MSE_BLOCK_TARGET, what);
+}
+
+static const qforge_postprocess rank1_table = {sizeof(qforge_postprocess), 0, &rank1_run,
+                                                &rank1_run_block};
 
 /* ---- description ---- */
 

@@ -63,6 +63,7 @@ QF_ENUM(QFORGE_LOSS_CROSS_ENTROPY, 1);
 QF_ENUM(QFORGE_LOSS_KL_TEACHER, 2);
 QF_ENUM(QFORGE_LOSS_MSE_TEACHER_LOGITS, 3);
 QF_ENUM(QFORGE_LOSS_MSE_TEACHER_BLOCKS, 4);
+QF_ENUM(QFORGE_LOSS_MSE_BLOCK_TARGET, 5);
 QF_ENUM(QFORGE_STATUS_INTERNAL, 6);
 
 QF_ENUM(QFORGE_PARAM_BOOL, 1);
@@ -319,10 +320,11 @@ QF_FIELD(qforge_host_train, step, 56, P);
 QF_FIELD(qforge_host_train, save_state, 64, P);
 QF_FIELD(qforge_host_train, restore_state, 72, P);
 
-QF_SIZE(qforge_postprocess, 16);
+QF_SIZE(qforge_postprocess, 24); /* 16 in 1.0 */
 QF_STRUCT_SIZE_FIRST(qforge_postprocess);
 QF_FIELD(qforge_postprocess, reserved, 4, 4);
 QF_FIELD(qforge_postprocess, run, 8, P);
+QF_FIELD(qforge_postprocess, run_block, 16, P); /* 1.1 */
 
 /* ---- entry.h ---- */
 QF_SIZE(qforge_plugin_entry, 64);

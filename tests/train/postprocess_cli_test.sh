@@ -49,6 +49,23 @@ check "Ctrl-C: exit 130, told to --resume" '[ $rc -eq 130 ] && grep -q -- "--res
 check "interrupted and resumed: the same adapter" \
   '[ "$(payload "$work/int/adapter/adapter_model.safetensors")" = "$(payload "$work/full/adapter/adapter_model.safetensors")" ]'
 
+# The teacher's top-k cache on disk: with k = the whole vocabulary (512) it
+# holds the teacher exactly, so training matches the live teacher's.
+"$qforge" "${pp[@]}" --pp-set cache_teacher_outputs=true --pp-set teacher_top_k=512 \
+  --out "$work/cached" > /dev/null
+ppl() { "$qforge" eval "$@" --ppl "$V" --seqlen 256 --json --log-level warn | grep '"ppl"' | grep -o '[0-9.]*'; }
+live=$(ppl --model "$work/full" --adapter "$work/full/adapter")
+cached=$(ppl --model "$work/cached" --adapter "$work/cached/adapter")
+echo "perplexity after teacher SFT: live teacher $live, top-512 cache $cached"
+check "training on the full cache matches the live teacher (0.1%)" \
+  "awk 'BEGIN{d=$cached-$live; if(d<0)d=-d; exit !(d < 0.001*$live)}'"
+"$qforge" "${pp[@]}" --pp-set cache_teacher_outputs=true --pp-set teacher_top_k=16 \
+  --out "$work/top16" > /dev/null
+top16=$(ppl --model "$work/top16" --adapter "$work/top16/adapter")
+echo "perplexity after teacher SFT with a top-16 cache: $top16"
+check "a top-16 cache trains (lower than the quantized model) and is used (not the live result)" \
+  "awk 'BEGIN{exit !($top16 < $(ppl --model "$work/q") && $top16 != $live)}'"
+
 refused() {  # refused <what> <pattern> <args...>: exit 2, one line naming it, nothing written
   local what="$1" pattern="$2"; shift 2
   rm -rf "$work/bad"
@@ -74,7 +91,6 @@ refused "a quantizer given as a post-process" "not a post-process" postprocess -
   --postprocess org.qforge.rtn --train-data "$C"
 
 # --adapter on the packed model, and the same adapter merged into float16.
-ppl() { "$qforge" eval "$@" --ppl "$V" --seqlen 256 --json --log-level warn | grep '"ppl"' | grep -o '[0-9.]*'; }
 base=$(ppl --model "$work/q")
 adapted=$(ppl --model "$work/full" --adapter "$work/full/adapter")
 "$qforge" postprocess --model "$work/q" --adapter "$work/full/adapter" --merge --out "$work/merged" \

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "qforge_host/base/allocator.hpp"
 #include "qforge_host/data/calibration.hpp"
@@ -38,6 +39,7 @@ double seconds_since(Clock::time_point t0) {
 
 int main(int argc, char** argv) {
   qh::keep_large_allocations_in_heap();
+  at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
   std::string model_dir, data;
   int64_t seqlen = 256, batch = 4, iters = 20;
   for (int i = 1; i + 1 < argc; i += 2) {

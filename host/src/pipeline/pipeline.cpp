@@ -54,6 +54,9 @@ Needs needs_of(const Component& q, const QuantizeOptions& o) {
   const bool free = q.has_feature(QFORGE_FEATURE_CALIBRATION_FREE);
   Needs n;
   n.calibration = !o.calibration.file.empty();
+  if (!n.calibration && !o.block_postprocesses.empty())
+    throw UsageError("a per-block post-process trains on the block's calibration inputs: "
+                     "give --calib FILE");
   if (!n.calibration && !free)
     throw UsageError(fmt::format("--calib FILE is required: {} is not calibration-free", o.method));
   if (!n.calibration && o.qep) throw UsageError("--qep needs calibration data (--calib FILE)");
@@ -227,6 +230,15 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
       throw UsageError(fmt::format("--override '{}' matches no selected layer (names look like "
                                    "{}self_attn.q_proj)", ov.pattern, layout.prefix(0)));
   }
+  // The per-block post-processes, checked before any work.
+  std::vector<std::pair<const Component*, std::unique_ptr<ParamValues>>> block_pps;
+  for (const auto& pp : o.block_postprocesses) {
+    const Component* c = registry.find(pp.id);
+    if (c == nullptr || !has_run_block(*c))
+      throw UsageError(fmt::format("'{}' is not a post-process with a per-block hook", pp.id));
+    block_pps.emplace_back(c, std::make_unique<ParamValues>(pp.id, c->desc->params,
+                                                            c->desc->param_count, pp.params));
+  }
   std::vector<std::string> formats;
   for (const char* const* f = q->quantizer()->output_formats; f != nullptr && *f != nullptr; ++f)
     formats.emplace_back(*f);
@@ -235,14 +247,18 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
   RunCheckpoint ckpt(o.out_dir);
   const std::string fingerprint = options_fingerprint(o, sink.name(), q->library);
   ResumeState state = start(o, needs, ckpt, model, fingerprint);
+  QuantizeSummary summary;
   for (int64_t i = 0; i < state.next_block; ++i) {  // what earlier runs wrote
+    if (!o.block_postprocesses.empty()) {
+      auto adapters = load_adapter_exports(ckpt.adapters_path(i));
+      summary.adapters.insert(summary.adapters.end(), adapters.begin(), adapters.end());
+    }
     const std::vector<SavedLayer> earlier = load_results(ckpt.results_path(i));
     std::map<std::string, const QuantResult*> packed;
     for (const auto& r : earlier) packed[r.report.name] = &r.result;
     sink.restore_block(static_cast<size_t>(i), packed);
   }
   auto record = std::make_unique<ActivityRecord>(ckpt.activity_path());
-  QuantizeSummary summary;
   summary.calibration = state.calibration;
   summary.resumed_from_block = state.next_block;
 
@@ -276,9 +292,22 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
         progress.update(++done_layers, static_cast<int64_t>(selected.size()));
       }
     }
-    // The next block's inputs: the quantized block on the quantized stream,
-    // the original block on the full-precision stream.
-    if (needs.calibration) state.x = forward_block(model, i, state.x, o.chunk);
+    // Per-block post-processes reconstruct the block (against the original
+    // block's outputs on the same inputs) before its output is propagated.
+    std::vector<AdapterExport> adapters;
+    if (!block_pps.empty()) {
+      std::swap(model.blocks()[i], original);
+      BlockScope scope{static_cast<size_t>(i), state.x, forward_block(model, i, state.x, o.chunk)};
+      std::swap(model.blocks()[i], original);
+      ModelServices services(model, PostprocessContext{}, &scope);
+      for (const auto& [component, params] : block_pps) run_postprocess_block(*component, *params, services);
+      adapters = services.export_adapters();
+      state.x = forward_block(model, i, state.x, o.chunk);  // through the adapters
+    } else if (needs.calibration) {
+      // The next block's inputs: the quantized block on the quantized stream,
+      // the original block on the full-precision stream.
+      state.x = forward_block(model, i, state.x, o.chunk);
+    }
     if (needs.fp_stream) {
       std::swap(model.blocks()[i], original);
       state.x_fp = forward_block(model, i, state.x_fp, o.chunk);
@@ -292,6 +321,11 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
     std::vector<std::string> written = sink.write_block(i, b, packed);
     save_results(ckpt.results_path(i), o.method, block_results);
     written.push_back(ckpt.results_path(i));
+    if (!block_pps.empty()) {
+      save_adapter_exports(ckpt.adapters_path(i), adapters);
+      written.push_back(ckpt.adapters_path(i));
+      summary.adapters.insert(summary.adapters.end(), adapters.begin(), adapters.end());
+    }
     ckpt.save(state, fingerprint, written);
     model.release_block(i);
     block_results.clear();

@@ -39,6 +39,14 @@ json inputs_identity(const QuantizeOptions& o, const std::string& plugin_library
 
 }  // namespace
 
+namespace {
+json block_postprocesses_identity(const QuantizeOptions& o) {
+  json out = json::array();
+  for (const auto& pp : o.block_postprocesses) out.push_back({pp.id, pp.params});
+  return out;
+}
+}  // namespace
+
 std::string options_fingerprint(const QuantizeOptions& o, const std::string& save_format,
                                 const std::string& plugin_library) {
   json overrides = json::array();
@@ -55,6 +63,7 @@ std::string options_fingerprint(const QuantizeOptions& o, const std::string& sav
               {"qep", {o.qep, o.qep_percdamp, o.qep_perccorr}},
               {"act_dtype", std::string(at::toString(o.act_dtype))},
               {"save_format", save_format},
+              {"block_postprocesses", block_postprocesses_identity(o)},
               {"inputs", inputs_identity(o, plugin_library)}}
       .dump();
 }
@@ -99,6 +108,10 @@ ResumeState RunCheckpoint::load(const std::string& fingerprint, at::ScalarType a
 
 std::string RunCheckpoint::results_path(int64_t block) const {
   return (dir_ / fmt::format("results-block-{:05}.safetensors", block)).string();
+}
+
+std::string RunCheckpoint::adapters_path(int64_t block) const {
+  return (dir_ / fmt::format("adapters-block-{:05}.safetensors", block)).string();
 }
 
 void RunCheckpoint::save(ResumeState& s, const std::string& fingerprint,

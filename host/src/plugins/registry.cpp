@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <chrono>
 #include <condition_variable>
@@ -99,7 +100,9 @@ std::string check_vtable(const qforge_component_desc& d) {
     }
     case QFORGE_COMPONENT_POSTPROCESS: {
       auto* p = static_cast<const qforge_postprocess*>(d.vtable);
-      if (size < sizeof(qforge_postprocess)) return "post-process table is smaller than ABI v1's";
+      // ABI 1.0's table ends with `run` (1.1 appended run_block).
+      if (size < offsetof(qforge_postprocess, run) + sizeof p->run)
+        return "post-process table is smaller than ABI v1's";
       if (!p->run) return "post-process table has no run function";
       return {};
     }

@@ -56,9 +56,11 @@ class PluginAdapter final : public LinearAdapter {
 };
 
 struct ModelServices::Impl {
-  Impl(Model& m, PostprocessContext c) : model(m), context(std::move(c)) {}
+  Impl(Model& m, PostprocessContext c, const BlockScope* s)
+      : model(m), context(std::move(c)), scope(s) {}
   Model& model;
   PostprocessContext context;
+  const BlockScope* scope;  // null: the whole model
   qforge_model_services table{};
   std::vector<Linear*> linears;   // the blocks' linears, in order
   std::vector<uint32_t> block_of;  // block of each

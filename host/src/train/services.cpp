@@ -1,13 +1,16 @@
 // The model as a post-process sees it (sdk/include/qforge/postprocess.h), and
 // the autograd nodes that make packed layers and plugin adapters trainable.
 #include <ATen/ATen.h>
+#include <cstddef>
 #include <fmt/format.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <nlohmann/json.hpp>
 #include <qforge/cpp/torch.hpp>
 
 #include "internal.hpp"
 #include "qforge_host/base/errors.hpp"
+#include "qforge_host/io/safetensors.hpp"
 #include "qforge_host/plugins/abi_bridge.hpp"
 #include "qforge_host/plugins/services.hpp"
 
@@ -290,11 +293,12 @@ void ModelServices::Impl::attach(const std::string& layer, qforge_adapter* adapt
   adapters[layer] = a;
 }
 
-ModelServices::ModelServices(Model& model, PostprocessContext context)
-    : impl_(std::make_unique<Impl>(model, std::move(context))) {
+ModelServices::ModelServices(Model& model, PostprocessContext context, const BlockScope* scope)
+    : impl_(std::make_unique<Impl>(model, std::move(context), scope)) {
   offer_host_extension(QFORGE_EXT_HOST_TRAIN, QFORGE_EXT_HOST_TRAIN_REVISION, host_train_table());
   Impl& s = *impl_;
   for (size_t b = 0; b < model.blocks().size(); ++b) {
+    if (scope != nullptr && b != scope->block) continue;
     if (!model.blocks()[b].input_norm.defined())
       throw UsageError(fmt::format("post-process: block {} is not loaded", b));
     for (Linear* l : model.blocks()[b].linears()) {
@@ -335,6 +339,62 @@ std::vector<AdapterExport> ModelServices::export_adapters() const {
     if (auto it = impl_->adapters.find(l->name); it != impl_->adapters.end())
       out.push_back(it->second->export_());
   return out;
+}
+
+void save_adapter_exports(const std::string& path, const std::vector<AdapterExport>& adapters) {
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  nlohmann::json index = nlohmann::json::array();
+  for (const AdapterExport& a : adapters) {
+    nlohmann::json names = nlohmann::json::array();
+    for (const auto& [name, t] : a.params) {
+      tensors.emplace_back(a.layer + "/" + name, t.contiguous());
+      names.push_back(name);
+    }
+    index.push_back({{"layer", a.layer}, {"format", a.format}, {"metadata", a.metadata},
+                     {"params", names}});
+  }
+  save_safetensors(path, tensors, {{"adapters", index.dump()}});
+}
+
+std::vector<AdapterExport> load_adapter_exports(const std::string& path) {
+  SafetensorsFile f(path);
+  auto it = f.metadata().find("adapters");
+  nlohmann::json index = it == f.metadata().end() ? nlohmann::json()
+                                                  : nlohmann::json::parse(it->second, nullptr, false);
+  if (!index.is_array()) throw ModelFileError(fmt::format("{}: no adapter index in its header", path));
+  std::vector<AdapterExport> out;
+  try {
+    for (const auto& a : index) {
+      AdapterExport e{a.at("layer").get<std::string>(), a.at("format").get<std::string>(),
+                      a.at("metadata").get<std::string>(), {}};
+      for (const auto& name : a.at("params"))
+        e.params.emplace_back(name.get<std::string>(),
+                              f.load(e.layer + "/" + name.get<std::string>(), at::kFloat));
+      out.push_back(std::move(e));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw ModelFileError(fmt::format("{}: malformed adapter index ({})", path, e.what()));
+  }
+  return out;
+}
+
+bool has_run_block(const Component& component) {
+  const qforge_postprocess* p = component.postprocess();
+  return p != nullptr &&
+         p->struct_size >= offsetof(qforge_postprocess, run_block) + sizeof p->run_block &&
+         p->run_block != nullptr;
+}
+
+void run_postprocess_block(const Component& component, const ParamValues& params,
+                           ModelServices& model) {
+  const BlockScope* scope = model.impl().scope;
+  if (scope == nullptr || !has_run_block(component))
+    throw UsageError(fmt::format("'{}' has no per-block hook", component.desc->id));
+  PluginActivity activity(fmt::format("{} (post-process) on block {}", component.desc->id, scope->block));
+  throw_if_error(component.postprocess()->run_block(services(), model.table(),
+                                                    static_cast<uint32_t>(scope->block),
+                                                    params.data(), params.size()),
+                 component.desc->id);
 }
 
 void run_postprocess(const Component& component, const ParamValues& params, ModelServices& model) {

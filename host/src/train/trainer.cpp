@@ -61,6 +61,7 @@ const char* loss_name(int32_t kind) {
     case QFORGE_LOSS_KL_TEACHER: return "kl";
     case QFORGE_LOSS_MSE_TEACHER_LOGITS: return "logits-mse";
     case QFORGE_LOSS_MSE_TEACHER_BLOCKS: return "block-mse";
+    case QFORGE_LOSS_MSE_BLOCK_TARGET: return "block-target-mse";
     default: return "?";
   }
 }
@@ -100,6 +101,9 @@ struct qforge_trainer {
   qforge_trainer(ModelServices::Impl& s, const qforge_train_config& c);
   ~qforge_trainer() { ms.mode = TrainMode{}; ms.trainer_alive = false; }
 
+  int64_t sequences() const { return ms.scope ? ms.scope->inputs.size(0) : data.ids.size(0); }
+  double block_loss(const at::Tensor& rows, const qforge_loss_term* const* terms, uint32_t count,
+                    double scale, double* values);
   void gather_slots();
   at::Tensor batch_rows(uint64_t epoch, uint64_t index) const;
   double loss_backward(uint64_t epoch, uint64_t index, const qforge_loss_term* const* terms,
@@ -127,6 +131,10 @@ qforge_trainer::qforge_trainer(ModelServices::Impl& s, const qforge_train_config
           mc.max_position_embeddings);
     length = std::min<int64_t>(mc.max_position_embeddings, length ? length : 1024);
   }
+  if (ms.scope != nullptr) {  // a block: its calibration inputs and targets are the data
+    log(LogLevel::debug, "training block {} on {} sequences", ms.scope->block, sequences());
+    return;
+  }
   if (ms.context.data.file.empty())
     throw UsageError("training needs data: give --train-data FILE (text, JSONL or CSV)");
   if (ms.context.tokenizer == nullptr) throw UsageError("training needs the model's tokenizer");
@@ -147,7 +155,7 @@ qforge_trainer::qforge_trainer(ModelServices::Impl& s, const qforge_train_config
 }
 
 at::Tensor qforge_trainer::batch_rows(uint64_t epoch, uint64_t index) const {
-  const int64_t n = data.ids.size(0), B = static_cast<int64_t>(cfg.batch_size);
+  const int64_t n = sequences(), B = static_cast<int64_t>(cfg.batch_size);
   if (static_cast<int64_t>(index) * B >= n)
     throw UsageError(fmt::format("training: batch {} is beyond the {} batches of an epoch", index,
                                  (n + B - 1) / B));
@@ -232,6 +240,8 @@ double qforge_trainer::loss_backward(uint64_t epoch, uint64_t index,
   if (services()->is_cancelled(services())) throw Cancelled("training interrupted");
   gather_slots();
   const at::Tensor rows = batch_rows(epoch, index);
+  ms.mode.seed = (cfg.shuffle_seed * 0x9E3779B97F4A7C15ull) ^ (epoch << 32) ^ index;
+  if (ms.scope) return block_loss(rows, terms, count, scale, values);
   const at::Tensor ids = data.ids.index_select(0, rows), labels = data.labels.index_select(0, rows);
   const int64_t V = ms.model.config().vocab_size, nb = static_cast<int64_t>(ms.model.blocks().size());
 
@@ -262,6 +272,8 @@ double qforge_trainer::loss_backward(uint64_t epoch, uint64_t index,
           }
         }
         break;
+      case QFORGE_LOSS_MSE_BLOCK_TARGET:
+        throw UsageError("loss block-target-mse trains a block inside run_block only");
       default: throw UsageError(fmt::format("unknown loss kind {}", t.kind));
     }
     if (t.kind != QFORGE_LOSS_CROSS_ENTROPY && !cfg.teacher)
@@ -287,7 +299,6 @@ double qforge_trainer::loss_backward(uint64_t epoch, uint64_t index,
   // The student, with gradients (adapters in training mode, seeded per batch).
   at::AutoGradMode grad(true);
   ms.mode.training = true;
-  ms.mode.seed = (cfg.shuffle_seed * 0x9E3779B97F4A7C15ull) ^ (epoch << 32) ^ index;
   std::vector<at::Tensor> hs(nb);
   at::Tensor h = ms.model.embed(ids);
   for (int64_t b = 0; b < nb; ++b) {
@@ -370,6 +381,41 @@ double qforge_trainer::loss_backward(uint64_t epoch, uint64_t index,
   return total.item<double>();
 }
 
+// Block scope: the block on its calibration inputs against the unquantized
+// block's outputs (every position counts: calibration windows have no padding).
+double qforge_trainer::block_loss(const at::Tensor& rows, const qforge_loss_term* const* terms,
+                                  uint32_t count, double scale, double* values) {
+  const size_t b = ms.scope->block;
+  const at::Tensor x = ms.scope->inputs.index_select(0, rows).to(at::kFloat);
+  const at::Tensor target = ms.scope->targets.index_select(0, rows).to(at::kFloat);
+  at::AutoGradMode grad(true);
+  ms.mode.training = true;
+  const at::Tensor L = (ms.model.block_forward(b, x, 0, nullptr) - target).pow(2).mean();
+  at::Tensor total = at::zeros({}, at::kFloat);
+  for (uint32_t i = 0; i < count; ++i) {
+    const qforge_loss_term& t = *terms[i];
+    if (t.struct_size < sizeof(qforge_loss_term)) throw UsageError("loss term: struct_size too small");
+    if (t.kind != QFORGE_LOSS_MSE_BLOCK_TARGET)
+      throw UsageError(fmt::format("loss {} is not available in run_block (only block-target-mse)",
+                                   loss_name(t.kind)));
+    if (values) values[i] = L.item<double>();
+    total = total + L * t.weight;
+  }
+  const double value = total.item<double>();
+  if (!std::isfinite(value)) throw UsageError("training: the block loss is not finite (lower lr?)");
+  (total * scale).backward();
+  ms.mode.training = false;
+  tokens += x.size(0) * x.size(1);
+  if (loss_sum.size() != 1) {
+    loss_sum.assign(1, 0.0);
+    loss_names = {"block-target-mse"};
+  }
+  loss_sum[0] += L.item<double>();
+  total_sum += value;
+  ++loss_batches;
+  return value;
+}
+
 double qforge_trainer::step() {
   gather_slots();
   const double lr = scheduled_lr(cfg.lr, steps, warmup_steps, total_steps);
@@ -396,15 +442,16 @@ double qforge_trainer::step() {
     g.zero_();
   }
   // Progress: a line with the ETA, and the losses every tenth of the run.
-  if (!progress) progress = std::make_unique<ProgressLine>("training", "steps");
-  if (total_steps > 0) progress->update(static_cast<int64_t>(steps), static_cast<int64_t>(total_steps));
+  if (!progress && !ms.scope) progress = std::make_unique<ProgressLine>("training", "steps");
+  if (progress && total_steps > 0) progress->update(static_cast<int64_t>(steps), static_cast<int64_t>(total_steps));
   const uint64_t every = std::max<uint64_t>(1, total_steps / 10);
   if (steps >= next_report && loss_batches > 0) {
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::string parts;
     for (size_t i = 0; i < loss_sum.size(); ++i)
       parts += fmt::format("{}{} {:.4f}", i ? ", " : "", loss_names[i], loss_sum[i] / loss_batches);
-    log(LogLevel::info, "training: step {}/{}, loss {:.4f} ({}), lr {:.3g}, {:.0f} tokens/s", steps,
+    log(ms.scope ? LogLevel::debug : LogLevel::info,
+        "training: step {}/{}, loss {:.4f} ({}), lr {:.3g}, {:.0f} tokens/s", steps,
         total_steps, total_sum / loss_batches, parts, lr, secs > 0 ? tokens / secs : 0.0);
     std::fill(loss_sum.begin(), loss_sum.end(), 0.0);
     total_sum = 0;
@@ -525,7 +572,7 @@ qforge_status* set_schedule(qforge_trainer* t, uint64_t warmup, uint64_t total) 
 }
 
 uint64_t batch_count(const qforge_trainer* t) {
-  return (static_cast<uint64_t>(t->data.ids.size(0)) + t->cfg.batch_size - 1) / t->cfg.batch_size;
+  return (static_cast<uint64_t>(t->sequences()) + t->cfg.batch_size - 1) / t->cfg.batch_size;
 }
 
 qforge_status* loss_backward(qforge_trainer* t, uint64_t epoch, uint64_t index,

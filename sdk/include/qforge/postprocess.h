@@ -54,6 +54,18 @@ typedef struct qforge_postprocess {
   /* Runs the post-process with validated parameters. Main thread. */
   qforge_status* (*run)(const qforge_host* host, const qforge_model_services* model,
                         const qforge_param_value* const* params, uint32_t param_count);
+
+  /* ---- ABI 1.1 ---- */
+  /* The per-block hook; NULL when the post-process works on whole models
+   * only. `qforge quantize --postprocess ID` calls it for each block, after
+   * the block's linears are quantized and before its output feeds the next
+   * block (instead of calling `run` at the end), so the post-process can
+   * reconstruct block `block` first. `model` then holds that block's linears
+   * only, and a trainer made during the call trains on the block
+   * (qforge/ext/train.h: QFORGE_LOSS_MSE_BLOCK_TARGET). Main thread. */
+  qforge_status* (*run_block)(const qforge_host* host, const qforge_model_services* model,
+                              uint32_t block, const qforge_param_value* const* params,
+                              uint32_t param_count);
 } qforge_postprocess;
 
 #ifdef __cplusplus

@@ -13,6 +13,13 @@
 
 namespace qforge::host {
 
+// A post-process with a per-block hook (run_block), called after each block
+// is quantized and before its output feeds the next one.
+struct BlockPostprocess {
+  std::string id;
+  std::map<std::string, std::string> params;
+};
+
 struct QuantizeOptions {
   std::string model_dir;
   std::string out_dir;
@@ -27,6 +34,7 @@ struct QuantizeOptions {
   bool resume = false;
   int64_t chunk = 4;            // calibration sequences per forward pass
   at::ScalarType act_dtype = at::kFloat;  // storage of calibration activations
+  std::vector<BlockPostprocess> block_postprocesses;  // in order
 };
 
 }  // namespace qforge::host

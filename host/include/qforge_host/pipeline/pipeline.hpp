@@ -19,6 +19,7 @@
 #include "qforge_host/pipeline/options.hpp"
 #include "qforge_host/pipeline/results_file.hpp"
 #include "qforge_host/plugins/registry.hpp"
+#include "qforge_host/train/postprocess.hpp"
 
 namespace qforge::host {
 
@@ -48,6 +49,9 @@ class BlockSink {
 };
 
 struct QuantizeSummary {
+  // The adapters block post-processes attached, every block's in order
+  // (saved by the caller, e.g. as a PEFT adapter).
+  std::vector<AdapterExport> adapters;
   std::string calibration;              // what calibration data was used
   std::vector<LayerReport> layers;
   int64_t resumed_from_block = 0;       // 0 when started afresh

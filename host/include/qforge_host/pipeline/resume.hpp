@@ -48,6 +48,8 @@ class RunCheckpoint {
   // inputs, or when a checkpointed file changed since it was written.
   ResumeState load(const std::string& fingerprint, at::ScalarType act_dtype) const;
   std::string results_path(int64_t block) const;
+  // The adapters block post-processes attached to block `block`.
+  std::string adapters_path(int64_t block) const;
   // After block `state.next_block - 1`: activations, then the state file,
   // recording the digests of `written` (the block's files) and the activations.
   void save(ResumeState& state, const std::string& fingerprint,

@@ -46,11 +46,20 @@ struct AdapterExport {
   std::vector<std::pair<std::string, at::Tensor>> params;
 };
 
+// The block a post-process's run_block reconstructs inside the pipeline:
+// its calibration inputs (the quantized stream) and the unquantized block's
+// outputs on them.
+struct BlockScope {
+  size_t block = 0;
+  at::Tensor inputs, targets;  // [n, T, hidden]
+};
+
 class ModelServices {
  public:
-  // `model` (every block loaded) must outlive this object. Its packed linears
-  // become differentiable for as long as this object lives.
-  ModelServices(Model& model, PostprocessContext context);
+  // `model` must outlive this object, with every block loaded, or with a
+  // `scope`, block scope->block (the services then hold its linears only).
+  // Its packed linears become differentiable for as long as this object lives.
+  ModelServices(Model& model, PostprocessContext context, const BlockScope* scope = nullptr);
   ~ModelServices();  // detaches and destroys the adapters
   ModelServices(const ModelServices&) = delete;
   ModelServices& operator=(const ModelServices&) = delete;
@@ -71,6 +80,18 @@ class ModelServices {
 // PluginError, Cancelled (Ctrl-C; the training checkpoint is kept) or
 // UsageError.
 void run_postprocess(const Component& component, const ParamValues& params, ModelServices& model);
+
+// Exported adapters in one safetensors file (tensors "<layer>/<param>", each
+// adapter's format and metadata in the header), and back; ModelFileError
+// naming the file for one qforge did not write.
+void save_adapter_exports(const std::string& path, const std::vector<AdapterExport>& adapters);
+std::vector<AdapterExport> load_adapter_exports(const std::string& path);
+
+// Whether the post-process has the per-block hook (ABI 1.1 run_block).
+bool has_run_block(const Component& component);
+// Calls it for the block `model` was made for (a BlockScope).
+void run_postprocess_block(const Component& component, const ParamValues& params,
+                           ModelServices& model);
 
 // The host's qforge.host.train table (revision 1).
 const qforge_host_train* host_train_table();

@@ -277,6 +277,13 @@ const qforge_inference_layer* inference_layer_vtable() {
 
 // A post-process class T provides
 //   static void run(const Host&, const qforge_model_services&, const Params&);
+// and, for the per-block hook (ABI 1.1), optionally
+//   static void run_block(const Host&, const qforge_model_services&, uint32_t block, const Params&);
+template <class T, class = void>
+struct HasRunBlock : std::false_type {};
+template <class T>
+struct HasRunBlock<T, std::void_t<decltype(&T::run_block)>> : std::true_type {};
+
 template <class T>
 const qforge_postprocess* postprocess_vtable() {
   struct Thunk {
@@ -284,8 +291,16 @@ const qforge_postprocess* postprocess_vtable() {
                               const qforge_param_value* const* params, uint32_t count) {
       return guard(host, [&] { T::run(Host(host), *model, Params(params, count)); });
     }
+    static qforge_status* run_block(const qforge_host* host, const qforge_model_services* model,
+                                    uint32_t block, const qforge_param_value* const* params,
+                                    uint32_t count) {
+      return guard(host, [&] {
+        if constexpr (HasRunBlock<T>::value) T::run_block(Host(host), *model, block, Params(params, count));
+      });
+    }
   };
-  static const qforge_postprocess table = {sizeof(qforge_postprocess), 0, &Thunk::run};
+  static const qforge_postprocess table = {sizeof(qforge_postprocess), 0, &Thunk::run,
+                                           HasRunBlock<T>::value ? &Thunk::run_block : nullptr};
   return &table;
 }
 

@@ -18,7 +18,7 @@
  * component when it loads the plugin.
  *
  * Threads: every function here is called on the thread running the
- * post-process's `run`, during that call only. */
+ * post-process's `run` or `run_block`, during that call only. */
 #ifndef QFORGE_EXT_TRAIN_H
 #define QFORGE_EXT_TRAIN_H
 
@@ -40,8 +40,12 @@ enum {
   QFORGE_LOSS_KL_TEACHER = 2,         /* τ²·KL(softmax(z_T/τ) ‖ softmax(z_S/τ)) (Hinton et al.
                                          2015, "Distilling the Knowledge in a Neural Network") */
   QFORGE_LOSS_MSE_TEACHER_LOGITS = 3, /* mean over the vocabulary of (z_S − z_T)² */
-  QFORGE_LOSS_MSE_TEACHER_BLOCKS = 4  /* mean over `blocks` and the hidden size of (h_S − h_T)²
+  QFORGE_LOSS_MSE_TEACHER_BLOCKS = 4, /* mean over `blocks` and the hidden size of (h_S − h_T)²
                                          at the blocks' outputs */
+  QFORGE_LOSS_MSE_BLOCK_TARGET = 5    /* in run_block: mean over the hidden size of
+                                         (block(x) − target)², x the block's calibration inputs
+                                         (the quantized stream), target the unquantized block's
+                                         output on x; the only loss of a block's trainer */
 };
 
 /* One term of a loss: weight · loss. */
@@ -131,8 +135,10 @@ typedef struct qforge_host_train {
   uint32_t struct_size;  /* sizeof(qforge_host_train) as compiled by the host */
   uint32_t reserved;     /* 0 */
 
-  /* A trainer over the whole model: its data, its optimizer, the teacher when
-   * asked for. One at a time. */
+  /* A trainer over the whole model (in `run`: the run's training data, the
+   * teacher when asked for) or over one block (in `run_block`: the block's
+   * calibration inputs and targets; max_length, max_samples and teacher are
+   * ignored). One at a time. */
   qforge_status* (*trainer_create)(const qforge_model_services* model,
                                    const qforge_train_config* config, qforge_trainer** trainer);
   /* The adapters stay on the model (they are saved with it). */
