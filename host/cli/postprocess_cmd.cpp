@@ -152,7 +152,10 @@ int postprocess_command(const Args& args, host::Registry& registry) {
     std::cout << json({{"model", plan.model_dir}, {"out", plan.out_dir}, {"postprocess", summary}}).dump(2) << "\n";
   else
     fmt::print("wrote {}{}\n", plan.out_dir,
-               plan.merge ? " (float16, adapters merged)" : " (adapter in " + (fs::path(plan.out_dir) / "adapter").string() + ")");
+               plan.merge ? " (float16, adapters merged)"
+               : fs::exists(fs::path(plan.out_dir) / "adapter")
+                   ? " (adapter in " + (fs::path(plan.out_dir) / "adapter").string() + ")"
+                   : "");
   return host::kExitOk;
 }
 

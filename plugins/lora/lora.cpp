@@ -20,6 +20,7 @@
 // (Hinton et al. 2015 for the τ² KL), averaged over gradient accumulation.
 // The host owns autograd, the losses, AdamW, the schedule, the teacher and
 // the checkpoints (qforge/ext/train.h); this file owns the policy.
+#include <qforge/cpp/metadata.hpp>
 #include <qforge/cpp/plugin.hpp>
 #include <qforge/cpp/torch.hpp>
 #include <qforge/cpp/train.hpp>
@@ -62,8 +63,7 @@ class LoraAdapter {
     B_ = at::zeros({out, r}, at::kFloat);
     views_[0] = std::make_unique<qforge::DLView>(A_);
     views_[1] = std::make_unique<qforge::DLView>(B_);
-    metadata_ = "{\"r\": " + std::to_string(r) + ", \"lora_alpha\": " + shortest(alpha) +
-                ", \"lora_dropout\": " + shortest(dropout) + "}";
+    metadata_ = qforge::Metadata{{"r", r}, {"lora_alpha", alpha}, {"lora_dropout", dropout}}.dump();
   }
 
   uint32_t param_count() const { return 2; }
@@ -126,14 +126,6 @@ class LoraAdapter {
         dst[i] = splitmix(seed ^ splitmix(static_cast<uint64_t>(i))) < threshold ? 0.0f : src[i] * keep_scale;
     });
     return out;
-  }
-  static std::string shortest(double v) {
-    char buf[32];
-    for (int digits = 1; digits <= 17; ++digits) {
-      std::snprintf(buf, sizeof buf, "%.*g", digits, v);
-      if (std::strtod(buf, nullptr) == v) break;
-    }
-    return buf;
   }
 
   int64_t r_;
