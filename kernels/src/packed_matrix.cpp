@@ -255,16 +255,20 @@ PackedMatrix::PackedMatrix(const QuantizedWeight& w, const ParallelFor& parallel
     }
   });
 
-  // Scales as float16 when all are exactly float16, zero points as uint8
-  // when all are integers in [0, 255]; padded lanes hold 0.
+  set_group_params(w.scales, w.scale_group_stride, w.scale_out_stride, w.zeros,
+                   w.zero_group_stride, w.zero_out_stride);
+}
+
+// Scales as float16 when all are exactly float16, zero points as uint8 when
+// all are integers in [0, 255]; padded lanes hold 0.
+void PackedMatrix::set_group_params(const float* scales, int64_t sgs, int64_t sos,
+                                    const float* zeros, int64_t zgs, int64_t zos) {
   scales_f16_ = zeros_u8_ = true;
   for (int64_t g = 0; g < groups_; ++g) {
     for (int64_t o = 0; o < out_; ++o) {
       uint16_t h;
-      if (scales_f16_ &&
-          !exact_half(w.scales[g * w.scale_group_stride + o * w.scale_out_stride], h))
-        scales_f16_ = false;
-      const float z = w.zeros[g * w.zero_group_stride + o * w.zero_out_stride];
+      if (scales_f16_ && !exact_half(scales[g * sgs + o * sos], h)) scales_f16_ = false;
+      const float z = zeros[g * zgs + o * zos];
       if (zeros_u8_ && !(z >= 0.f && z <= 255.f && z == std::floor(z))) zeros_u8_ = false;
     }
   }
@@ -276,14 +280,14 @@ PackedMatrix::PackedMatrix(const QuantizedWeight& w, const ParallelFor& parallel
       for (int64_t lane = 0; lane < kTile && t * kTile + lane < out_; ++lane) {
         const int64_t o = t * kTile + lane;
         const size_t idx = static_cast<size_t>((t * groups_ + g) * kTile + lane);
-        const float s = w.scales[g * w.scale_group_stride + o * w.scale_out_stride];
-        const float z = w.zeros[g * w.zero_group_stride + o * w.zero_out_stride];
+        const float sc = scales[g * sgs + o * sos];
+        const float z = zeros[g * zgs + o * zos];
         if (scales_f16_) {
           uint16_t h = 0;
-          exact_half(s, h);
+          exact_half(sc, h);
           std::memcpy(scales_.data() + 2 * idx, &h, 2);
         } else {
-          std::memcpy(scales_.data() + 4 * idx, &s, 4);
+          std::memcpy(scales_.data() + 4 * idx, &sc, 4);
         }
         if (zeros_u8_)
           zeros_[idx] = static_cast<uint8_t>(z);
@@ -292,6 +296,29 @@ PackedMatrix::PackedMatrix(const QuantizedWeight& w, const ParallelFor& parallel
       }
     }
   }
+}
+
+void PackedMatrix::group_params(float* scales, float* zeros) const {
+  for (int64_t t = 0; t < tiles_; ++t)
+    for (int64_t g = 0; g < groups_; ++g)
+      for (int64_t lane = 0; lane < kTile && t * kTile + lane < out_; ++lane) {
+        const int64_t o = t * kTile + lane;
+        const size_t idx = static_cast<size_t>((t * groups_ + g) * kTile + lane);
+        float sc, z;
+        if (scales_f16_) {
+          uint16_t h;
+          std::memcpy(&h, scales_.data() + 2 * idx, 2);
+          sc = detail::half_to_float(h);
+        } else {
+          std::memcpy(&sc, scales_.data() + 4 * idx, 4);
+        }
+        if (zeros_u8_)
+          z = zeros_[idx];
+        else
+          std::memcpy(&z, zeros_.data() + 4 * idx, 4);
+        scales[g * out_ + o] = sc;
+        zeros[g * out_ + o] = z;
+      }
 }
 
 // ---------------------------------------------------------------------------

@@ -9,14 +9,18 @@
 // kGemvMaxRows rows of x the packed SIMD kernels (AVX-512 / AVX2 / portable,
 // picked at run time); larger batches and backward_input dequantize W block
 // by block into one reused buffer and multiply with a LibTorch GEMM.
-// dequantize gives W bit for bit as the format decodes it.
+// dequantize gives W bit for bit as the format decodes it. Its scales and
+// zero points are tunable (qforge.layer.tunable, qforge/ext/train.h).
 #include <qforge/cpp/plugin.hpp>
 #include <qforge/cpp/torch.hpp>
+#include <qforge/cpp/train.hpp>
 #include <qforge_kernels/affine_aten.hpp>
 #include <qforge_kernels/torch_layer.hpp>
 
 #include <ATen/ATen.h>
 
+#include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -56,8 +60,79 @@ class AffineLayer : public qforge::kernels::aten::MatrixLayer {
     } catch (const std::invalid_argument& e) {
       qforge::invalid_argument(format + ": " + e.what());
     }
+    // The group of every input column (for the gradients of tuning).
+    const qforge::kernels::QuantizedWeight& w = input.weight.weight;
+    group_of_.resize(static_cast<size_t>(in_));
+    for (int64_t i = 0; i < in_; ++i) group_of_[i] = w.g_idx ? w.g_idx[i] : i / w.group_size;
   }
+
+  // ---- qforge.layer.tunable: the scales s and zero points z ----
+  //   W[o, i] = s[g, o] · (q[o, i] − z[g, o])  ⇒  with G = ∂L/∂W = grad_yᵀ·x,
+  //   ∂L/∂s[g, o] = Σ_{i∈g} G[o, i]·(q[o, i] − z[g, o]),  ∂L/∂z[g, o] = −s[g, o]·Σ_{i∈g} G[o, i].
+  uint32_t param_count() const { return 2; }
+
+  void param(uint32_t i, const char** name, const DLTensor** value) {
+    if (i > 1) qforge::invalid_argument("the affine layer has 2 tunable params");
+    Tuning& t = tuning();
+    *name = i == 0 ? "scales" : "zeros";
+    *value = t.views[i]->get();
+  }
+
+  void backward_params(const DLTensor& xd, const DLTensor& gyd, const DLTensor* const* grads) {
+    Tuning& t = tuning();
+    const at::Tensor x = qforge::borrow_float_cpu(xd, "backward_params: x").reshape({-1, in_});
+    const at::Tensor gy = qforge::borrow_float_cpu(gyd, "backward_params: grad_y").reshape({-1, out_});
+    at::Tensor gs = qforge::borrow_float_cpu(*grads[0], "backward_params: grad scales");
+    at::Tensor gz = qforge::borrow_float_cpu(*grads[1], "backward_params: grad zeros");
+    const at::Tensor G = gy.t().mm(x);  // [out, in]
+    at::Tensor q = at::empty({out_, in_}, at::kFloat);
+    qforge::kernels::aten::dequantize_into(t.codes, q);  // the codes: scales 1, zero points 0
+    const int64_t groups = matrix_.groups();
+    const at::Tensor S0 = at::zeros({out_, groups}, at::kFloat).index_add_(1, t.group, G);
+    const at::Tensor S1 = at::zeros({out_, groups}, at::kFloat).index_add_(1, t.group, G * q);
+    gs.add_((S1 - t.zeros.t() * S0).t());
+    gz.sub_((t.scales.t() * S0).t());
+  }
+
+  void update() {
+    Tuning& t = tuning();
+    matrix_.set_group_params(t.scales.data_ptr<float>(), out_, 1, t.zeros.data_ptr<float>(), out_, 1);
+  }
+
+ private:
+  struct Tuning {
+    at::Tensor scales, zeros;  // [groups, out] float32
+    at::Tensor group;          // [in] int64: the group of each input
+    qforge::kernels::PackedMatrix codes;  // the same codes with scales 1 and zero points 0
+    std::unique_ptr<qforge::DLView> views[2];
+  };
+  // Made on first use: inference alone never pays for it.
+  Tuning& tuning() {
+    if (tuning_) return *tuning_;
+    auto t = std::make_unique<Tuning>();
+    const int64_t groups = matrix_.groups();
+    t->scales = at::empty({groups, out_}, at::kFloat);
+    t->zeros = at::empty({groups, out_}, at::kFloat);
+    matrix_.group_params(t->scales.data_ptr<float>(), t->zeros.data_ptr<float>());
+    t->group = at::tensor(group_of_, at::kLong);
+    t->codes = matrix_;
+    const at::Tensor one = at::ones({groups, out_}, at::kFloat), zero = at::zeros({groups, out_}, at::kFloat);
+    t->codes.set_group_params(one.data_ptr<float>(), out_, 1, zero.data_ptr<float>(), out_, 1);
+    t->views[0] = std::make_unique<qforge::DLView>(t->scales);
+    t->views[1] = std::make_unique<qforge::DLView>(t->zeros);
+    tuning_ = std::move(t);
+    return *tuning_;
+  }
+  std::vector<int64_t> group_of_;
+  std::unique_ptr<Tuning> tuning_;
 };
+
+const void* affine_extension(const char* id, uint32_t revision) {
+  if (id != nullptr && std::strcmp(id, QFORGE_EXT_LAYER_TUNABLE) == 0 &&
+      revision <= QFORGE_EXT_LAYER_TUNABLE_REVISION)
+    return qforge::layer_tunable_table<AffineLayer>();
+  return nullptr;
+}
 
 const qforge::ComponentList& components() {
   static const qforge::ComponentList list = [] {
@@ -70,6 +145,7 @@ const qforge::ComponentList& components() {
         "codes: packed AVX-512/AVX2 kernels for small batches, dequantize + LibTorch GEMM for "
         "large ones.",
         features, nullptr, 0, qforge::inference_layer_vtable<AffineLayer>()));
+    l.back().get_extension = &affine_extension;
     return l;
   }();
   return list;

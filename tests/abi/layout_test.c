@@ -307,7 +307,7 @@ QF_FIELD(qforge_adapter_vtable, merge, 40, P);
 QF_FIELD(qforge_adapter_vtable, export_format, 48, P);
 QF_FIELD(qforge_adapter_vtable, destroy, 56, P);
 
-QF_SIZE(qforge_host_train, 80);
+QF_SIZE(qforge_host_train, 88);
 QF_STRUCT_SIZE_FIRST(qforge_host_train);
 QF_FIELD(qforge_host_train, reserved, 4, 4);
 QF_FIELD(qforge_host_train, trainer_create, 8, P);
@@ -319,6 +319,15 @@ QF_FIELD(qforge_host_train, loss_backward, 48, P);
 QF_FIELD(qforge_host_train, step, 56, P);
 QF_FIELD(qforge_host_train, save_state, 64, P);
 QF_FIELD(qforge_host_train, restore_state, 72, P);
+QF_FIELD(qforge_host_train, tune_layer, 80, P);
+
+QF_SIZE(qforge_layer_tunable, 40);
+QF_STRUCT_SIZE_FIRST(qforge_layer_tunable);
+QF_FIELD(qforge_layer_tunable, reserved, 4, 4);
+QF_FIELD(qforge_layer_tunable, param_count, 8, P);
+QF_FIELD(qforge_layer_tunable, param, 16, P);
+QF_FIELD(qforge_layer_tunable, backward_params, 24, P);
+QF_FIELD(qforge_layer_tunable, update, 32, P);
 
 QF_SIZE(qforge_postprocess, 24); /* 16 in 1.0 */
 QF_STRUCT_SIZE_FIRST(qforge_postprocess);
@@ -360,6 +369,7 @@ QF_STRUCT_SIZE_FIRST(qforge_loss_term);
 QF_STRUCT_SIZE_FIRST(qforge_train_config);
 QF_STRUCT_SIZE_FIRST(qforge_adapter_vtable);
 QF_STRUCT_SIZE_FIRST(qforge_host_train);
+QF_STRUCT_SIZE_FIRST(qforge_layer_tunable);
 #endif /* QF_LP64 */
 
 /* The entry function type must accept the exported symbol's signature. */

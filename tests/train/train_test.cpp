@@ -33,6 +33,11 @@ qh::Registry& registry() { return qforge::test::plugin_registry(); }
 
 // Blocks 0 and 1 packed: RTN and GPTQ (act-order, asymmetric) alternating,
 // 3 bits, groups of 32; GPTQ's Hessian from seeded inputs.
+std::map<std::string, qh::QuantResult>& packed_results() {
+  static std::map<std::string, qh::QuantResult> results;
+  return results;
+}
+
 void pack_first_blocks(qh::Model& m) {
   const qh::Component* rtn = registry().find("org.qforge.rtn");
   const qh::Component* gptq = registry().find("org.qforge.gptq");
@@ -49,6 +54,7 @@ void pack_first_blocks(qh::Model& m) {
               : qforge::test::quantize(*gptq, w, h,
                                        {{"bits", "3"}, {"group_size", "32"}, {"sym", "false"},
                                         {"desc_act", "true"}});
+      packed_results()[l->name] = r;
       const qh::Component* layer = registry().find_inference_layer(r.format);
       ASSERT_NE(layer, nullptr) << r.format;
       l->packed = std::make_shared<qh::PackedLayer>(*layer, r);
@@ -64,6 +70,20 @@ struct RefLora final : qh::LinearAdapter {
     return at::matmul(at::matmul(x, A.t()), B.t()) * s;
   }
 };
+
+// A trainer on the first 64 tokens of the training text, AdamW at `lr`.
+qforge_train_config one_sequence_config(double lr) {
+  qforge_train_config cfg{};
+  cfg.struct_size = sizeof cfg;
+  cfg.max_length = 64;
+  cfg.max_samples = 1;
+  cfg.batch_size = 1;
+  cfg.lr = lr;
+  cfg.beta1 = 0.9;
+  cfg.beta2 = 0.999;
+  cfg.eps = 1e-8;
+  return cfg;
+}
 
 double rel_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() /
@@ -144,14 +164,7 @@ TEST_F(Training, PackedLayerAndAdapterGradientsEqualDoubleAutograd) {
 TEST_F(Training, TrainerGradientsEqualAutogradOnTheDequantizedModel) {
   // The trainer's gradients for one micro-batch of cross-entropy.
   const qforge_host_train* t = qh::host_train_table();
-  qforge_train_config cfg{};
-  cfg.struct_size = sizeof cfg;
-  cfg.max_length = 64;
-  cfg.max_samples = 1;
-  cfg.batch_size = 1;
-  cfg.beta1 = 0.9;
-  cfg.beta2 = 0.999;
-  cfg.eps = 1e-8;
+  const qforge_train_config cfg = one_sequence_config(0.0);
   qforge_trainer* trainer = nullptr;
   qh::throw_if_error(t->trainer_create(services_->table(), &cfg, &trainer), "trainer_create");
   for (auto& [name, a] : services_->impl().adapters)
@@ -199,6 +212,87 @@ TEST_F(Training, TrainerGradientsEqualAutogradOnTheDequantizedModel) {
     EXPECT_LT(rel_diff(params[0].grad, r->A.grad()), 1e-4) << name << " dL/dA";
     EXPECT_LT(rel_diff(params[1].grad, r->B.grad()), 1e-4) << name << " dL/dB";
   }
+}
+
+// The affine layer's tunable scales s and zero points z (qforge.layer.tunable):
+// with the codes q fixed, W = s[g(i), o]·(q − z[g(i), o]); the gradients the
+// layer accumulates equal double-precision autograd through that expression,
+// for RTN (groups of 32) and GPTQ (act-order g_idx) layers; after an update
+// in place the layer computes with the new parameters.
+TEST_F(Training, TunableScalesAndZeroPointsGradientsEqualDoubleAutograd) {
+  int checked = 0;
+  auto& s = services_->impl();
+  for (size_t k = 0; k < 7; ++k) {
+    qh::Linear* l = model_->blocks()[0].linears()[k];
+    auto& params = s.packed[k]->tune(l->name);
+    ASSERT_EQ(params.size(), 2u);
+    const at::Tensor S0 = params[0].value.clone(), Z0 = params[1].value.clone();
+    const int64_t out = S0.size(1);
+    const qh::QuantResult& r = packed_results().at(l->name);
+    const int64_t in = l->packed->in_features();
+    at::Tensor gidx = r.tensors.count("g_idx") ? r.tensors.at("g_idx").to(at::kLong)
+                                                : at::arange(in, at::kLong).div(32, "floor");
+    ASSERT_EQ(gidx.size(0), in);
+    // The codes, from W and the parameters it was made with.
+    const at::Tensor W0 = l->packed->dequantize().to(at::kDouble);
+    const at::Tensor Sg = S0.to(at::kDouble).index_select(0, gidx).t(), Zg = Z0.to(at::kDouble).index_select(0, gidx).t();
+    const at::Tensor q = (W0 / Sg + Zg).round();
+    ASSERT_TRUE(at::allclose(Sg * (q - Zg), W0, 1e-6, 1e-7)) << l->name;
+
+    at::Tensor x = at::randn({2, 5, in}, at::kDouble), R = at::randn({2, 5, out}, at::kDouble);
+    for (auto& p : params) p.grad.zero_();
+    {
+      at::AutoGradMode grad(true);
+      (l->forward(x.to(at::kFloat)) * R.to(at::kFloat)).sum().backward();
+    }
+    at::Tensor sd = S0.to(at::kDouble).set_requires_grad(true), zd = Z0.to(at::kDouble).set_requires_grad(true);
+    {
+      at::AutoGradMode grad(true);
+      at::Tensor W = sd.index_select(0, gidx).t() * (q - zd.index_select(0, gidx).t());
+      (at::matmul(x, W.t()) * R).sum().backward();
+    }
+    EXPECT_LT(rel_diff(params[0].grad, sd.grad()), 2e-5) << l->name << " dL/ds";
+    EXPECT_LT(rel_diff(params[1].grad, zd.grad()), 2e-5) << l->name << " dL/dz";
+
+    // An update in place: the layer computes with the new parameters.
+    params[0].value.mul_(1.25);
+    params[1].value.add_(0.5);
+    s.packed[k]->update();
+    const at::Tensor W1 = (params[0].value.to(at::kDouble).index_select(0, gidx).t() *
+                           (q - params[1].value.to(at::kDouble).index_select(0, gidx).t()));
+    EXPECT_LT(rel_diff(l->packed->dequantize(), W1), 1e-6) << l->name;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 7);
+}
+
+// The trainer tunes the scales and zero points of block 0's packed layers
+// (tune_layer): a few AdamW steps on one batch lower its loss, the layers
+// stay packed, and a dense layer or a missing one is refused.
+TEST_F(Training, TrainerTunesScalesAndZeroPointsOfPackedLayers) {
+  const qforge_host_train* t = qh::host_train_table();
+  const qforge_train_config cfg = one_sequence_config(1e-3);
+  qforge_trainer* trainer = nullptr;
+  qh::throw_if_error(t->trainer_create(services_->table(), &cfg, &trainer), "trainer_create");
+  for (qh::Linear* l : model_->blocks()[0].linears())
+    qh::throw_if_error(t->tune_layer(trainer, l->name.c_str()), "tune_layer");
+  EXPECT_THROW(qh::throw_if_error(t->tune_layer(trainer, "model.layers.3.mlp.up_proj"), ""),
+               qh::PluginError);  // dense: nothing to tune
+  EXPECT_THROW(qh::throw_if_error(t->tune_layer(trainer, "no.such.layer"), ""), qh::PluginError);
+  const at::Tensor before = model_->blocks()[0].q_proj.packed->dequantize();
+  qforge_loss_term ce{sizeof(qforge_loss_term), QFORGE_LOSS_CROSS_ENTROPY, 1.0, 1.0, nullptr, 0, 0};
+  const qforge_loss_term* terms[] = {&ce};
+  std::vector<double> losses;
+  for (int k = 0; k < 6; ++k) {
+    double value = 0;
+    qh::throw_if_error(t->loss_backward(trainer, 0, 0, terms, 1, 1.0, &value), "loss_backward");
+    qh::throw_if_error(t->step(trainer, nullptr), "step");
+    losses.push_back(value);
+  }
+  t->trainer_destroy(trainer);
+  EXPECT_LT(losses.back(), losses.front());
+  EXPECT_NE(model_->blocks()[0].q_proj.packed->format_id(), "");  // still packed
+  EXPECT_GT((model_->blocks()[0].q_proj.packed->dequantize() - before).abs().max().item<double>(), 0.0);
 }
 
 // A reader of PEFT LoRA adapters written from PEFT's conventions alone:

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 #include <qforge/cpp/torch.hpp>
+#include <qforge/ext/train.h>
 
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/plugins/services.hpp"
@@ -166,7 +167,48 @@ PackedLayer::PackedLayer(const Component& component, const QuantResult& result)
     throw PluginError(QFORGE_STATUS_INTERNAL, fmt::format("{}: create returned no layer",
                                                           component.desc->id));
   vt_->shape(layer_, &out_, &in_);
+  if (component.desc->get_extension != nullptr) {
+    const auto* t = static_cast<const qforge_layer_tunable*>(
+        component.desc->get_extension(QFORGE_EXT_LAYER_TUNABLE, QFORGE_EXT_LAYER_TUNABLE_REVISION));
+    if (t != nullptr && t->struct_size >= sizeof(qforge_layer_tunable) && t->param_count &&
+        t->param && t->backward_params && t->update)
+      tunable_ = t;
+  }
 }
+
+std::vector<std::pair<std::string, at::Tensor>> PackedLayer::tunable_params() {
+  if (tunable_ == nullptr) throw UsageError(fmt::format("the {} layer has no tunable parameters", format_));
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (uint32_t i = 0, n = tunable_->param_count(layer_); i < n; ++i) {
+    const char* name = nullptr;
+    const DLTensor* value = nullptr;
+    throw_if_error(tunable_->param(layer_, i, &name, &value), "tunable param");
+    if (name == nullptr || value == nullptr)
+      throw PluginError(QFORGE_STATUS_INTERNAL, "tunable param without name or tensor");
+    at::Tensor t = borrow_float_cpu(*value, fmt::format("tunable param '{}'", name));
+    if (!t.is_contiguous())
+      throw PluginError(QFORGE_STATUS_INVALID_ARGUMENT, fmt::format("tunable param '{}' is not contiguous", name));
+    out.emplace_back(name, t);
+  }
+  return out;
+}
+
+void PackedLayer::backward_params(const at::Tensor& x, const at::Tensor& gy,
+                                  const std::vector<at::Tensor>& grads) {
+  const at::Tensor xc = x.reshape({-1, in_}).to(at::kFloat).contiguous();
+  const at::Tensor gc = gy.reshape({-1, out_}).to(at::kFloat).contiguous();
+  DLView xv(xc), gv(gc);
+  std::vector<std::unique_ptr<DLView>> views;
+  std::vector<const DLTensor*> pointers;
+  for (const at::Tensor& g : grads) {
+    views.push_back(std::make_unique<DLView>(g));
+    pointers.push_back(views.back()->get());
+  }
+  throw_if_error(tunable_->backward_params(layer_, xv.get(), gv.get(), pointers.data()),
+                 "backward_params");
+}
+
+void PackedLayer::update_params() { throw_if_error(tunable_->update(layer_), "update"); }
 
 PackedLayer::~PackedLayer() {
   if (layer_) vt_->destroy(layer_);

@@ -20,17 +20,50 @@ struct TrainMode {
   uint64_t seed = 0;
 };
 
+// A tensor the optimizer updates in place and its gradient.
+struct TrainableTensor {
+  std::string name;
+  at::Tensor value;  // the owner's storage (an adapter's, an inference layer's)
+  at::Tensor grad;   // host-owned, same shape
+};
+
+class PackedLayer;
+
+// A packed linear inside autograd: its forward is the inference layer's, its
+// backward the layer's backward_input; once tuned (tune()), the backward also
+// accumulates the gradients of the layer's tunable parameters.
+class DifferentiablePacked final : public LinearKernel {
+ public:
+  explicit DifferentiablePacked(std::shared_ptr<LinearKernel> inner);
+  int64_t out_features() const override { return inner_->out_features(); }
+  int64_t in_features() const override { return inner_->in_features(); }
+  at::Tensor forward(const at::Tensor& x) const override;
+  at::Tensor backward_input(const at::Tensor& gy) const override { return inner_->backward_input(gy); }
+  at::Tensor dequantize() const override { return inner_->dequantize(); }
+  std::string format_id() const override { return inner_->format_id(); }
+
+  const LinearKernel& inner() const { return *inner_; }
+  // Makes the tunable parameters trainable (once); UsageError when the
+  // inference layer offers none.
+  std::vector<TrainableTensor>& tune(const std::string& layer);
+  bool tuned() const { return !params_.empty(); }
+  void accumulate(const at::Tensor& x, const at::Tensor& gy) const;  // grads += ∂L/∂params
+  void update() const;  // after the optimizer changed the params in place
+
+ private:
+  PackedLayer& packed() const;
+  std::shared_ptr<LinearKernel> inner_;
+  at::Tensor anchor_;  // requires grad once tuned: keeps the node in the graph
+  std::vector<TrainableTensor> params_;
+};
+
 // A plugin's adapter on one linear layer: y = base(x) + f(x), with f and its
 // backward called through the adapter's table. Under autograd it is one node
 // of the graph, and its trainable tensors receive their gradients from the
 // adapter's backward.
 class PluginAdapter final : public LinearAdapter {
  public:
-  struct Param {
-    std::string name;
-    at::Tensor value;  // the adapter's storage, updated in place by the optimizer
-    at::Tensor grad;   // host-owned, same shape
-  };
+  using Param = TrainableTensor;
   PluginAdapter(qforge_adapter* adapter, const qforge_adapter_vtable* vtable, std::string layer,
                 uint64_t layer_index, const TrainMode* mode, int64_t out, int64_t in);
   ~PluginAdapter() override;
@@ -67,6 +100,8 @@ struct ModelServices::Impl {
   std::vector<std::string> format_of;
   std::vector<std::shared_ptr<LinearKernel>> packed_before;  // restored by the destructor
   std::map<std::string, std::shared_ptr<PluginAdapter>> adapters;  // by layer
+  std::vector<std::shared_ptr<DifferentiablePacked>> packed;  // per linear (null: dense)
+  std::vector<size_t> tuned;  // linears whose tunable parameters train, in order tuned
   TrainMode mode;
   bool trainer_alive = false;
 

@@ -20,35 +20,21 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// A packed linear inside autograd: forward is the inference layer's forward,
-// backward its backward_input (the layer is frozen).
+// The autograd node of a DifferentiablePacked.
 struct PackedNode : torch::autograd::Function<PackedNode> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t kernel) {
-    ctx->saved_data["kernel"] = kernel;
-    return reinterpret_cast<const LinearKernel*>(kernel)->forward(x);
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& /*anchor*/,
+                            int64_t node) {
+    const auto* self = reinterpret_cast<const DifferentiablePacked*>(node);
+    ctx->saved_data["node"] = node;
+    if (self->tuned()) ctx->save_for_backward({x});
+    return self->inner().forward(x);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
-    const auto* k = reinterpret_cast<const LinearKernel*>(ctx->saved_data["kernel"].toInt());
-    return {k->backward_input(grad[0]), at::Tensor()};
+    const auto* self = reinterpret_cast<const DifferentiablePacked*>(ctx->saved_data["node"].toInt());
+    at::Tensor gx = self->inner().backward_input(grad[0]);
+    if (self->tuned()) self->accumulate(ctx->get_saved_variables()[0], grad[0]);
+    return {gx, at::zeros({}), at::Tensor()};
   }
-};
-
-class DifferentiablePacked final : public LinearKernel {
- public:
-  explicit DifferentiablePacked(std::shared_ptr<LinearKernel> inner) : inner_(std::move(inner)) {}
-  int64_t out_features() const override { return inner_->out_features(); }
-  int64_t in_features() const override { return inner_->in_features(); }
-  at::Tensor forward(const at::Tensor& x) const override {
-    if (at::GradMode::is_enabled() && x.requires_grad())
-      return PackedNode::apply(x, reinterpret_cast<int64_t>(inner_.get()));
-    return inner_->forward(x);
-  }
-  at::Tensor backward_input(const at::Tensor& gy) const override { return inner_->backward_input(gy); }
-  at::Tensor dequantize() const override { return inner_->dequantize(); }
-  std::string format_id() const override { return inner_->format_id(); }
-
- private:
-  std::shared_ptr<LinearKernel> inner_;
 };
 
 // A plugin adapter inside autograd (the adapter keeps no tape: x and the
@@ -71,6 +57,44 @@ struct AdapterNode : torch::autograd::Function<AdapterNode> {
     return {gx, at::zeros({}), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
+
+}  // namespace
+
+DifferentiablePacked::DifferentiablePacked(std::shared_ptr<LinearKernel> inner)
+    : inner_(std::move(inner)), anchor_(at::zeros({}, at::kFloat)) {}
+
+at::Tensor DifferentiablePacked::forward(const at::Tensor& x) const {
+  if (at::GradMode::is_enabled() && (x.requires_grad() || tuned()))
+    return PackedNode::apply(x, anchor_, reinterpret_cast<int64_t>(this));
+  return inner_->forward(x);
+}
+
+PackedLayer& DifferentiablePacked::packed() const {
+  auto* p = dynamic_cast<PackedLayer*>(inner_.get());
+  if (p == nullptr) throw UsageError("this packed layer is not run by an inference-layer plugin");
+  return *p;
+}
+
+std::vector<TrainableTensor>& DifferentiablePacked::tune(const std::string& layer) {
+  if (tuned()) return params_;
+  if (!packed().tunable())
+    throw UsageError(fmt::format("{} ({}): its inference layer has no tunable parameters", layer,
+                                 inner_->format_id()));
+  for (auto& [name, value] : packed().tunable_params())
+    params_.push_back({name, value, at::zeros_like(value)});
+  anchor_.set_requires_grad(true);
+  return params_;
+}
+
+void DifferentiablePacked::accumulate(const at::Tensor& x, const at::Tensor& gy) const {
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params_) grads.push_back(p.grad);
+  packed().backward_params(x, gy, grads);
+}
+
+void DifferentiablePacked::update() const { packed().update_params(); }
+
+namespace {
 
 // splitmix64: the per-layer noise seed from the micro-batch's.
 uint64_t mix(uint64_t a, uint64_t b) {
@@ -306,7 +330,8 @@ ModelServices::ModelServices(Model& model, PostprocessContext context, const Blo
       s.block_of.push_back(static_cast<uint32_t>(b));
       s.format_of.push_back(l->packed ? l->packed->format_id() : "");
       s.packed_before.push_back(l->packed);
-      if (l->packed) l->packed = std::make_shared<DifferentiablePacked>(l->packed);
+      s.packed.push_back(l->packed ? std::make_shared<DifferentiablePacked>(l->packed) : nullptr);
+      if (l->packed) l->packed = s.packed.back();
     }
   }
   qforge_model_services& t = s.table;

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -78,7 +79,7 @@ struct qforge_trainer {
   std::unique_ptr<Model> teacher;
   std::unique_ptr<TeacherCache> cache;
   struct Slot {
-    PluginAdapter::Param* param;
+    TrainableTensor* param;
     std::string key;  // "<layer>/<name>"
     at::Tensor m, v;
   };
@@ -170,8 +171,9 @@ at::Tensor qforge_trainer::batch_rows(uint64_t epoch, uint64_t index) const {
                     at::kLong);
 }
 
+// The trainable tensors: every adapter's, then every tuned layer's.
 void qforge_trainer::gather_slots() {
-  if (slots_for == ms.adapters.size() && !slots.empty()) return;
+  if (slots_for == ms.adapters.size() + ms.tuned.size() && !slots.empty()) return;
   slots.clear();
   for (Linear* l : ms.linears) {
     auto it = ms.adapters.find(l->name);
@@ -179,7 +181,11 @@ void qforge_trainer::gather_slots() {
     for (auto& p : it->second->params())
       slots.push_back({&p, l->name + "/" + p.name, at::zeros_like(p.value), at::zeros_like(p.value)});
   }
-  slots_for = ms.adapters.size();
+  for (size_t i : ms.tuned)
+    for (auto& p : ms.packed[i]->tune(ms.linears[i]->name))
+      slots.push_back({&p, ms.linears[i]->name + "/" + p.name, at::zeros_like(p.value),
+                       at::zeros_like(p.value)});
+  slots_for = ms.adapters.size() + ms.tuned.size();
 }
 
 void qforge_trainer::build_cache() {
@@ -441,6 +447,7 @@ double qforge_trainer::step() {
     p.addcdiv_(s.m, denom, -lr / bc1);
     g.zero_();
   }
+  for (size_t i : ms.tuned) ms.packed[i]->update();  // the layers use their new parameters
   // Progress: a line with the ETA, and the losses every tenth of the run.
   if (!progress && !ms.scope) progress = std::make_unique<ProgressLine>("training", "steps");
   if (progress && total_steps > 0) progress->update(static_cast<int64_t>(steps), static_cast<int64_t>(total_steps));
@@ -506,6 +513,7 @@ uint64_t qforge_trainer::restore() {
   }
   if (f.tensors().size() != slots.size() * 3)
     throw ModelFileError(fmt::format("{}: holds adapters this run did not attach", state_file()));
+  for (size_t i : ms.tuned) ms.packed[i]->update();
   steps = std::stoull(get("steps"));
   position = std::stoull(get("position"));
   next_report = steps;
@@ -571,6 +579,18 @@ qforge_status* set_schedule(qforge_trainer* t, uint64_t warmup, uint64_t total) 
   });
 }
 
+qforge_status* tune_layer(qforge_trainer* t, const char* layer) {
+  return call([&] {
+    if (t == nullptr || layer == nullptr) throw UsageError("tune_layer: NULL argument");
+    ModelServices::Impl& s = t->ms;
+    const size_t i = s.index_of(layer);
+    if (!s.packed[i]) throw UsageError(fmt::format("{} is not packed: nothing to tune", layer));
+    if (std::find(s.tuned.begin(), s.tuned.end(), i) != s.tuned.end()) return;
+    s.packed[i]->tune(layer);  // refuses a layer without tunable parameters
+    s.tuned.push_back(i);
+  });
+}
+
 uint64_t batch_count(const qforge_trainer* t) {
   return (static_cast<uint64_t>(t->sequences()) + t->cfg.batch_size - 1) / t->cfg.batch_size;
 }
@@ -607,7 +627,8 @@ qforge_status* restore_state(qforge_trainer* t, uint64_t* position) {
 const qforge_host_train* host_train_table() {
   static const qforge_host_train table = {
       sizeof(qforge_host_train), 0, &trainer_create, &trainer_destroy, &attach_adapter,
-      &batch_count, &set_schedule, &loss_backward, &step, &save_state, &restore_state};
+      &batch_count, &set_schedule, &loss_backward, &step, &save_state, &restore_state,
+      &tune_layer};
   return &table;
 }
 

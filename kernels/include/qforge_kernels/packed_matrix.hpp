@@ -176,6 +176,14 @@ class PackedMatrix {
   // tiles [t0, t1) below out_features.
   void dequantize_rows(int64_t t0, int64_t t1, float* dst, int64_t ld) const;
 
+  // Replaces the scales and zero points (scale of group g, output o =
+  // scales[g * sgs + o * sos], zero points likewise), the codes kept: what
+  // tuning a grid's parameters changes. Stored as the constructor stores them.
+  void set_group_params(const float* scales, int64_t sgs, int64_t sos, const float* zeros,
+                        int64_t zgs, int64_t zos);
+  // The scales and zero points as float32, [groups][out] each.
+  void group_params(float* scales, float* zeros) const;
+
  private:
   void fill_view(detail::MatrixView& v) const;
 

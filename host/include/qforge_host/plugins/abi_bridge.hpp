@@ -6,6 +6,10 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
+
+#include <qforge/ext/train.h>
 
 #include "qforge_host/model/model.hpp"
 #include "qforge_host/plugins/params.hpp"
@@ -52,8 +56,19 @@ class PackedLayer final : public LinearKernel {
   at::Tensor dequantize() const override;
   std::string format_id() const override { return format_; }
 
+  // Tunable parameters (qforge.layer.tunable, qforge/ext/train.h): whether
+  // the inference layer offers them; views of them (the layer's storage,
+  // updated in place); grads[i] += ∂L/∂param_i for a forward's x and grad_y;
+  // and, after an update in place, making the layer use them.
+  bool tunable() const { return tunable_ != nullptr; }
+  std::vector<std::pair<std::string, at::Tensor>> tunable_params();
+  void backward_params(const at::Tensor& x, const at::Tensor& gy,
+                       const std::vector<at::Tensor>& grads);
+  void update_params();
+
  private:
   const qforge_inference_layer* vt_;
+  const qforge_layer_tunable* tunable_ = nullptr;
   std::string format_;
   qforge_layer* layer_ = nullptr;
   int64_t out_ = 0, in_ = 0;

@@ -234,12 +234,16 @@ const qforge_quantizer* quantizer_vtable() {
 //   void forward(const DLTensor& x, const DLTensor& y) const;
 //   void backward_input(const DLTensor& grad_y, const DLTensor& grad_x) const;
 //   void dequantize(const DLTensor& weight) const;
+// What a qforge_layer* of inference-layer class T points to.
+template <class T>
+struct LayerInstance {
+  const qforge_host* host;
+  T layer;
+};
+
 template <class T>
 const qforge_inference_layer* inference_layer_vtable() {
-  struct Instance {
-    const qforge_host* host;
-    T layer;
-  };
+  using Instance = LayerInstance<T>;
   struct Thunk {
     static const Instance* self(const qforge_layer* l) {
       return reinterpret_cast<const Instance*>(l);

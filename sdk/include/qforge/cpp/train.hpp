@@ -69,6 +69,37 @@ const qforge_adapter_vtable* adapter_vtable() {
   return &table;
 }
 
+// The qforge.layer.tunable table of inference-layer class T (made by
+// inference_layer_vtable<T>), which provides
+//   uint32_t param_count() const;
+//   void param(uint32_t i, const char** name, const DLTensor** value);
+//   void backward_params(const DLTensor& x, const DLTensor& grad_y, const DLTensor* const* grads);
+//   void update();
+template <class T>
+const qforge_layer_tunable* layer_tunable_table() {
+  struct Thunk {
+    static LayerInstance<T>& self(qforge_layer* l) { return *reinterpret_cast<LayerInstance<T>*>(l); }
+    static uint32_t param_count(const qforge_layer* l) {
+      return reinterpret_cast<const LayerInstance<T>*>(l)->layer.param_count();
+    }
+    static qforge_status* param(qforge_layer* l, uint32_t i, const char** name,
+                                const DLTensor** value) {
+      return guard(self(l).host, [&] { self(l).layer.param(i, name, value); });
+    }
+    static qforge_status* backward_params(qforge_layer* l, const DLTensor* x, const DLTensor* gy,
+                                          const DLTensor* const* grads) {
+      return guard(self(l).host, [&] { self(l).layer.backward_params(*x, *gy, grads); });
+    }
+    static qforge_status* update(qforge_layer* l) {
+      return guard(self(l).host, [&] { self(l).layer.update(); });
+    }
+  };
+  static const qforge_layer_tunable table = {sizeof(qforge_layer_tunable), 0, &Thunk::param_count,
+                                             &Thunk::param, &Thunk::backward_params,
+                                             &Thunk::update};
+  return &table;
+}
+
 // One training run over the whole model (qforge_host_train), throwing Error
 // for a host status.
 class Trainer {

@@ -22,6 +22,7 @@
 #ifndef QFORGE_EXT_TRAIN_H
 #define QFORGE_EXT_TRAIN_H
 
+#include "../inference_layer.h"
 #include "../postprocess.h"
 
 #ifdef __cplusplus
@@ -127,6 +128,33 @@ typedef struct qforge_adapter_vtable {
   void (*destroy)(qforge_adapter* adapter);
 } qforge_adapter_vtable;
 
+/* ---- an inference layer's tunable parameters ---- */
+
+#define QFORGE_EXT_LAYER_TUNABLE "qforge.layer.tunable"
+#define QFORGE_EXT_LAYER_TUNABLE_REVISION 1
+
+/* Offered by an inference-layer component through its descriptor's
+ * get_extension: the continuous parameters of its format that training may
+ * tune (the scales and zero points of a grid format), with the backward with
+ * respect to them; the codes stay, so the layer stays in its format. Calls
+ * on one layer are not concurrent with each other or with its forward. */
+typedef struct qforge_layer_tunable {
+  uint32_t struct_size;  /* sizeof(qforge_layer_tunable) as compiled by the plugin */
+  uint32_t reserved;     /* 0 */
+  uint32_t (*param_count)(const struct qforge_layer* layer);
+  /* Param `index`: float32, CPU, contiguous, owned by the layer at the same
+   * address until `destroy` (e.g. "scales" [groups, out]); the host updates
+   * it in place, then calls `update`. */
+  qforge_status* (*param)(struct qforge_layer* layer, uint32_t index, const char** name,
+                          const DLTensor** value);
+  /* grads[i] += ∂L/∂param_i, for the x [n, in] of a forward and its
+   * grad_y [n, out]; grads are host-owned, shaped like the params. */
+  qforge_status* (*backward_params)(struct qforge_layer* layer, const DLTensor* x,
+                                    const DLTensor* grad_y, const DLTensor* const* grads);
+  /* From here forward, backward_input and dequantize use the params as they are. */
+  qforge_status* (*update)(struct qforge_layer* layer);
+} qforge_layer_tunable;
+
 /* ---- host side ---- */
 
 typedef struct qforge_trainer qforge_trainer; /* private to the host */
@@ -175,6 +203,11 @@ typedef struct qforge_host_train {
    * attached as before, same data and settings) when the run resumes;
    * *position receives where to continue (0: from the start). */
   qforge_status* (*restore_state)(qforge_trainer* trainer, uint64_t* position);
+
+  /* Makes the tunable parameters of packed linear `layer` trainable (its
+   * inference layer must offer QFORGE_EXT_LAYER_TUNABLE); the optimizer
+   * updates them with the adapters' tensors. */
+  qforge_status* (*tune_layer)(qforge_trainer* trainer, const char* layer);
 } qforge_host_train;
 
 #ifdef __cplusplus
