@@ -125,7 +125,8 @@ int show(host::Registry& registry, const std::string& id, bool as_json) {
   if (!features(d).empty()) fmt::print("  features: {}\n", fmt::join(features(d), ", "));
   if (!formats(*c).empty()) fmt::print("  formats:  {}\n", fmt::join(formats(*c), ", "));
   if (d.description) fmt::print("\n  {}\n", d.description);
-  fmt::print("\nParameters (set with --set name=value):\n");
+  fmt::print("\nParameters (set with {} name=value):\n",
+             d.kind == QFORGE_COMPONENT_POSTPROCESS ? "--pp-set" : "--set");
   if (d.param_count == 0) fmt::print("  (none)\n");
   for (uint32_t k = 0; k < d.param_count; ++k) {
     const qforge_param_desc& p = *d.params[k];
