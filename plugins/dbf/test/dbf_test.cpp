@@ -1,0 +1,93 @@
+// DBF (plugins/dbf): the factorization gets better with more bits and is
+// repeatable; the data-aware mode lowers the Hessian-weighted error; the
+// quantizer's packed tensors, run by org.qforge.dbf.layer, give its own
+// dequantized weight (forward, backward_input, dequantize); a malformed
+// tensor is refused naming it.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "../../../tests/support/plugins.hpp"
+#include "dbf.hpp"
+
+namespace dbf = qforge::dbf;
+namespace qh = qforge::host;
+
+namespace {
+
+// A weight with structure (low rank + noise), [n, m].
+at::Tensor weight(int64_t n, int64_t m) {
+  at::manual_seed(11);
+  return at::randn({n, 8}).mm(at::randn({8, m})) * 0.05 + at::randn({n, m}) * 0.02;
+}
+
+double rel_error(const at::Tensor& w, const at::Tensor& q) { return ((w - q).norm() / w.norm()).item<double>(); }
+
+TEST(Dbf, MoreBitsFitBetterAndRunsRepeat) {
+  const at::Tensor w = weight(48, 80);
+  double previous = 1e9;
+  for (double bits : {1.0, 1.5, 2.0, 3.0}) {
+    dbf::Settings s;
+    s.k = dbf::middle_dimension(bits, 48, 80);
+    s.data_aware = false;
+    s.iters = 60;
+    const at::Tensor q = dbf::reconstruct(dbf::factorize(w, at::Tensor(), s));
+    const double e = rel_error(w, q);
+    EXPECT_LT(e, previous) << bits << " bits";
+    previous = e;
+    EXPECT_TRUE(q.equal(dbf::reconstruct(dbf::factorize(w, at::Tensor(), s)))) << "not repeatable";
+  }
+  EXPECT_LT(previous, 0.5);
+  EXPECT_EQ(dbf::middle_dimension(1.5, 4096, 4096), 3072);
+  EXPECT_NEAR(dbf::effective_bits(3072, 4096, 4096), 1.511, 1e-3);  // onecomp.md §3.5
+  EXPECT_EQ(dbf::middle_dimension(1.5, 1024, 4096), 1228);  // above min(n, m) = 1024 is allowed
+}
+
+TEST(Dbf, DataAwareLowersTheOutputError) {
+  const at::Tensor w = weight(40, 64);
+  at::Tensor x = at::randn({512, 64}) * at::linspace(0.1, 3.0, 64);  // uneven input scales
+  const at::Tensor h = x.t().mm(x) * (2.0 / 512);
+  auto output_error = [&](const at::Tensor& q) { return ((w - q).mm(h).mul(w - q).sum()).item<double>(); };
+  dbf::Settings s;
+  s.k = dbf::middle_dimension(1.5, 40, 64);
+  s.data_aware = false;
+  s.svd_init = false;
+  s.iters = 100;
+  const double plain = output_error(dbf::reconstruct(dbf::factorize(w, h, s)));
+  s.data_aware = true;
+  s.svd_init = true;
+  s.tol = 1e-4;
+  const double aware = output_error(dbf::reconstruct(dbf::factorize(w, h, s)));
+  EXPECT_LT(aware, plain);
+}
+
+TEST(Dbf, TheLayerRunsWhatTheQuantizerWrote) {
+  const qh::Component* q = qforge::test::plugin_registry().find("org.qforge.dbf");
+  ASSERT_NE(q, nullptr) << qforge::test::plugin_refusals();
+  const at::Tensor w = weight(37, 53);  // odd shapes: partial bytes in both planes
+  at::Tensor x = at::randn({256, 53});
+  const at::Tensor h = x.t().mm(x) * (2.0 / 256);
+  qh::QuantResult r = qforge::test::quantize(*q, w, h, {{"target_bits", "1.5"}, {"iters", "40"}},
+                                             at::randn({37}));
+  ASSERT_EQ(r.format, "org.qforge.dbf/1");
+  const qh::Component* layer = qforge::test::plugin_registry().find_inference_layer(r.format);
+  ASSERT_NE(layer, nullptr);
+  qh::PackedLayer packed(*layer, r);
+  EXPECT_TRUE(at::allclose(packed.dequantize(), r.dequantized, 1e-5, 1e-6));
+  at::Tensor xs = at::randn({3, 5, 53});
+  const at::Tensor want = at::matmul(xs, r.dequantized.t()) + r.tensors.at("bias");
+  EXPECT_TRUE(at::allclose(packed.forward(xs), want, 1e-4, 1e-5));
+  at::Tensor gy = at::randn({4, 37});
+  EXPECT_TRUE(at::allclose(packed.backward_input(gy), gy.mm(r.dequantized), 1e-4, 1e-5));
+
+  // k inconsistent with the planes: refused, naming the tensor.
+  qh::QuantResult bad = r;
+  bad.tensors["sign_b"] = r.tensors.at("sign_b").narrow(0, 0, r.tensors.at("sign_b").size(0) - 1);
+  try {
+    qh::PackedLayer broken(*layer, bad);
+    FAIL() << "a short sign plane was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("sign_b"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
