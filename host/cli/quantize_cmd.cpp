@@ -186,7 +186,8 @@ int quantize_command(const Args& args, host::Registry& registry) {
        "compressed-tensors: pack-quantized (llm-compressor's format, loaded by vLLM and "
        "transformers) for any affine grid result, per-layer settings allowed; qforge: any "
        "packed format (a third-party plugin's too) stored bit for bit with its format id and "
-       "metadata, read back only by qforge through that format's inference layer")
+       "metadata, read back only by qforge through that format's inference layer; dbf: OneComp's "
+       "DBF layout (scaling0/2/4, bp1/bp3) for org.qforge.dbf")
       ("resume", "continue an interrupted run in --out from its checkpoint")
       ("force", "delete model files in --out that this run would not write (a stale "
                 "model.safetensors, *.bin, an index) instead of refusing")

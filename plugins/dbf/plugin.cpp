@@ -108,6 +108,7 @@ struct DbfQuantizer {
     out.set_dequantized(qforge::export_tensor(dbf::reconstruct(f)));
     out.set_metric("k", static_cast<double>(s.k));
     out.set_metric("effective_bits", dbf::effective_bits(s.k, n, m));
+    out.set_metric("weights", static_cast<double>(n * m));
     out.set_metric("iterations", static_cast<double>(f.iterations));
     out.set_metric("factor_relative_error", f.relative_error);
     out.set_metric("factorize_seconds",

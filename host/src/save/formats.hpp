@@ -15,5 +15,7 @@ std::unique_ptr<SaveFormat> make_compressed_tensors_format();  // compressed_ten
 extern const CheckpointReader kCompressedTensorsReader;        // compressed_tensors.cpp
 std::unique_ptr<SaveFormat> make_native_format();  // native.cpp
 extern const CheckpointReader kNativeReader;       // native.cpp
+std::unique_ptr<SaveFormat> make_dbf_format();     // dbf.cpp
+extern const CheckpointReader kDbfReader;          // dbf.cpp
 
 }  // namespace qforge::host

@@ -19,6 +19,7 @@ const Row kFormats[] = {
     {"gptq", make_gptq_v1_format},
     {"compressed-tensors", make_compressed_tensors_format},
     {"qforge", make_native_format},
+    {"dbf", make_dbf_format},
 };
 
 }  // namespace
@@ -51,7 +52,7 @@ std::string save_format_names() {
 
 const std::vector<CheckpointReader>& checkpoint_readers() {
   static const std::vector<CheckpointReader> readers = {kGptqV1Reader, kCompressedTensorsReader,
-                                                        kNativeReader};
+                                                        kNativeReader, kDbfReader};
   return readers;
 }
 

@@ -7,6 +7,10 @@
 #include <gtest/gtest.h>
 
 #include "../../../tests/support/plugins.hpp"
+#include "../../../tests/support/test_data.hpp"
+#include "qforge_host/io/safetensors.hpp"
+#include "qforge_host/pipeline/pipeline.hpp"
+#include "qforge_host/save/checkpoint.hpp"
 #include "dbf.hpp"
 
 namespace dbf = qforge::dbf;
@@ -88,6 +92,59 @@ TEST(Dbf, TheLayerRunsWhatTheQuantizerWrote) {
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("sign_b"), std::string::npos) << e.what();
   }
+}
+
+// The OneComp layout (--save-format dbf), written by the pipeline, read back
+// by qforge, and decoded by a reader written here from research/onecomp.md
+// §3.4 alone: scaling0/2/4 float16, bp1 = S_B and bp3 = S_A flattened
+// row-major, 8 signs per byte MSB first, bit 1 = +1, k = len(scaling2).
+at::Tensor decode_onecomp(const qh::TensorStore& store, const std::string& layer) {
+  const at::Tensor s0 = store.load(layer + ".scaling0", at::kFloat);
+  const at::Tensor s2 = store.load(layer + ".scaling2", at::kFloat);
+  const at::Tensor s4 = store.load(layer + ".scaling4", at::kFloat);
+  const int64_t k = s2.size(0), m = s0.size(0), n = s4.size(0);
+  auto signs = [&](const std::string& name, int64_t rows, int64_t cols) {
+    const at::Tensor bytes = store.load(layer + "." + name, at::kByte);
+    at::Tensor out = at::empty({rows * cols}, at::kFloat);
+    for (int64_t b = 0; b < rows * cols; ++b)
+      out[b] = (bytes[b / 8].item<int64_t>() >> (7 - b % 8)) & 1 ? 1.0 : -1.0;
+    return out.view({rows, cols});
+  };
+  const at::Tensor sb = signs("bp1", k, m), sa = signs("bp3", n, k);
+  return s4.unsqueeze(1) * at::matmul(sa, s2.unsqueeze(1) * sb) * s0.unsqueeze(0);
+}
+
+TEST(DbfCheckpoint, OneCompLayoutRoundTripsAndDecodesByItsDescription) {
+  QFORGE_REQUIRE_SHARED(model, "models/stories260K");
+  QFORGE_REQUIRE_SHARED(calib, "data/tinystories_v2_calib.txt");
+  const std::string out = qforge::test::temp_path("qforge_dbf", "ckpt");
+  qh::QuantizeOptions o;
+  o.model_dir = model;
+  o.out_dir = out;
+  o.method = "org.qforge.dbf";
+  o.params = {{"target_bits", "1.5"}, {"iters", "20"}};
+  o.selection.num_layers = 9;  // blocks 0 and the first two linears of block 1
+  o.calibration.file = calib;
+  o.calibration.nsamples = 8;
+  o.calibration.seqlen = 128;
+  auto& registry = qforge::test::plugin_registry();
+  {
+    qh::CheckpointWriter writer(qh::make_save_format("dbf"), model, out);
+    qh::quantize_model(registry, o, writer);
+  }
+  const qh::Model m = qh::load_model(registry, out, at::kFloat);
+  const qh::TensorStore store(out);
+  int packed = 0;
+  for (const auto& b : m.blocks())
+    for (const qh::Linear* l : b.linears()) {
+      if (!l->packed) continue;
+      ++packed;
+      EXPECT_EQ(l->packed->format_id(), "org.qforge.dbf/1");
+      const at::Tensor theirs = decode_onecomp(store, l->name);
+      EXPECT_TRUE(at::allclose(l->packed->dequantize(), theirs, 1e-5, 1e-6)) << l->name;
+    }
+  EXPECT_EQ(packed, 9);
+  std::filesystem::remove_all(out);
 }
 
 }  // namespace

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# DBF on stories260K: org.qforge.dbf in both modes at 1.0, 1.5 and 2.0
+# sign-plane bits per weight, beside GPTQ 2-bit and 3-bit (group 32,
+# asymmetric, act-order; min/max grids and with the MSE clipping search).
+# Effective bits count every scale (DBF: k(n+m)/(nm) + 16(n+k+m)/(nm), the
+# mean over the quantized weights; GPTQ g32: b + (16 + b)/32). Every figure
+# by `qforge eval` from the checkpoint written to disk: perplexity of
+# tinystories_valid.txt (windows of 512), story_choices.jsonl accuracy.
+# Prints the commands and a Markdown table.
+#
+# usage: tools/bench/dbf_quality.sh [build dir] [shared dir]
+set -euo pipefail
+build="${1:-build}"
+shared="${2:-$(cd "$(dirname "$0")/../../.." && pwd)/shared}"
+Q="$build/bin/qforge" M="$shared/models/stories260K" D="$shared/data"
+[ -x "$Q" ] || { echo "no $Q: build first (tools/build.sh)" >&2; exit 2; }
+[ -d "$M" ] || { echo "no $M: the shared data must sit beside the project" >&2; exit 2; }
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+field() { python3 -c "import json,sys; d=json.load(sys.stdin); print('%.4f' % d$1)"; }
+ppl() { "$Q" eval --model "$1" --ppl "$D/tinystories_valid.txt" --json 2>/dev/null | field '["perplexity"]["ppl"]'; }
+acc() { "$Q" eval --model "$1" --choices "$D/story_choices.jsonl" --json 2>/dev/null | field '["choices"]["acc"]'; }
+calib=(--calib "$D/tinystories_v2_calib.txt" --nsamples 128 --seqlen 256 --seed 0)
+row() {  # row LABEL BITS ARGS...: quantize, then print the row
+  local label="$1" bits="$2"; shift 2
+  echo "+ $Q quantize --model $M ${calib[*]} $* --out OUT" >&2
+  "$Q" quantize --model "$M" "${calib[@]}" "$@" --out "$work/q" --json 2> /dev/null > "$work/summary.json"
+  if [ "$bits" = "dbf" ]; then
+    bits=$(python3 -c "import json; L=json.load(open('$work/summary.json'))['layers']; \
+w=sum(l['metrics']['weights'] for l in L); print('%.3f' % (sum(l['metrics']['effective_bits']*l['metrics']['weights'] for l in L)/w))")
+  fi
+  echo "| $label | $bits | $(ppl "$work/q") | $(acc "$work/q") |"
+  rm -rf "$work/q"
+}
+echo "| model | effective bits | perplexity | story_choices acc |"
+echo "|---|---|---|---|"
+for b in 1.0 1.5 2.0; do
+  for mode in onecomp data-aware; do
+    row "DBF $mode, target_bits $b" dbf --method org.qforge.dbf --set target_bits=$b --set mode=$mode --save-format dbf
+  done
+done
+row "DBF data-aware, target_bits 2.0, --qep" dbf --method org.qforge.dbf --set target_bits=2.0 --qep --save-format dbf
+for b in 2 3; do
+  row "GPTQ $b-bit g32 asym act-order" "$(python3 -c "print('%.3f' % ($b + (16 + $b) / 32))")" \
+    --method org.qforge.gptq --set bits=$b --set group_size=32 --set sym=false --set desc_act=true --save-format gptq
+  row "GPTQ $b-bit g32 asym act-order, mse" "$(python3 -c "print('%.3f' % ($b + (16 + $b) / 32))")" \
+    --method org.qforge.gptq --set bits=$b --set group_size=32 --set sym=false --set desc_act=true --set mse=true --save-format gptq
+done
