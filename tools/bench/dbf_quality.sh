@@ -28,7 +28,7 @@ row() {  # row LABEL BITS ARGS...: quantize, then print the row
   "$Q" quantize --model "$M" "${calib[@]}" "$@" --out "$work/q" --json 2> /dev/null > "$work/summary.json"
   if [ "$bits" = "dbf" ]; then
     bits=$(python3 -c "import json; L=json.load(open('$work/summary.json'))['layers']; \
-w=sum(l['metrics']['weights'] for l in L); print('%.3f' % (sum(l['metrics']['effective_bits']*l['metrics']['weights'] for l in L)/w))")
+w=sum(l['metrics']['plugin.weights'] for l in L); print('%.3f' % (sum(l['metrics']['plugin.effective_bits']*l['metrics']['plugin.weights'] for l in L)/w))")
   fi
   echo "| $label | $bits | $(ppl "$work/q") | $(acc "$work/q") |"
   rm -rf "$work/q"
