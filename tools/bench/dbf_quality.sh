@@ -10,13 +10,7 @@
 #
 # usage: tools/bench/dbf_quality.sh [build dir] [shared dir]
 set -euo pipefail
-build="${1:-build}"
-shared="${2:-$(cd "$(dirname "$0")/../../.." && pwd)/shared}"
-Q="$build/bin/qforge" M="$shared/models/stories260K" D="$shared/data"
-[ -x "$Q" ] || { echo "no $Q: build first (tools/build.sh)" >&2; exit 2; }
-[ -d "$M" ] || { echo "no $M: the shared data must sit beside the project" >&2; exit 2; }
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/stories_env.sh"
 
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print('%.4f' % d$1)"; }
 ppl() { "$Q" eval --model "$1" --ppl "$D/tinystories_valid.txt" --json 2>/dev/null | field '["perplexity"]["ppl"]'; }

@@ -8,13 +8,7 @@
 #
 # usage: tools/bench/gptq_quality.sh [build dir] [shared dir]
 set -euo pipefail
-build="${1:-build}"
-shared="${2:-$(cd "$(dirname "$0")/../../.." && pwd)/shared}"
-Q="$build/bin/qforge" M="$shared/models/stories260K" D="$shared/data"
-[ -x "$Q" ] || { echo "no $Q: build first (tools/build.sh)" >&2; exit 2; }
-[ -d "$M" ] || { echo "no $M: the shared data must sit beside the project" >&2; exit 2; }
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/stories_env.sh"
 
 calib=(--calib "$D/tinystories_v2_calib.txt" --nsamples 128 --seqlen 256 --seed 0)
 ppl() {  # ppl MODEL_DIR -> prints the perplexity of tinystories_valid.txt (windows of 512)
