@@ -194,7 +194,7 @@ Factors factorize(const Tensor& w_in, const Tensor& hessian, const Settings& s) 
   const int64_t n = w.size(0), m = w.size(1), k = s.k;
   // 1. Column weights from the Hessian's diagonal (mean 1; dead inputs kept tiny).
   Tensor d = at::ones({m}, w.options());
-  if (s.data_aware && hessian.defined()) {
+  if (s.data_aware && s.column_weights && hessian.defined()) {
     d = hessian.diagonal().to(at::kFloat).clamp_min(0).sqrt();
     d = d / d.mean().clamp_min(1e-30);
     d.clamp_min_(1e-4);

@@ -13,7 +13,8 @@ namespace qforge::dbf {
 
 struct Settings {
   int64_t k = 1;                  // middle dimension
-  bool data_aware = true;         // weight the columns by diag(H) (needs `hessian`)
+  bool data_aware = true;         // use the Hessian (needs `hessian`): the two below
+  bool column_weights = true;     // data-aware: factorize W·diag(√diag H)
   bool balance = true;            // Sinkhorn pre-balancing (§3.2 step 2)
   int64_t balance_iters = 40;
   double balance_alpha = 1.0;     // target row norm
