@@ -1,4 +1,4 @@
-// The affine format table over at::Tensors (affine_aten.hpp).
+// The format tables over at::Tensors (affine_aten.hpp).
 #include <qforge/cpp/plugin.hpp>
 #include <qforge/cpp/torch.hpp>
 #include <qforge_kernels/affine_aten.hpp>
@@ -10,22 +10,38 @@
 
 namespace qforge::kernels {
 
-AffineInput describe_affine(const AffineFormat& format, const std::string& metadata_json,
-                            const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
-  AffineInput in;
+namespace {
+
+// Dense CPU copies of `tensors` (kept in `keep`) as TensorData.
+std::vector<std::pair<std::string, TensorData>> tensor_data(
+    const char* format, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+    std::vector<at::Tensor>& keep) {
   std::vector<std::pair<std::string, TensorData>> data;
   for (const auto& [name, t] : tensors) {
-    if (!t.defined())
-      invalid_argument(std::string(format.id) + ": tensor '" + name + "' is undefined");
+    if (!t.defined()) invalid_argument(std::string(format) + ": tensor '" + name + "' is undefined");
     if (!t.device().is_cpu())
       throw Error(QFORGE_STATUS_UNSUPPORTED,
-                  std::string(format.id) + " tensor '" + name + "' must be on the CPU");
-    const at::Tensor& dense = in.tensors.emplace_back(t.contiguous());
+                  std::string(format) + " tensor '" + name + "' must be on the CPU");
+    const at::Tensor& dense = keep.emplace_back(t.contiguous());
     data.emplace_back(
         name, TensorData{dl_dtype(dense.scalar_type()), dense.sizes().vec(), dense.data_ptr()});
   }
-  in.weight = describe_affine(format, metadata_json, data);
+  return data;
+}
+
+}  // namespace
+
+AffineInput describe_affine(const AffineFormat& format, const std::string& metadata_json,
+                            const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+  AffineInput in;
+  in.weight = describe_affine(format, metadata_json, tensor_data(format.id, tensors, in.tensors));
   return in;
+}
+
+SignChain describe_sign(const SignFormat& format, const std::string& metadata_json,
+                        const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+  std::vector<at::Tensor> keep;  // the chain copies what it needs
+  return describe_sign(format, metadata_json, tensor_data(format.id, tensors, keep));
 }
 
 bool AffineTensors::sequential_groups() const {

@@ -54,9 +54,7 @@ AffineShape read_affine_shape(const nlohmann::json& m, const char* format, const
   return s;
 }
 
-AffineWeight describe_affine(const AffineFormat& format, const std::string& metadata_json,
-                             const std::vector<std::pair<std::string, TensorData>>& tensors) {
-  const std::string id = format.id;
+nlohmann::json parse_metadata(const std::string& id, const std::string& metadata_json) {
   nlohmann::json m;
   try {
     m = nlohmann::json::parse(metadata_json);
@@ -64,34 +62,46 @@ AffineWeight describe_affine(const AffineFormat& format, const std::string& meta
     invalid_argument(id + " metadata is not valid JSON: " + e.what());
   }
   if (!m.is_object()) invalid_argument(id + " metadata must be a JSON object");
-  const AffineShape shape = format.read_metadata(m);
+  return m;
+}
 
-  std::vector<const TensorData*> by_spec(format.tensors.size(), nullptr);
+std::vector<const TensorData*> match_tensors(
+    const std::string& id, const std::vector<TensorCheck>& checks,
+    const std::vector<std::pair<std::string, TensorData>>& tensors) {
+  std::vector<const TensorData*> by_check(checks.size(), nullptr);
   for (const auto& [name, t] : tensors) {
     size_t k = 0;
-    while (k < format.tensors.size() && name != format.tensors[k].name) ++k;
-    if (k == format.tensors.size()) invalid_argument(id + ": unexpected tensor '" + name + "'");
-    if (by_spec[k] != nullptr) invalid_argument(id + ": tensor '" + name + "' given twice");
-    by_spec[k] = &t;
+    while (k < checks.size() && name != checks[k].name) ++k;
+    if (k == checks.size()) invalid_argument(id + ": unexpected tensor '" + name + "'");
+    if (by_check[k] != nullptr) invalid_argument(id + ": tensor '" + name + "' given twice");
+    by_check[k] = &t;
   }
-  for (size_t k = 0; k < format.tensors.size(); ++k) {
-    const TensorSpec& spec = format.tensors[k];
-    const TensorData* t = by_spec[k];
+  for (size_t k = 0; k < checks.size(); ++k) {
+    const TensorCheck& c = checks[k];
+    const TensorData* t = by_check[k];
     if (t == nullptr) {
-      if (spec.required) invalid_argument(id + ": tensor '" + spec.name + "' is missing");
+      if (c.required) invalid_argument(id + ": tensor '" + c.name + "' is missing");
       continue;
     }
-    const std::string what = id + " tensor '" + spec.name + "'";
+    const std::string what = id + " tensor '" + c.name + "'";
     bool dtype_ok = false;
-    for (const DLDataType& d : spec.dtypes) dtype_ok = dtype_ok || same_dtype(t->dtype, d);
+    for (const DLDataType& d : c.dtypes) dtype_ok = dtype_ok || same_dtype(t->dtype, d);
     if (!dtype_ok) invalid_argument(what + " has the wrong dtype (" + dtype_str(t->dtype) + ")");
-    const std::vector<int64_t> expected = spec.shape(shape);
-    if (t->shape != expected)
-      invalid_argument(what + " must have shape " + shape_str(expected) +
-                       " for the metadata, got " + shape_str(t->shape));
+    if (t->shape != c.shape)
+      invalid_argument(what + " must have shape " + shape_str(c.shape) + " for the metadata" +
+                       c.why + ", got " + shape_str(t->shape));
     if (t->data == nullptr) invalid_argument(what + " has no data");
   }
-  AffineWeight w = format.describe(shape, by_spec);
+  return by_check;
+}
+
+AffineWeight describe_affine(const AffineFormat& format, const std::string& metadata_json,
+                             const std::vector<std::pair<std::string, TensorData>>& tensors) {
+  const AffineShape shape = format.read_metadata(parse_metadata(format.id, metadata_json));
+  std::vector<TensorCheck> checks;
+  for (const TensorSpec& spec : format.tensors)
+    checks.push_back({spec.name, spec.dtypes, spec.shape(shape), spec.required, ""});
+  AffineWeight w = format.describe(shape, match_tensors(format.id, checks, tensors));
   w.shape = shape;
   return w;
 }

@@ -13,6 +13,18 @@
 namespace qforge::kernels::detail {
 namespace {
 
+// The lane masks of a byte: kByteMasks.m[b][l] = all ones when bit l of b is
+// set. constexpr: built by the compiler, not by a static constructor (which
+// would run AVX2 code at start-up on any CPU).
+struct ByteMasks {
+  alignas(32) uint32_t m[256][8] = {};
+  constexpr ByteMasks() {
+    for (int b = 0; b < 256; ++b)
+      for (int l = 0; l < 8; ++l) m[b][l] = (b >> l) & 1 ? 0xFFFFFFFFu : 0u;
+  }
+};
+constexpr ByteMasks kByteMasks;
+
 struct V {
   struct I {
     __m256i a, b;
@@ -69,6 +81,11 @@ struct V {
     return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
             _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)))};
   }
+  static F add_masked(F acc, F x, uint32_t m) {
+    const __m256 lo = _mm256_load_ps(reinterpret_cast<const float*>(kByteMasks.m[m & 0xFFu]));
+    const __m256 hi = _mm256_load_ps(reinterpret_cast<const float*>(kByteMasks.m[m >> 8]));
+    return {_mm256_add_ps(acc.a, _mm256_and_ps(x.a, lo)), _mm256_add_ps(acc.b, _mm256_and_ps(x.b, hi))};
+  }
   static F load_u8(const uint8_t* p) {
     return {_mm256_cvtepi32_ps(
                 _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))),
@@ -79,6 +96,7 @@ struct V {
 
 // 16 ymm registers: two per accumulator row; more rows would spill.
 constexpr int64_t kMaxRows = 4;
+constexpr int kSignRows = 1;  // 8 ymm accumulators per row
 
 #include "kernel_body.inc"
 

@@ -49,9 +49,13 @@ struct V {
     return _mm512_cvtepi32_ps(
         _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
+  static F add_masked(F acc, F x, uint32_t m) {
+    return _mm512_mask_add_ps(acc, static_cast<__mmask16>(m), acc, x);
+  }
 };
 
 constexpr int64_t kMaxRows = 8;
+constexpr int kSignRows = 4;
 
 #include "kernel_body.inc"
 

@@ -15,6 +15,11 @@ namespace {
 typedef uint32_t U16x __attribute__((vector_size(64)));
 typedef float F16x __attribute__((vector_size(64)));
 
+// The lane masks of 16 bits: kBitMask[l] = 1 << l.
+const U16x kBitMask = {1u << 0,  1u << 1,  1u << 2,  1u << 3,  1u << 4,  1u << 5,
+                       1u << 6,  1u << 7,  1u << 8,  1u << 9,  1u << 10, 1u << 11,
+                       1u << 12, 1u << 13, 1u << 14, 1u << 15};
+
 struct V {
   using I = U16x;
   using F = F16x;
@@ -54,6 +59,10 @@ struct V {
     for (int k = 0; k < 16; ++k) r[k] = half_to_float(p[k]);
     return r;
   }
+  static F add_masked(F acc, F x, uint32_t m) {
+    const U16x set = reinterpret_cast<U16x>(((U16x{} + m) & kBitMask) != 0);  // all ones where set
+    return acc + reinterpret_cast<F>(reinterpret_cast<U16x>(x) & set);
+  }
   static F load_u8(const uint8_t* p) {
     F r;
     for (int k = 0; k < 16; ++k) r[k] = static_cast<float>(p[k]);
@@ -62,6 +71,7 @@ struct V {
 };
 
 constexpr int64_t kMaxRows = 4;  // a fallback: fewer instantiations, faster builds
+constexpr int kSignRows = 1;
 
 #include "kernel_body.inc"
 

@@ -65,11 +65,34 @@ struct GemmCall {
   const float* bias;  // [out] or null
 };
 
+// A sign plane S in {±1}^{rows x cols} (sign_chain.hpp): row o is `words`
+// uint64, bit b of word w is S[o, 64 w + b] (1 = +1); bits past cols are 0.
+struct SignView {
+  const uint64_t* bits;
+  int64_t words;
+};
+
+// x staged: [rows][ldx], zero from cols to 64 words; sums[r] = sum_j x[r, j].
+// y[r * ldy + o] = scale[o] (2 sum_{j: S[o,j] = +1} x[r, j] - sums[r]) (+ bias[o]);
+// scale or bias may be null.
+struct SignCall {
+  int64_t rows;
+  const float* x;
+  int64_t ldx;
+  const float* sums;
+  float* y;
+  int64_t ldy;
+  const float* scale;
+  const float* bias;
+};
+
 // One ISA's kernels. gemm: tiles [t0, t1), all rows. dequant_t: W transposed
-// for tiles [t0, t1) into dst[i * ld + 16 (t - t0) + lane].
+// for tiles [t0, t1) into dst[i * ld + 16 (t - t0) + lane]. sign_gemm: the
+// outputs [o0, o1) of a sign plane, all rows.
 struct KernelTable {
   void (*gemm)(const MatrixView&, const GemmCall&, int64_t t0, int64_t t1);
   void (*dequant_t)(const MatrixView&, int64_t t0, int64_t t1, float* dst, int64_t ld);
+  void (*sign_gemm)(const SignView&, const SignCall&, int64_t o0, int64_t o1);
 };
 
 // Null when the ISA is not compiled in.

@@ -3,7 +3,7 @@
 #include <qforge_kernels/bitpack.hpp>
 #include <qforge_kernels/packed_matrix.hpp>
 
-#include "kernel_args.hpp"
+#include "dispatch.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -81,10 +81,7 @@ Isa from_environment() {
 
 std::atomic<int> g_forced{-1};
 
-const detail::KernelTable& kernels(Isa isa) {
-  if (!supported(isa)) bad(std::string("instruction set ") + isa_name(isa) + " not supported");
-  return *table_of(isa);
-}
+const detail::KernelTable& kernels(Isa isa) { return detail::kernels_for(isa); }
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -411,5 +408,13 @@ void PackedMatrix::dequantize_rows(int64_t t0, int64_t t1, float* dst, int64_t l
     }
   }
 }
+
+namespace detail {
+const KernelTable& kernels_for(Isa isa) {
+  if (!supported(isa))
+    throw std::invalid_argument(std::string("instruction set ") + isa_name(isa) + " not supported");
+  return *table_of(isa);
+}
+}  // namespace detail
 
 }  // namespace qforge::kernels

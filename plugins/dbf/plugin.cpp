@@ -1,15 +1,19 @@
 // qforge-dbf: the quantizer org.qforge.dbf (dbf.cpp behind the plugin ABI),
 // writing the packed format org.qforge.dbf/1 (qforge/formats/dbf_v1.h), and
-// org.qforge.dbf.layer, which runs it: the sign planes unpacked once to
-// float32 ±1, y = s4 ⊙ (S_A·(s2 ⊙ (S_B·(s0 ⊙ x)))) as two matrix products
-// (packed 1-bit kernels are not written yet).
+// org.qforge.dbf.layer, which runs it with the sign kernels
+// (qforge_kernels/sign_chain.hpp), y = s4 ⊙ (S_A·(s2 ⊙ (S_B·(s0 ⊙ x)))).
 #include <qforge/cpp/layer_input.hpp>
 #include <qforge/cpp/metadata.hpp>
 #include <qforge/cpp/plugin.hpp>
 #include <qforge/cpp/torch.hpp>
+#include <qforge/cpp/train.hpp>
 #include <qforge/formats/dbf_v1.h>
+#include <qforge_kernels/affine_aten.hpp>
+#include <qforge_kernels/sign_format.hpp>
+#include <qforge_kernels/torch_matmul.hpp>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <chrono>
 #include <cstring>
@@ -21,6 +25,7 @@
 namespace {
 
 namespace dbf = qforge::dbf;
+namespace qk = qforge::kernels;
 
 // Rows of ±1 as bits, MSB first, 1 = +1; the tail of a row's last byte is 1.
 at::Tensor pack_signs(const at::Tensor& s) {
@@ -32,18 +37,6 @@ at::Tensor pack_signs(const at::Tensor& s) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < cols; ++j)
       if (src[r * cols + j] < 0) dst[r * bytes + j / 8] &= static_cast<uint8_t>(~(0x80u >> (j % 8)));
-  return out;
-}
-
-at::Tensor unpack_signs(const at::Tensor& packed, int64_t rows, int64_t cols) {
-  at::Tensor out = at::empty({rows, cols}, at::kFloat);
-  const at::Tensor p = packed.contiguous();
-  const uint8_t* src = p.data_ptr<uint8_t>();
-  float* dst = out.data_ptr<float>();
-  const int64_t bytes = (cols + 7) / 8;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cols; ++j)
-      dst[r * cols + j] = (src[r * bytes + j / 8] & (0x80u >> (j % 8))) ? 1.0f : -1.0f;
   return out;
 }
 
@@ -119,69 +112,191 @@ struct DbfQuantizer {
   }
 };
 
-// The dbf/1 layer: its factors as float32 (signs ±1), checked against the metadata.
-class DbfLayer {
+// org.qforge.dbf.layer: every format of the sign table
+// (qforge_kernels/sign_format.hpp; org.qforge.dbf/1 is its row), held as a
+// SignChain (1 bit per weight, no float32 copy of the signs). Up to
+// kKernelMaxRows rows of x the sign kernels (AVX-512 / AVX2 / portable, picked
+// at run time) run the chain; larger batches unpack each plane block by block
+// into one reused float32 buffer and multiply with LibTorch's GEMM. Its scale
+// vectors are tunable (qforge.layer.tunable, qforge/ext/train.h): the signs
+// stay, so a tuned layer is still in its format.
+class SignLayer {
  public:
-  static const char* const* formats() { return DbfQuantizer::formats(); }
+  // Above this many rows, unpack + GEMM is faster than the sign kernels
+  // (tools/bench/gemv_bench.cpp, the DBF batch table).
+  static constexpr int64_t kKernelMaxRows = 16;
 
-  DbfLayer(const qforge::Host&, const std::string& format, const std::string& metadata,
-           const std::vector<const qforge_named_tensor*>& tensors) {
-    if (format != QFORGE_FORMAT_DBF_V1)
+  static const char* const* formats() { return qk::sign_format_ids(); }
+
+  SignLayer(const qforge::Host&, const std::string& format, const std::string& metadata,
+            const std::vector<const qforge_named_tensor*>& tensors) {
+    row_ = qk::find_sign_format(format.c_str());
+    if (row_ == nullptr)
       throw qforge::Error(QFORGE_STATUS_UNSUPPORTED, "org.qforge.dbf.layer does not read " + format);
-    const qforge::Metadata m = qforge::Metadata::parse(metadata);
-    n_ = m.get_int(QFORGE_DBF_V1_OUT_FEATURES);
-    in_ = m.get_int(QFORGE_DBF_V1_IN_FEATURES);
-    k_ = m.get_int(QFORGE_DBF_V1_K);
-    if (n_ < 1 || in_ < 1 || k_ < 1) qforge::invalid_argument("dbf/1: sizes must be >= 1");
-    auto tensor = [&](const char* name, std::vector<int64_t> shape, at::ScalarType dtype) {
-      at::Tensor t = qforge::tensor_named(tensors, name);
-      if (t.scalar_type() != dtype || t.sizes() != at::IntArrayRef(shape))
-        qforge::invalid_argument(std::string("dbf/1: tensor '") + name + "' must be " +
-                                 std::string(at::toString(dtype)) + " " + qforge::shape_str(shape) +
-                                 " for k = " + std::to_string(k_) + ", got " +
-                                 std::string(at::toString(t.scalar_type())) + " " +
-                                 qforge::shape_str(t.sizes()));
-      return t;
-    };
-    sign_a_ = unpack_signs(tensor(QFORGE_DBF_V1_SIGN_A, {n_, (k_ + 7) / 8}, at::kByte), n_, k_);
-    sign_b_ = unpack_signs(tensor(QFORGE_DBF_V1_SIGN_B, {k_, (in_ + 7) / 8}, at::kByte), k_, in_);
-    s4_ = tensor(QFORGE_DBF_V1_S4, {n_}, at::kHalf).to(at::kFloat);
-    s2_ = tensor(QFORGE_DBF_V1_S2, {k_}, at::kHalf).to(at::kFloat);
-    s0_ = tensor(QFORGE_DBF_V1_S0, {in_}, at::kHalf).to(at::kFloat);
-    for (const qforge_named_tensor* t : tensors)
-      if (t && t->name && std::strcmp(t->name, QFORGE_DBF_V1_BIAS) == 0)
-        bias_ = tensor(QFORGE_DBF_V1_BIAS, {n_}, at::kFloat).clone();
+    std::vector<std::pair<std::string, at::Tensor>> named;
+    for (const qforge_named_tensor* nt : tensors) {
+      if (nt == nullptr || nt->name == nullptr || nt->tensor == nullptr)
+        qforge::invalid_argument(format + ": a tensor without name or data");
+      named.emplace_back(nt->name, qforge::borrow(*nt->tensor));
+    }
+    chain_ = qk::describe_sign(*row_, metadata, named);
   }
 
-  int64_t out_features() const { return n_; }
-  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return chain_.out_features(); }
+  int64_t in_features() const { return chain_.in_features(); }
 
-  // y = s4 ⊙ (S_A · (s2 ⊙ (S_B · (s0 ⊙ x)))) (+ bias)
+  // y = s_L ⊙ (S_L · ( … (S_1 · (s_0 ⊙ x)))) (+ bias)
   void forward(const DLTensor& xd, const DLTensor& yd) const {
-    const at::Tensor x = qforge::borrow_float_cpu(xd, "forward: x").reshape({-1, in_});
-    at::Tensor y = qforge::borrow_float_cpu(yd, "forward: y").view({-1, n_});
-    at::Tensor h = at::matmul(x * s0_, sign_b_.t()) * s2_;
-    at::Tensor r = at::matmul(h, sign_a_.t()) * s4_;
-    if (bias_.defined()) r.add_(bias_);
-    y.copy_(r);
+    const at::Tensor x = rows_of(xd, "forward: x", in_features());
+    at::Tensor y = rows_of(yd, "forward: y", out_features());
+    if (x.size(0) != y.size(0)) qforge::invalid_argument("forward: x and y have different rows");
+    if (x.size(0) <= kKernelMaxRows) {
+      chain_.forward(x.data_ptr<float>(), x.size(0), in_features(), y.data_ptr<float>(),
+                     out_features(), qk::aten::parallel());
+      return;
+    }
+    at::Tensor h = x * scale(0);
+    for (size_t l = 0; l < chain_.planes(); ++l) h = times_plane(h, l, false) * scale(l + 1);
+    if (!chain_.bias().empty()) h.add_(at::from_blob(const_cast<float*>(chain_.bias().data()),
+                                                     {out_features()}, at::kFloat));
+    y.copy_(h);
   }
 
-  // grad_x = grad_y·W = s0 ⊙ (S_Bᵀ · (s2 ⊙ (S_Aᵀ · (s4 ⊙ grad_y))))
+  // grad_x = grad_y · W: the chain backwards with each plane transposed.
   void backward_input(const DLTensor& gyd, const DLTensor& gxd) const {
-    const at::Tensor gy = qforge::borrow_float_cpu(gyd, "backward_input: grad_y").reshape({-1, n_});
-    at::Tensor gx = qforge::borrow_float_cpu(gxd, "backward_input: grad_x").view({-1, in_});
-    gx.copy_(at::matmul(at::matmul(gy * s4_, sign_a_) * s2_, sign_b_) * s0_);
+    const at::Tensor gy = rows_of(gyd, "backward_input: grad_y", out_features());
+    at::Tensor gx = rows_of(gxd, "backward_input: grad_x", in_features());
+    if (gy.size(0) != gx.size(0))
+      qforge::invalid_argument("backward_input: grad_y and grad_x have different rows");
+    if (gy.size(0) <= kKernelMaxRows) {
+      chain_.backward_input(gy.data_ptr<float>(), gy.size(0), out_features(),
+                            gx.data_ptr<float>(), in_features(), qk::aten::parallel());
+      return;
+    }
+    at::Tensor g = gy * scale(chain_.planes());
+    for (size_t l = chain_.planes(); l-- > 0;) g = times_plane(g, l, true) * scale(l);
+    gx.copy_(g);
   }
 
+  // W = diag(s_L) S_L diag(s_(L−1)) ⋯ S_1 diag(s_0)
   void dequantize(const DLTensor& wd) const {
     at::Tensor w = qforge::borrow_float_cpu(wd, "dequantize: weight");
-    w.copy_(s4_.unsqueeze(1) * (sign_a_ * s2_.unsqueeze(0)).mm(sign_b_) * s0_.unsqueeze(0));
+    if (w.dim() != 2 || w.size(0) != out_features() || w.size(1) != in_features())
+      qforge::invalid_argument("dequantize: weight must be [" + std::to_string(out_features()) +
+                               ", " + std::to_string(in_features()) + "], got " +
+                               qforge::shape_str(w.sizes()));
+    at::Tensor m = unpacked(0) * scale(0).unsqueeze(0);
+    for (size_t l = 1; l < chain_.planes(); ++l) m = (unpacked(l) * scale(l).unsqueeze(0)).mm(m);
+    w.copy_(m * scale(chain_.planes()).unsqueeze(1));
+  }
+
+  // ---- qforge.layer.tunable: the scale vectors s_0 … s_L ----
+  // ∂L/∂s_l from the chain's own backward (SignChain::backward_scales).
+  uint32_t param_count() const { return static_cast<uint32_t>(chain_.planes() + 1); }
+
+  void param(uint32_t i, const char** name, const DLTensor** value) {
+    if (i >= param_count())
+      qforge::invalid_argument("the layer has " + std::to_string(param_count()) + " tunable params");
+    Tuning& t = tuning();
+    *name = row_->scale_names[i];
+    *value = t.views[i]->get();
+  }
+
+  void backward_params(const DLTensor& xd, const DLTensor& gyd, const DLTensor* const* grads) {
+    const at::Tensor x = rows_of(xd, "backward_params: x", in_features());
+    const at::Tensor gy = rows_of(gyd, "backward_params: grad_y", out_features());
+    if (x.size(0) != gy.size(0))
+      qforge::invalid_argument("backward_params: x and grad_y have different rows");
+    std::vector<float*> g;
+    for (uint32_t i = 0; i < param_count(); ++i) {
+      at::Tensor gi = qforge::borrow_float_cpu(*grads[i], "backward_params: grad");
+      if (!gi.is_contiguous() || gi.numel() != static_cast<int64_t>(chain_.scale(i).size()))
+        qforge::invalid_argument("backward_params: grad " + std::to_string(i) + " must be " +
+                                 std::to_string(chain_.scale(i).size()) + " contiguous floats");
+      g.push_back(gi.data_ptr<float>());
+    }
+    chain_.backward_scales(x.data_ptr<float>(), in_features(), gy.data_ptr<float>(),
+                           out_features(), x.size(0), g.data(), qk::aten::parallel());
+  }
+
+  void update() {
+    Tuning& t = tuning();
+    for (uint32_t i = 0; i < param_count(); ++i) chain_.set_scale(i, t.scales[i].data_ptr<float>());
   }
 
  private:
-  int64_t n_ = 0, in_ = 0, k_ = 0;
-  at::Tensor sign_a_, sign_b_, s4_, s2_, s0_, bias_;
+  // [rows, features] float32, contiguous (a borrowed DLTensor reshaped).
+  static at::Tensor rows_of(const DLTensor& d, const char* what, int64_t features) {
+    const at::Tensor t = qforge::borrow_float_cpu(d, what);
+    if (t.dim() < 1 || t.size(-1) != features || !t.is_contiguous())
+      qforge::invalid_argument(std::string(what) + " must be contiguous [..., " +
+                               std::to_string(features) + "], got " + qforge::shape_str(t.sizes()));
+    return t.view({-1, features});
+  }
+
+  at::Tensor scale(size_t l) const {
+    const std::vector<float>& s = chain_.scale(l);
+    return at::from_blob(const_cast<float*>(s.data()), {static_cast<int64_t>(s.size())}, at::kFloat);
+  }
+
+  // Plane l as ±1.0f, [rows, cols].
+  at::Tensor unpacked(size_t l) const {
+    const qk::SignPlane& p = chain_.plane(l);
+    at::Tensor m = at::empty({p.rows(), p.cols()}, at::kFloat);
+    at::parallel_for(0, p.rows(), 64, [&](int64_t a, int64_t b) {
+      p.unpack(a, b, m.data_ptr<float>() + a * p.cols(), p.cols());
+    });
+    return m;
+  }
+
+  // h · S_lᵀ (forward) or h · S_l (transposed), S_l unpacked ~4 MiB at a time.
+  at::Tensor times_plane(const at::Tensor& h, size_t l, bool transposed) const {
+    const qk::SignPlane& p = chain_.plane(l);
+    const int64_t block = std::max<int64_t>(1, (int64_t{1} << 20) / p.cols());
+    at::Tensor tile = at::empty({std::min(block, p.rows()), p.cols()}, at::kFloat);
+    at::Tensor out = transposed ? at::zeros({h.size(0), p.cols()}, at::kFloat)
+                                : at::empty({h.size(0), p.rows()}, at::kFloat);
+    for (int64_t o0 = 0; o0 < p.rows(); o0 += block) {
+      const int64_t n = std::min(block, p.rows() - o0);
+      at::parallel_for(0, n, 64, [&](int64_t a, int64_t b) {
+        p.unpack(o0 + a, o0 + b, tile.data_ptr<float>() + a * p.cols(), p.cols());
+      });
+      const at::Tensor t = tile.narrow(0, 0, n);
+      if (transposed)
+        out.addmm_(h.narrow(1, o0, n), t);
+      else
+        out.narrow(1, o0, n).copy_(h.mm(t.t()));
+    }
+    return out;
+  }
+
+  struct Tuning {
+    std::vector<at::Tensor> scales;  // float32 copies the host updates in place
+    std::vector<std::unique_ptr<qforge::DLView>> views;
+  };
+  // Made on first use: inference alone never pays for it.
+  Tuning& tuning() {
+    if (tuning_) return *tuning_;
+    auto t = std::make_unique<Tuning>();
+    for (uint32_t i = 0; i < param_count(); ++i) {
+      t->scales.push_back(scale(i).clone());
+      t->views.push_back(std::make_unique<qforge::DLView>(t->scales.back()));
+    }
+    tuning_ = std::move(t);
+    return *tuning_;
+  }
+
+  const qk::SignFormat* row_ = nullptr;
+  qk::SignChain chain_;
+  std::unique_ptr<Tuning> tuning_;
 };
+
+const void* layer_extension(const char* id, uint32_t revision) {
+  if (id != nullptr && std::strcmp(id, QFORGE_EXT_LAYER_TUNABLE) == 0 &&
+      revision <= QFORGE_EXT_LAYER_TUNABLE_REVISION)
+    return qforge::layer_tunable_table<SignLayer>();
+  return nullptr;
+}
 
 void describe(qforge::Plugin& plugin) {
   plugin.quantizer<DbfQuantizer>(
@@ -206,10 +321,12 @@ void describe(qforge::Plugin& plugin) {
       .param_enum("balance_mode", "l1", {"l1", "l2"}, "balance l1 norms or squared l2 norms")
       .param_bool("use_adaptive_rho", true, "Boyd's residual balancing of the ADMM penalty")
       .param_int("seed", 0, 0, (1LL << 53), "seed of the Gaussian start (onecomp mode)");
-  plugin.inference_layer<DbfLayer>(
-      {"org.qforge.dbf.layer", "DBF layer", "0.1.0", "qforge", "MIT",
-       "Runs org.qforge.dbf/1: y = s4 (S_A (s2 (S_B (s0 x)))) with the sign planes unpacked "
-       "once to float32 (two matrix products; packed 1-bit kernels are not written yet)."});
+  plugin.inference_layer<SignLayer>(
+          {"org.qforge.dbf.layer", "DBF layer", "0.2.0", "qforge", "MIT",
+           "Runs org.qforge.dbf/1, y = s4 (S_A (s2 (S_B (s0 x)))), from its 1-bit sign planes: "
+           "packed sign kernels (AVX-512 / AVX2 / portable) for small batches, unpack + LibTorch "
+           "GEMM for large ones; its scale vectors are tunable."})
+      .get_extension(&layer_extension);
 }
 
 }  // namespace

@@ -1,10 +1,11 @@
-// The affine format table (affine_format.hpp) for code that holds its tensors
-// as at::Tensor: the table-driven inference layer, and the host, which
-// converts any affine result to another file format without a plugin.
+// The format tables (affine_format.hpp, sign_format.hpp) for code that holds
+// its tensors as at::Tensor: the table-driven inference layers, and the host,
+// which converts any affine result to another file format without a plugin.
 // Library qforge_kernels_torch.
 #pragma once
 
 #include <qforge_kernels/affine_format.hpp>
+#include <qforge_kernels/sign_format.hpp>
 
 #include <ATen/ATen.h>
 
@@ -26,6 +27,10 @@ struct AffineInput {
 // UNSUPPORTED, the rest of what is wrong INVALID_ARGUMENT (qforge::Error).
 AffineInput describe_affine(const AffineFormat& format, const std::string& metadata_json,
                             const std::vector<std::pair<std::string, at::Tensor>>& tensors);
+
+// describe_sign() over at::Tensors, with the same errors.
+SignChain describe_sign(const SignFormat& format, const std::string& metadata_json,
+                        const std::vector<std::pair<std::string, at::Tensor>>& tensors);
 
 // A quantized weight in a neutral, unpacked form:
 //   W[o, i] = scales[g, o] * (codes[o, i] - zeros[g, o]),  g = g_idx[i].

@@ -109,6 +109,25 @@ const char* const* affine_format_ids();
 AffineWeight describe_affine(const AffineFormat& format, const std::string& metadata_json,
                              const std::vector<std::pair<std::string, TensorData>>& tensors);
 
+// Helpers shared with the other format tables (sign_format.hpp).
+
+// The metadata object, or an error naming format `id`.
+nlohmann::json parse_metadata(const std::string& id, const std::string& metadata_json);
+// A tensor a format names, with the one shape its metadata implies.
+struct TensorCheck {
+  const char* name;
+  std::vector<DLDataType> dtypes;  // the accepted ones
+  std::vector<int64_t> shape;
+  bool required;
+  std::string why;  // appended to a shape error, e.g. " (k = 37)"
+};
+// The tensor of each check, in the checks' order (nullptr for an optional one
+// that is absent), after checking every name known and given once, the
+// required ones present, dtype, shape and data.
+std::vector<const TensorData*> match_tensors(
+    const std::string& id, const std::vector<TensorCheck>& checks,
+    const std::vector<std::pair<std::string, TensorData>>& tensors);
+
 // The codes of output o, q[o, 0..in), from w's bit streams.
 void read_codes(const QuantizedWeight& w, int64_t o, uint8_t* codes);
 

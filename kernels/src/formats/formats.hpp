@@ -1,8 +1,9 @@
-// The rows of the affine format table (kernels/src/affine_format.cpp), one
-// file each.
+// The rows of the affine format table (kernels/src/affine_format.cpp) and of
+// the sign format table (kernels/src/sign_format.cpp), one file each.
 #pragma once
 
 #include <qforge_kernels/affine_format.hpp>
+#include <qforge_kernels/sign_format.hpp>
 
 namespace qforge::kernels::formats {
 
@@ -15,5 +16,7 @@ void point_weight(AffineWeight& a, const AffineShape& s, const uint32_t* codes,
 extern const AffineFormat rtn_v1;   // rtn_v1.cpp, sdk/include/qforge/formats/rtn_v1.h
 extern const AffineFormat gptq_v1;  // gptq_v1.cpp, sdk/include/qforge/formats/gptq_v1.h
 extern const AffineFormat ct_pack_quantized_v1;  // ct_pack_quantized_v1.cpp, formats/ct_pack_quantized_v1.h
+
+extern const SignFormat dbf_v1;  // dbf_v1.cpp, sdk/include/qforge/formats/dbf_v1.h (sign_format.hpp's table)
 
 }  // namespace qforge::kernels::formats

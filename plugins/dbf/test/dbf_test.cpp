@@ -82,6 +82,12 @@ TEST(Dbf, TheLayerRunsWhatTheQuantizerWrote) {
   EXPECT_TRUE(at::allclose(packed.forward(xs), want, 1e-4, 1e-5));
   at::Tensor gy = at::randn({4, 37});
   EXPECT_TRUE(at::allclose(packed.backward_input(gy), gy.mm(r.dequantized), 1e-4, 1e-5));
+  // Above the kernels' batch: unpack + GEMM, the same products.
+  xs = at::randn({2, 30, 53});
+  EXPECT_TRUE(at::allclose(packed.forward(xs), at::matmul(xs, r.dequantized.t()) + r.tensors.at("bias"),
+                           1e-4, 1e-5));
+  gy = at::randn({40, 37});
+  EXPECT_TRUE(at::allclose(packed.backward_input(gy), gy.mm(r.dequantized), 1e-4, 1e-5));
 
   // k inconsistent with the planes: refused, naming the tensor.
   qh::QuantResult bad = r;
@@ -92,6 +98,56 @@ TEST(Dbf, TheLayerRunsWhatTheQuantizerWrote) {
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("sign_b"), std::string::npos) << e.what();
   }
+}
+
+// Rows of signs in dbf/1's layout (MSB first, 1 = +1) as ±1 doubles.
+at::Tensor signs_of(const at::Tensor& packed, int64_t cols) {
+  at::Tensor out = at::empty({packed.size(0), cols}, at::kDouble);
+  for (int64_t r = 0; r < packed.size(0); ++r)
+    for (int64_t j = 0; j < cols; ++j)
+      out[r][j] = (packed[r][j / 8].item<int64_t>() >> (7 - j % 8)) & 1 ? 1.0 : -1.0;
+  return out;
+}
+
+// The scale vectors are tunable: their gradients equal double-precision
+// autograd through W = diag(s4)·S_A·diag(s2)·S_B·diag(s0), and an update in
+// place changes what the layer computes (the signs stay).
+TEST(Dbf, TheScaleVectorsAreTunable) {
+  const qh::Component* q = qforge::test::plugin_registry().find("org.qforge.dbf");
+  ASSERT_NE(q, nullptr) << qforge::test::plugin_refusals();
+  const at::Tensor w = weight(29, 45);
+  at::Tensor x = at::randn({128, 45});
+  qh::QuantResult r = qforge::test::quantize(*q, w, x.t().mm(x) / 64, {{"iters", "30"}}, at::Tensor());
+  qh::PackedLayer packed(*qforge::test::plugin_registry().find_inference_layer(r.format), r);
+  ASSERT_TRUE(packed.tunable());
+  auto params = packed.tunable_params();
+  ASSERT_EQ(params.size(), 3u);
+  EXPECT_EQ(params[0].first, "s0");
+  EXPECT_EQ(params[1].first, "s2");
+  EXPECT_EQ(params[2].first, "s4");
+  const int64_t k = params[1].second.numel();
+  const at::Tensor sa = signs_of(r.tensors.at("sign_a"), k), sb = signs_of(r.tensors.at("sign_b"), 45);
+  for (int64_t rows : {3, 40}) {  // the kernels' batch and above
+    const at::Tensor xr = at::randn({rows, 45}), gy = at::randn({rows, 29});
+    std::vector<at::Tensor> s, grads;
+    for (auto& [name, v] : params) {
+      s.push_back(v.to(at::kDouble).requires_grad_(true));
+      grads.push_back(at::zeros_like(v));
+    }
+    const at::Tensor wd = s[2].unsqueeze(1) * (sa * s[1].unsqueeze(0)).mm(sb) * s[0].unsqueeze(0);
+    (xr.to(at::kDouble).mm(wd.t()) * gy.to(at::kDouble)).sum().backward();
+    packed.backward_params(xr, gy, grads);
+    for (size_t i = 0; i < 3; ++i) {
+      const at::Tensor want = s[i].grad().to(at::kFloat);
+      EXPECT_LT(((grads[i] - want).abs().max() / want.abs().max()).item<double>(), 1e-4)
+          << params[i].first << " rows " << rows;
+    }
+  }
+  const at::Tensor xr = at::randn({5, 45}), before = packed.forward(xr);
+  params[2].second.mul_(2);
+  packed.update_params();
+  EXPECT_TRUE(at::allclose(packed.forward(xr), before * 2, 1e-5, 1e-6));
+  EXPECT_TRUE(at::allclose(packed.dequantize(), r.dequantized * 2, 1e-5, 1e-6));
 }
 
 // The OneComp layout (--save-format dbf), written by the pipeline, read back

@@ -496,6 +496,12 @@ class ComponentBuilder {
     return add(param_range(QFORGE_PARAM_INT_LIST, name, help, keep(fallback),
                            static_cast<double>(min), static_cast<double>(max)));
   }
+  // The component's get_extension: the component extensions it offers (e.g.
+  // an inference layer's qforge.layer.tunable table, qforge/cpp/train.hpp).
+  ComponentBuilder& get_extension(const void* (*fn)(const char* id, uint32_t revision)) {
+    get_extension_ = fn;
+    return *this;
+  }
   // The lowest host ABI minor the component needs (e.g. 1 for qforge/ext/train.h).
   ComponentBuilder& min_host_minor(uint32_t minor) {
     min_host_minor_ = minor;
@@ -521,6 +527,7 @@ class ComponentBuilder {
                   param_ptrs_.empty() ? nullptr : param_ptrs_.data(),
                   static_cast<uint32_t>(param_ptrs_.size()), with_formats());
     d.min_host_minor = min_host_minor_;
+    d.get_extension = get_extension_;
     return d;
   }
 
@@ -567,6 +574,7 @@ class ComponentBuilder {
   std::deque<std::string> strings_;  // deque: pointers into it stay valid
   std::deque<qforge_param_desc> params_;
   uint32_t min_host_minor_ = 0;
+  const void* (*get_extension_)(const char*, uint32_t) = nullptr;
   std::deque<std::vector<const char*>> choice_lists_;
   std::vector<const char*> features_, feature_list_;
   std::vector<const qforge_param_desc*> param_ptrs_;
