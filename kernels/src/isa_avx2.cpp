@@ -96,7 +96,7 @@ struct V {
 
 // 16 ymm registers: two per accumulator row; more rows would spill.
 constexpr int64_t kMaxRows = 4;
-constexpr int kSignRows = 1;  // 8 ymm accumulators per row
+constexpr int kSignRows = 1;  // 16 ymm accumulators per row already
 
 #include "kernel_body.inc"
 

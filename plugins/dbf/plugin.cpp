@@ -10,10 +10,9 @@
 #include <qforge/formats/dbf_v1.h>
 #include <qforge_kernels/affine_aten.hpp>
 #include <qforge_kernels/sign_format.hpp>
-#include <qforge_kernels/torch_matmul.hpp>
+#include <qforge_kernels/torch_sign.hpp>
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
 #include <chrono>
 #include <cstring>
@@ -114,18 +113,14 @@ struct DbfQuantizer {
 
 // org.qforge.dbf.layer: every format of the sign table
 // (qforge_kernels/sign_format.hpp; org.qforge.dbf/1 is its row), held as a
-// SignChain (1 bit per weight, no float32 copy of the signs). Up to
-// kKernelMaxRows rows of x the sign kernels (AVX-512 / AVX2 / portable, picked
-// at run time) run the chain; larger batches unpack each plane block by block
-// into one reused float32 buffer and multiply with LibTorch's GEMM. Its scale
+// SignChain (1 bit per weight, no float32 copy of the signs), run through
+// qforge_kernels/torch_sign.hpp: the sign kernels (AVX-512 / AVX2 / portable,
+// picked at run time) for small batches, unpack + LibTorch GEMM for large
+// ones. Its scale
 // vectors are tunable (qforge.layer.tunable, qforge/ext/train.h): the signs
 // stay, so a tuned layer is still in its format.
 class SignLayer {
  public:
-  // Above this many rows, unpack + GEMM is faster than the sign kernels
-  // (tools/bench/gemv_bench.cpp, the DBF batch table).
-  static constexpr int64_t kKernelMaxRows = 16;
-
   static const char* const* formats() { return qk::sign_format_ids(); }
 
   SignLayer(const qforge::Host&, const std::string& format, const std::string& metadata,
@@ -148,34 +143,18 @@ class SignLayer {
   // y = s_L ⊙ (S_L · ( … (S_1 · (s_0 ⊙ x)))) (+ bias)
   void forward(const DLTensor& xd, const DLTensor& yd) const {
     const at::Tensor x = rows_of(xd, "forward: x", in_features());
-    at::Tensor y = rows_of(yd, "forward: y", out_features());
+    const at::Tensor y = rows_of(yd, "forward: y", out_features());
     if (x.size(0) != y.size(0)) qforge::invalid_argument("forward: x and y have different rows");
-    if (x.size(0) <= kKernelMaxRows) {
-      chain_.forward(x.data_ptr<float>(), x.size(0), in_features(), y.data_ptr<float>(),
-                     out_features(), qk::aten::parallel());
-      return;
-    }
-    at::Tensor h = x * scale(0);
-    for (size_t l = 0; l < chain_.planes(); ++l) h = times_plane(h, l, false) * scale(l + 1);
-    if (!chain_.bias().empty()) h.add_(at::from_blob(const_cast<float*>(chain_.bias().data()),
-                                                     {out_features()}, at::kFloat));
-    y.copy_(h);
+    qk::aten::sign_forward(chain_, x, y);
   }
 
   // grad_x = grad_y · W: the chain backwards with each plane transposed.
   void backward_input(const DLTensor& gyd, const DLTensor& gxd) const {
     const at::Tensor gy = rows_of(gyd, "backward_input: grad_y", out_features());
-    at::Tensor gx = rows_of(gxd, "backward_input: grad_x", in_features());
+    const at::Tensor gx = rows_of(gxd, "backward_input: grad_x", in_features());
     if (gy.size(0) != gx.size(0))
       qforge::invalid_argument("backward_input: grad_y and grad_x have different rows");
-    if (gy.size(0) <= kKernelMaxRows) {
-      chain_.backward_input(gy.data_ptr<float>(), gy.size(0), out_features(),
-                            gx.data_ptr<float>(), in_features(), qk::aten::parallel());
-      return;
-    }
-    at::Tensor g = gy * scale(chain_.planes());
-    for (size_t l = chain_.planes(); l-- > 0;) g = times_plane(g, l, true) * scale(l);
-    gx.copy_(g);
+    qk::aten::sign_backward_input(chain_, gy, gx);
   }
 
   // W = diag(s_L) S_L diag(s_(L−1)) ⋯ S_1 diag(s_0)
@@ -185,9 +164,7 @@ class SignLayer {
       qforge::invalid_argument("dequantize: weight must be [" + std::to_string(out_features()) +
                                ", " + std::to_string(in_features()) + "], got " +
                                qforge::shape_str(w.sizes()));
-    at::Tensor m = unpacked(0) * scale(0).unsqueeze(0);
-    for (size_t l = 1; l < chain_.planes(); ++l) m = (unpacked(l) * scale(l).unsqueeze(0)).mm(m);
-    w.copy_(m * scale(chain_.planes()).unsqueeze(1));
+    w.copy_(qk::aten::sign_dequantize(chain_));
   }
 
   // ---- qforge.layer.tunable: the scale vectors s_0 … s_L ----
@@ -234,42 +211,6 @@ class SignLayer {
     return t.view({-1, features});
   }
 
-  at::Tensor scale(size_t l) const {
-    const std::vector<float>& s = chain_.scale(l);
-    return at::from_blob(const_cast<float*>(s.data()), {static_cast<int64_t>(s.size())}, at::kFloat);
-  }
-
-  // Plane l as ±1.0f, [rows, cols].
-  at::Tensor unpacked(size_t l) const {
-    const qk::SignPlane& p = chain_.plane(l);
-    at::Tensor m = at::empty({p.rows(), p.cols()}, at::kFloat);
-    at::parallel_for(0, p.rows(), 64, [&](int64_t a, int64_t b) {
-      p.unpack(a, b, m.data_ptr<float>() + a * p.cols(), p.cols());
-    });
-    return m;
-  }
-
-  // h · S_lᵀ (forward) or h · S_l (transposed), S_l unpacked ~4 MiB at a time.
-  at::Tensor times_plane(const at::Tensor& h, size_t l, bool transposed) const {
-    const qk::SignPlane& p = chain_.plane(l);
-    const int64_t block = std::max<int64_t>(1, (int64_t{1} << 20) / p.cols());
-    at::Tensor tile = at::empty({std::min(block, p.rows()), p.cols()}, at::kFloat);
-    at::Tensor out = transposed ? at::zeros({h.size(0), p.cols()}, at::kFloat)
-                                : at::empty({h.size(0), p.rows()}, at::kFloat);
-    for (int64_t o0 = 0; o0 < p.rows(); o0 += block) {
-      const int64_t n = std::min(block, p.rows() - o0);
-      at::parallel_for(0, n, 64, [&](int64_t a, int64_t b) {
-        p.unpack(o0 + a, o0 + b, tile.data_ptr<float>() + a * p.cols(), p.cols());
-      });
-      const at::Tensor t = tile.narrow(0, 0, n);
-      if (transposed)
-        out.addmm_(h.narrow(1, o0, n), t);
-      else
-        out.narrow(1, o0, n).copy_(h.mm(t.t()));
-    }
-    return out;
-  }
-
   struct Tuning {
     std::vector<at::Tensor> scales;  // float32 copies the host updates in place
     std::vector<std::unique_ptr<qforge::DLView>> views;
@@ -279,7 +220,7 @@ class SignLayer {
     if (tuning_) return *tuning_;
     auto t = std::make_unique<Tuning>();
     for (uint32_t i = 0; i < param_count(); ++i) {
-      t->scales.push_back(scale(i).clone());
+      t->scales.push_back(qk::aten::sign_scale(chain_, i).clone());
       t->views.push_back(std::make_unique<qforge::DLView>(t->scales.back()));
     }
     tuning_ = std::move(t);

@@ -19,12 +19,17 @@
 // real model where every layer's weights are evicted by the other layers'.
 // A second table times batches of rows through the kernels and through
 // dequantize + GEMM (the path the layers take above kGemvMaxRows rows).
+// Then the same for double binary factorization (DBF, org.qforge.dbf/1) at
+// 1.0, 1.5 and 2.0 sign-plane bits per weight through the sign kernels
+// (sign_chain.hpp), against the fp32 and 4-bit g128 times of this run, and
+// DBF's batches: sign kernels vs unpack + GEMM.
 // Like the qforge CLI, it sets OMP_WAIT_POLICY=PASSIVE when unset (and
 // re-executes itself), so that OpenMP threads spinning after the kernels'
 // parallel loops do not slow down OpenBLAS's threads.
 #include <qforge_kernels/bitpack.hpp>
 #include <qforge_kernels/packed_matrix.hpp>
 #include <qforge_kernels/torch_matmul.hpp>
+#include <qforge_kernels/torch_sign.hpp>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -191,6 +196,49 @@ double time_kernel(const std::vector<qk::PackedMatrix>& m, int64_t rows, int rep
   });
 }
 
+// A random double binary factorization of W [out, in] at `bits` sign-plane
+// bits per weight (k = ⌊bits·out·in/(out + in)⌋, as org.qforge.dbf): random
+// signs, positive scales.
+qk::SignChain random_dbf(double bits, int64_t out, int64_t in, uint32_t seed) {
+  const auto k = static_cast<int64_t>(bits * static_cast<double>(out) * static_cast<double>(in) /
+                                      static_cast<double>(out + in));
+  std::mt19937 rng(seed);
+  auto plane = [&](int64_t rows, int64_t cols) {
+    std::vector<uint8_t> b(static_cast<size_t>(rows * ((cols + 7) / 8)));
+    for (auto& v : b) v = static_cast<uint8_t>(rng());
+    return qk::SignPlane(b.data(), rows, cols);
+  };
+  auto scales = [&](int64_t n) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (auto& f : v) f = 0.5f + static_cast<float>(rng() % 1024) / 1024.0f;
+    return v;
+  };
+  std::vector<qk::SignPlane> planes;
+  planes.push_back(plane(k, in));
+  planes.push_back(plane(out, k));
+  return qk::SignChain(std::move(planes), {scales(in), scales(k), scales(out)}, {});
+}
+
+std::vector<qk::SignChain> dbf_copies(double bits, int64_t out, int64_t in) {
+  std::vector<qk::SignChain> v;
+  v.push_back(random_dbf(bits, out, in, 11));
+  const size_t n = copies_for(v[0].packed_bytes());
+  for (size_t k = 1; k < n; ++k) v.push_back(random_dbf(bits, out, in, 11 + static_cast<uint32_t>(k)));
+  return v;
+}
+
+double time_dbf(const std::vector<qk::SignChain>& m, int64_t rows, int reps, bool kernel) {
+  const at::Tensor x = at::randn({rows, m[0].in_features()});
+  at::Tensor y = at::empty({rows, m[0].out_features()});
+  return time_median(reps, 3, [&](int k) {
+    const qk::SignChain& c = m[static_cast<size_t>(k) % m.size()];
+    if (kernel)
+      qk::aten::sign_forward_kernel(c, x, y);
+    else
+      qk::aten::sign_forward_gemm(c, x, y);
+  });
+}
+
 std::vector<qk::PackedMatrix> copies_of(qk::PackedMatrix m) {
   const size_t n = copies_for(m.packed_bytes());
   std::vector<qk::PackedMatrix> v(n, m);
@@ -272,12 +320,16 @@ int main(int argc, char** argv) {
              "of the read-only stream\n");
   fmt::print("{:<13} {:<16} {:>9} {:>10} {:>10} {:>8} {:>8} {:>9} {:>7}\n", "W", "format", "MB",
              "qforge ms", "fp32 ms", "speedup", "GB/s", "% memcpy", "% read");
-  for (const auto& shape : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {11008, 4096}}) {
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{4096, 4096}, {11008, 4096}};
+  std::vector<double> fp32_ms, grid4_ms;  // per shape, for the DBF table
+  for (const auto& shape : shapes) {
     const int64_t out = shape.first, in = shape.second;
     const Fp32 fp = time_fp32(out, in, 1, o.reps);
+    fp32_ms.push_back(fp.best() * 1e3);
     for (const Config& c : configs) {
       const auto m = copies_of(random_matrix(c.bits, out, in, c.group, c.act_order, 7));
       const double t = time_kernel(m, 1, o.reps, true);
+      if (c.bits == 4 && !c.act_order) grid4_ms.push_back(t * 1e3);
       const double mb = static_cast<double>(m[0].packed_bytes()) / 1e6;
       const double gbs = mb / 1e3 / t;
       fmt::print("{:<13} {:<16} {:>9.2f} {:>10.3f} {:>10.3f} {:>7.2f}x {:>8.2f} {:>8.0f}% {:>6.0f}%\n",
@@ -289,6 +341,39 @@ int main(int argc, char** argv) {
     fmt::print("{:<13} {:<16} {:>9.2f} {:>10} {:>10.3f}   (at::mm {:.3f} ms, at::mv {:.3f} ms)\n",
                fmt::format("{}x{}", out, in), "fp32", out * in * 4 / 1e6, "", fp.best() * 1e3,
                fp.mm * 1e3, fp.mv * 1e3);
+  }
+
+  fmt::print("\nDBF (org.qforge.dbf/1), batch 1: y = s4 ⊙ (S_A · (s2 ⊙ (S_B · (s0 ⊙ x)))) "
+             "through the sign kernels incl. staging; bpw = sign-plane bits per weight (k = "
+             "bpw·out·in/(out+in)); GB/s = sign planes + float32 scales as the kernels read them; "
+             "fp32 and 4-bit g128 as above, from this run\n");
+  fmt::print("{:<13} {:<18} {:>9} {:>10} {:>10} {:>8} {:>10} {:>8} {:>9}\n", "W", "format", "MB",
+             "qforge ms", "fp32 ms", "vs fp32", "vs 4-bit", "GB/s", "% memcpy");
+  for (size_t s = 0; s < shapes.size(); ++s) {
+    const int64_t out = shapes[s].first, in = shapes[s].second;
+    for (double bits : {1.0, 1.5, 2.0}) {
+      const auto m = dbf_copies(bits, out, in);
+      const double t = time_dbf(m, 1, o.reps, true) * 1e3;
+      const double mb = static_cast<double>(m[0].packed_bytes()) / 1e6;
+      fmt::print("{:<13} {:<18} {:>9.2f} {:>10.3f} {:>10.3f} {:>7.2f}x {:>9.2f}x {:>8.2f} {:>8.0f}%\n",
+                 fmt::format("{}x{}", out, in),
+                 fmt::format("DBF {:.1f} bpw k={}", bits, m[0].plane(0).rows()), mb, t,
+                 fp32_ms[s], fp32_ms[s] / t, grid4_ms[s] / t, mb / t, 100 * mb / t / copy_bw);
+    }
+  }
+
+  if (o.batches) {
+    fmt::print("\nbatches, 4096x4096 DBF 1.5 bpw: ms per call (forward uses the sign kernels up "
+               "to {} rows, unpack + GEMM above)\n", qk::aten::kSignKernelMaxRows);
+    fmt::print("{:>5} {:>10} {:>14} {:>10}\n", "rows", "kernel", "unpack+GEMM", "fp32 mm");
+    const auto d = dbf_copies(1.5, 4096, 4096);
+    for (int64_t rows : {1, 4, 8, 16, 32, 64, 128, 512}) {
+      const int reps = rows <= 16 ? o.reps : std::max(3, o.reps / 4);
+      const double tk = time_dbf(d, rows, reps, true);
+      const double tg = time_dbf(d, rows, reps, false);
+      const Fp32 fp = time_fp32(4096, 4096, rows, reps);
+      fmt::print("{:>5} {:>10.3f} {:>14.3f} {:>10.3f}\n", rows, tk * 1e3, tg * 1e3, fp.mm * 1e3);
+    }
   }
 
   if (o.batches) {
