@@ -118,18 +118,23 @@ LinearLoader dbf_loader(const Registry& registry, const std::string& dir, const 
                         const std::string&) {
   return [&registry, dir](const TensorStore& store, Linear& l, int64_t out, int64_t in, bool) {
     if (!store.contains(l.name + ".scaling2")) return false;
+    const TensorInfo& s2 = store.info(l.name + ".scaling2");
+    if (s2.shape.size() != 1 || s2.shape[0] < 1)
+      throw ModelFileError(fmt::format("{}: layer {}: scaling2 must be a vector (its length is k)",
+                                       dir, l.name));
+    const int64_t k = s2.shape[0];
     auto get = [&](const std::string& t, at::ScalarType dtype, std::vector<int64_t> shape) {
       const std::string name = l.name + "." + t;
       if (!store.contains(name))
         throw ModelFileError(fmt::format("{}: layer {} has no {}", dir, l.name, t));
       at::Tensor v = store.load(name, dtype);
       if (v.sizes() != at::IntArrayRef(shape))
-        throw ModelFileError(fmt::format("{}: layer {}: {} has shape [{}], k = {} and the config "
-                                         "imply [{}]", dir, l.name, t, fmt::join(v.sizes(), ", "),
-                                         shape.empty() ? 0 : shape[0], fmt::join(shape, ", ")));
+        throw ModelFileError(fmt::format("{}: layer {}: {} has shape [{}]; k = {} (the length of "
+                                         "scaling2) and the layer's {}x{} shape imply [{}]",
+                                         dir, l.name, t, fmt::join(v.sizes(), ", "), k, out, in,
+                                         fmt::join(shape, ", ")));
       return v;
     };
-    const int64_t k = store.info(l.name + ".scaling2").shape.at(0);
     QuantResult r;
     r.format = kPackedFormat;
     r.metadata = json{{"out_features", out}, {"in_features", in}, {"k", k}}.dump();

@@ -23,7 +23,7 @@ namespace qforge::kernels::aten {
 
 // Above this many rows, unpack + GEMM beats the sign kernels (the DBF batch
 // table of tools/bench/gemv_bench.cpp).
-inline constexpr int64_t kSignKernelMaxRows = 16;
+inline constexpr int64_t kSignKernelMaxRows = 32;
 
 // Scale vector l of the chain, borrowed.
 inline at::Tensor sign_scale(const SignChain& c, size_t l) {

@@ -6,6 +6,12 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <functional>
+
 #include "../../../tests/support/plugins.hpp"
 #include "../../../tests/support/test_data.hpp"
 #include "qforge_host/io/safetensors.hpp"
@@ -154,6 +160,8 @@ TEST(Dbf, TheScaleVectorsAreTunable) {
 // by qforge, and decoded by a reader written here from research/onecomp.md
 // §3.4 alone: scaling0/2/4 float16, bp1 = S_B and bp3 = S_A flattened
 // row-major, 8 signs per byte MSB first, bit 1 = +1, k = len(scaling2).
+// The packed model's logits equal the dequantized model's; malformed copies
+// of the checkpoint are refused with one line naming the layer.
 at::Tensor decode_onecomp(const qh::TensorStore& store, const std::string& layer) {
   const at::Tensor s0 = store.load(layer + ".scaling0", at::kFloat);
   const at::Tensor s2 = store.load(layer + ".scaling2", at::kFloat);
@@ -200,6 +208,76 @@ TEST(DbfCheckpoint, OneCompLayoutRoundTripsAndDecodesByItsDescription) {
       EXPECT_TRUE(at::allclose(l->packed->dequantize(), theirs, 1e-5, 1e-6)) << l->name;
     }
   EXPECT_EQ(packed, 9);
+
+  // Logits of the packed model (the sign kernels) equal those of the same
+  // model with every DBF linear replaced by its dequantized float32 weight.
+  qh::Model dense = qh::load_model(registry, out, at::kFloat);
+  for (auto& b : dense.blocks())
+    for (qh::Linear* l : b.linears())
+      if (l->packed) {
+        l->weight = l->packed->dequantize();
+        l->packed.reset();
+      }
+  const at::Tensor ids = at::randint(1, 500, {2, 24}, at::kLong);
+  const at::Tensor a = m.forward(ids), d = dense.forward(ids);
+  EXPECT_LT((a - d).abs().max().item<double>(), 1e-4 * d.abs().max().item<double>());
+  EXPECT_TRUE(at::equal(a.argmax(-1), d.argmax(-1)));
+
+  // A malformed checkpoint is refused with one line naming the layer.
+  const std::string layer = "model.layers.1.self_attn.q_proj";
+  using Edit = std::function<void(std::vector<std::pair<std::string, at::Tensor>>&)>;
+  const std::string bad = qforge::test::temp_path("qforge_dbf", "bad");
+  auto refused = [&](const char* what, const Edit& edit) {
+    std::filesystem::remove_all(bad);
+    std::filesystem::copy(out, bad);
+    const qh::TensorStore store(bad);
+    for (const qh::SafetensorsFile* f : store.files()) {
+      std::vector<std::pair<std::string, at::Tensor>> tensors;
+      for (const auto& [name, info] : f->tensors()) tensors.emplace_back(name, f->view(name).clone());
+      if (std::none_of(tensors.begin(), tensors.end(),
+                       [&](const auto& t) { return t.first.rfind(layer + ".", 0) == 0; }))
+        continue;
+      edit(tensors);
+      const std::string path = f->path();
+      qh::save_safetensors(path, tensors, f->metadata());
+    }
+    try {
+      qh::load_model(registry, bad, at::kFloat);
+      ADD_FAILURE() << what << ": accepted";
+    } catch (const std::exception& e) {
+      const std::string msg = e.what();
+      std::printf("%s: %s\n", what, msg.c_str());
+      EXPECT_NE(msg.find(layer), std::string::npos) << what << ": " << msg;
+      EXPECT_EQ(msg.find('\n'), std::string::npos) << what << ": " << msg;
+    }
+    std::filesystem::remove_all(bad);
+  };
+  auto find = [&](std::vector<std::pair<std::string, at::Tensor>>& t, const std::string& suffix) -> at::Tensor& {
+    for (auto& [name, v] : t)
+      if (name == layer + "." + suffix) return v;
+    throw std::runtime_error("no " + suffix);
+  };
+  refused("a sign plane one byte short", [&](auto& t) {
+    at::Tensor& v = find(t, "bp1");
+    v = v.narrow(0, 0, v.size(0) - 1).clone();
+  });
+  refused("a missing scale", [&](auto& t) {  // gone from its shard and from the index
+    t.erase(std::remove_if(t.begin(), t.end(), [&](const auto& p) { return p.first == layer + ".scaling0"; }),
+            t.end());
+    const std::string index = bad + "/model.safetensors.index.json";
+    std::ifstream in(index);
+    nlohmann::json j = nlohmann::json::parse(in);
+    j["weight_map"].erase(layer + ".scaling0");
+    std::ofstream(index) << j.dump();
+  });
+  refused("k inconsistent with the planes", [&](auto& t) {
+    at::Tensor& v = find(t, "scaling2");
+    v = at::cat({v, v.narrow(0, 0, 1)});
+  });
+  refused("a scale of the wrong length", [&](auto& t) {
+    at::Tensor& v = find(t, "scaling4");
+    v = v.narrow(0, 0, v.size(0) - 1).clone();
+  });
   std::filesystem::remove_all(out);
 }
 
