@@ -86,13 +86,28 @@ struct SignCall {
   const float* bias;
 };
 
+// A randomized Hadamard transform on rows of x (hadamard.hpp): each row is
+// [pow2][r]; x *= pre_signs, each block of r ← its product with base
+// (out[j] = Σ_k x[k] base[k * r + j]; none when base is null), butterflies
+// over the pow2 blocks, then x *= scale (· post_signs). r ≤ kMaxBase.
+inline constexpr int64_t kMaxBase = 1024;
+struct HadamardCall {
+  float* x;
+  int64_t rows, ld, pow2, r;
+  const float* base;
+  const float* pre_signs;
+  const float* post_signs;
+  float scale;
+};
+
 // One ISA's kernels. gemm: tiles [t0, t1), all rows. dequant_t: W transposed
 // for tiles [t0, t1) into dst[i * ld + 16 (t - t0) + lane]. sign_gemm: the
-// outputs [o0, o1) of a sign plane, all rows.
+// outputs [o0, o1) of a sign plane, all rows. hadamard: all rows.
 struct KernelTable {
   void (*gemm)(const MatrixView&, const GemmCall&, int64_t t0, int64_t t1);
   void (*dequant_t)(const MatrixView&, int64_t t0, int64_t t1, float* dst, int64_t ld);
   void (*sign_gemm)(const SignView&, const SignCall&, int64_t o0, int64_t o1);
+  void (*hadamard)(const HadamardCall&);
 };
 
 // Null when the ISA is not compiled in.
