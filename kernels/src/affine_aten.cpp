@@ -53,6 +53,10 @@ AffineTensors unpack_affine(const std::string& format, const std::string& metada
   const AffineFormat* f = find_affine_format(format.c_str());
   if (f == nullptr)
     throw Error(QFORGE_STATUS_UNSUPPORTED, "'" + format + "' is not an affine grid format");
+  if (f->transformed)
+    throw Error(QFORGE_STATUS_UNSUPPORTED,
+                "'" + format + "' holds its grid between input and output transforms, which a "
+                "plain affine grid format cannot store");
   const AffineInput input = describe_affine(
       *f, metadata_json,
       std::vector<std::pair<std::string, at::Tensor>>(tensors.begin(), tensors.end()));

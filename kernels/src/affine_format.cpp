@@ -16,7 +16,7 @@ namespace qforge::kernels {
 // The table. A new format is one more row here (see affine_format.hpp).
 namespace {
 const AffineFormat* const kAffineFormats[] = {&formats::rtn_v1, &formats::gptq_v1,
-                                              &formats::ct_pack_quantized_v1};
+                                              &formats::ct_pack_quantized_v1, &formats::quip_v1};
 }  // namespace
 
 const std::vector<const AffineFormat*>& affine_formats() {

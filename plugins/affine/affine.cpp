@@ -10,7 +10,10 @@
 // picked at run time); larger batches and backward_input dequantize W block
 // by block into one reused buffer and multiply with a LibTorch GEMM.
 // dequantize gives W bit for bit as the format decodes it. Its scales and
-// zero points are tunable (qforge.layer.tunable, qforge/ext/train.h).
+// zero points are tunable (qforge.layer.tunable, qforge/ext/train.h). A
+// format with transforms (org.qforge.quip/1) runs its grid Q̂ the same way
+// between them: y = Uᵀ · (Q̂ · (V · (x ⊘ rescale))), randomized Hadamard
+// transforms from qforge_kernels/hadamard.hpp.
 #include <qforge/cpp/plugin.hpp>
 #include <qforge/cpp/torch.hpp>
 #include <qforge/cpp/train.hpp>
@@ -18,6 +21,7 @@
 #include <qforge_kernels/torch_layer.hpp>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cstring>
 #include <memory>
@@ -64,6 +68,56 @@ class AffineLayer : public qforge::kernels::aten::MatrixLayer {
     const qforge::kernels::QuantizedWeight& w = input.weight.weight;
     group_of_.resize(static_cast<size_t>(in_));
     for (int64_t i = 0; i < in_; ++i) group_of_[i] = w.g_idx ? w.g_idx[i] : i / w.group_size;
+    if (!input.weight.rescale.empty()) rescale_ = at::tensor(input.weight.rescale, at::kFloat);
+    input_transform_ = input.weight.input_transform;
+    output_transform_ = input.weight.output_transform;
+  }
+
+  // ---- formats with transforms: y = Uᵀ · (Q̂ · (V · (x ⊘ rescale))) + bias ----
+  bool transformed() const { return rescale_.defined() || input_transform_ || output_transform_; }
+
+  void forward(const DLTensor& xd, const DLTensor& yd) const {
+    if (!transformed()) return MatrixLayer::forward(xd, yd);
+    const at::Tensor x = qforge::borrow_float_cpu(xd, "forward: x");
+    at::Tensor y = qforge::borrow_float_cpu(yd, "forward: y");
+    check_rows("forward", x, in_, y, out_);
+    at::Tensor h = to_grid_input(x.reshape({-1, in_}));
+    at::Tensor z = at::empty({h.size(0), out_}, at::kFloat);
+    qforge::kernels::aten::forward(matrix_, h, z, at::Tensor());
+    apply(output_transform_, z, /*transpose=*/true);
+    if (bias_.defined()) z.add_(bias_);
+    y.copy_(z.view(y.sizes()));
+  }
+
+  // grad_x = (Vᵀ · (Q̂ᵀ · (U · grad_y))) ⊘ rescale
+  void backward_input(const DLTensor& gyd, const DLTensor& gxd) const {
+    if (!transformed()) return MatrixLayer::backward_input(gyd, gxd);
+    const at::Tensor gy = qforge::borrow_float_cpu(gyd, "backward_input: grad_y");
+    at::Tensor gx = qforge::borrow_float_cpu(gxd, "backward_input: grad_x");
+    check_rows("backward_input", gy, out_, gx, in_);
+    const at::Tensor g = from_grid_output(gy.reshape({-1, out_}));
+    at::Tensor h = at::empty({g.size(0), in_}, at::kFloat);
+    qforge::kernels::aten::backward_input(matrix_, g, h);
+    apply(input_transform_, h, /*transpose=*/true);
+    if (rescale_.defined()) h.div_(rescale_);
+    gx.copy_(h.view(gx.sizes()));
+  }
+
+  // W = Uᵀ · Q̂ · V · diag(1 / rescale)
+  void dequantize(const DLTensor& wd) const {
+    if (!transformed()) return MatrixLayer::dequantize(wd);
+    at::Tensor w = qforge::borrow_float_cpu(wd, "dequantize: weight");
+    if (w.dim() != 2 || w.size(0) != out_ || w.size(1) != in_)
+      qforge::invalid_argument("dequantize: weight must be [" + std::to_string(out_) + ", " +
+                               std::to_string(in_) + "], got " + qforge::shape_str(w.sizes()));
+    at::Tensor q = at::empty({out_, in_}, at::kFloat);
+    qforge::kernels::aten::dequantize_into(matrix_, q);
+    apply(input_transform_, q, /*transpose=*/true);             // rows: (Q̂ V)[o] = Vᵀ q_o
+    at::Tensor t = q.t().contiguous();
+    apply(output_transform_, t, /*transpose=*/true);            // columns: Uᵀ (Q̂ V)[:, i]
+    at::Tensor r = t.t();
+    if (rescale_.defined()) r = r / rescale_;
+    w.copy_(r);
   }
 
   // ---- qforge.layer.tunable: the scales s and zero points z ----
@@ -80,8 +134,9 @@ class AffineLayer : public qforge::kernels::aten::MatrixLayer {
 
   void backward_params(const DLTensor& xd, const DLTensor& gyd, const DLTensor* const* grads) {
     Tuning& t = tuning();
-    const at::Tensor x = qforge::borrow_float_cpu(xd, "backward_params: x").reshape({-1, in_});
-    const at::Tensor gy = qforge::borrow_float_cpu(gyd, "backward_params: grad_y").reshape({-1, out_});
+    // With transforms, Q̂ sees V (x ⊘ rescale) and receives U grad_y.
+    const at::Tensor x = to_grid_input(qforge::borrow_float_cpu(xd, "backward_params: x").reshape({-1, in_}));
+    const at::Tensor gy = from_grid_output(qforge::borrow_float_cpu(gyd, "backward_params: grad_y").reshape({-1, out_}));
     at::Tensor gs = qforge::borrow_float_cpu(*grads[0], "backward_params: grad scales");
     at::Tensor gz = qforge::borrow_float_cpu(*grads[1], "backward_params: grad zeros");
     const at::Tensor G = gy.t().mm(x);  // [out, in]
@@ -123,6 +178,41 @@ class AffineLayer : public qforge::kernels::aten::MatrixLayer {
     tuning_ = std::move(t);
     return *tuning_;
   }
+  // V (x ⊘ rescale): what Q̂ multiplies (x itself without transforms).
+  at::Tensor to_grid_input(const at::Tensor& x2) const {
+    if (!transformed()) return x2;
+    at::Tensor h = rescale_.defined() ? x2 / rescale_ : x2.contiguous().clone();
+    apply(input_transform_, h, /*transpose=*/false);
+    return h;
+  }
+  // U grad_y: the gradient with respect to Q̂'s output.
+  at::Tensor from_grid_output(const at::Tensor& gy2) const {
+    if (!transformed()) return gy2;
+    at::Tensor g = gy2.contiguous().clone();
+    apply(output_transform_, g, /*transpose=*/false);
+    return g;
+  }
+  // Each row of the contiguous [rows, n] m ← T m (or Tᵀ m), rows in parallel.
+  static void apply(const std::shared_ptr<const qforge::kernels::RandomizedHadamard>& t, at::Tensor& m,
+                    bool transpose) {
+    if (!t) return;
+    float* p = m.data_ptr<float>();
+    const int64_t n = m.size(1);
+    at::parallel_for(0, m.size(0), 16, [&](int64_t a, int64_t b) {
+      t->apply(p + a * n, b - a, n, transpose);
+    });
+  }
+  static void check_rows(const char* fn, const at::Tensor& a, int64_t a_last, const at::Tensor& b,
+                         int64_t b_last) {
+    bool ok = a.dim() >= 1 && b.dim() == a.dim() && a.size(-1) == a_last && b.size(-1) == b_last;
+    for (int64_t k = 0; ok && k + 1 < a.dim(); ++k) ok = a.size(k) == b.size(k);
+    if (!ok)
+      qforge::invalid_argument(std::string(fn) + ": shapes " + qforge::shape_str(a.sizes()) + " and " +
+                               qforge::shape_str(b.sizes()) + " do not match the layer");
+  }
+
+  at::Tensor rescale_;
+  std::shared_ptr<const qforge::kernels::RandomizedHadamard> input_transform_, output_transform_;
   std::vector<int64_t> group_of_;
   std::unique_ptr<Tuning> tuning_;
 };

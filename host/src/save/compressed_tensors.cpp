@@ -62,7 +62,10 @@ class CompressedTensors final : public SaveFormat {
   void check_plan(const std::vector<std::string>& formats, const std::vector<std::string>& selected,
                   const ModelConfig& config) const override {
     bool affine = false;
-    for (const auto& f : formats) affine = affine || kernels::find_affine_format(f.c_str()) != nullptr;
+    for (const auto& f : formats) {
+      const kernels::AffineFormat* row = kernels::find_affine_format(f.c_str());
+      affine = affine || (row != nullptr && !row->transformed);
+    }
     if (!affine)
       throw UsageError(fmt::format(
           "--save-format compressed-tensors stores affine grid results (W = s·(q − z)), and the "

@@ -23,16 +23,24 @@
 #pragma once
 
 #include <qforge/dlpack.h>
+#include <qforge_kernels/hadamard.hpp>
 #include <qforge_kernels/packed_matrix.hpp>
 
 #include <nlohmann/json_fwd.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace qforge::kernels {
+
+// A randomized Hadamard transform a format states (hadamard.hpp).
+struct TransformShape {
+  int64_t pow2 = 0, base = 0;  // size = pow2 · base; pow2 0: no transform
+  bool stored_base = false;    // the base is a tensor, not the built-in Hadamard matrix
+};
 
 // The matrix as a format's metadata states it; the shapes of its tensors
 // follow from it.
@@ -41,6 +49,7 @@ struct AffineShape {
   int64_t in_features = 0, out_features = 0;
   int64_t group_size = 0;  // input columns per group (in_features: one group per row)
   int64_t groups = 0;      // ceil(in_features / group_size)
+  TransformShape input, output;  // formats with transforms only (V, U)
 };
 
 // Sizes and group_size are in [1, kMaxAffineDim].
@@ -76,6 +85,12 @@ struct AffineWeight {
   QuantizedWeight weight;
   std::vector<float> bias;           // float32 [out]; empty without a bias
   std::vector<float> scales, zeros;  // conversions `weight` may point into
+  // Formats with transforms (QuIP): the layer computes
+  //   y = Uᵀ · (Q̂ · (V · (x ⊘ rescale))) (+ bias),  Q̂ = `weight`.
+  std::vector<float> rescale;                                      // [in], or empty
+  std::shared_ptr<const RandomizedHadamard> input_transform;       // V, or null
+  std::shared_ptr<const RandomizedHadamard> output_transform;      // U, or null
+  bool transformed() const { return !rescale.empty() || input_transform || output_transform; }
 
   AffineWeight() = default;
   AffineWeight(AffineWeight&&) = default;
@@ -94,6 +109,9 @@ struct AffineFormat {
   // nullptr for an optional tensor that is absent) describe; checks the
   // values a QuantizedWeight can't hold (e.g. a zero point above maxq).
   AffineWeight (*describe)(const AffineShape& shape, const std::vector<const TensorData*>& tensors);
+  // The weight is Q̂ between transforms (AffineWeight::transformed()): a
+  // plain affine grid writer (GPTQ, compressed-tensors) cannot store it.
+  bool transformed = false;
 };
 
 // Every row, in the table's order.

@@ -17,6 +17,7 @@ extern const AffineFormat rtn_v1;   // rtn_v1.cpp, sdk/include/qforge/formats/rt
 extern const AffineFormat gptq_v1;  // gptq_v1.cpp, sdk/include/qforge/formats/gptq_v1.h
 extern const AffineFormat ct_pack_quantized_v1;  // ct_pack_quantized_v1.cpp, formats/ct_pack_quantized_v1.h
 
+extern const AffineFormat quip_v1;  // quip_v1.cpp, formats/quip_v1.h (with transforms)
 extern const SignFormat dbf_v1;  // dbf_v1.cpp, sdk/include/qforge/formats/dbf_v1.h (sign_format.hpp's table)
 
 }  // namespace qforge::kernels::formats
