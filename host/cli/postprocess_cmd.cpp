@@ -111,7 +111,7 @@ int postprocess_command(const Args& args, host::Registry& registry) {
       "interruption (Ctrl-C stops after the current update) rerun with --resume.\n\nOptions");
   opts.add_options()
       ("help,h", "show this help")
-      ("model", po::value<std::string>(), "quantized checkpoint (GPTQ, compressed-tensors, qforge)");
+      ("model", po::value<std::string>(), "quantized checkpoint (GPTQ, compressed-tensors, qforge, dbf, quip)");
   add_postprocess_options(opts);
   opts.add_options()
       ("adapter", po::value<std::string>(), "an existing PEFT adapter to fold in (with --merge)")

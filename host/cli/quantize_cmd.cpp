@@ -187,7 +187,9 @@ int quantize_command(const Args& args, host::Registry& registry) {
        "transformers) for any affine grid result, per-layer settings allowed; qforge: any "
        "packed format (a third-party plugin's too) stored bit for bit with its format id and "
        "metadata, read back only by qforge through that format's inference layer; dbf: OneComp's "
-       "DBF layout (scaling0/2/4, bp1/bp3) for org.qforge.dbf")
+       "DBF layout (scaling0/2/4, bp1/bp3) for org.qforge.dbf; quip: the qforge layout under "
+       "quant_method \"quip\" for org.qforge.quip (codes, grid, rescaling, transforms), read "
+       "back only by qforge")
       ("resume", "continue an interrupted run in --out from its checkpoint")
       ("force", "delete model files in --out that this run would not write (a stale "
                 "model.safetensors, *.bin, an index) instead of refusing")

@@ -67,36 +67,40 @@ struct QuipQuantizer {
     s.percdamp = params.get_float("percdamp");
     s.greedy_passes = static_cast<int>(params.get_int("greedy_passes"));
     s.rescale = params.get_bool("rescale");
+    s.output_transform = s.per_tensor;
     s.seed = layer_seed(static_cast<uint64_t>(params.get_int("seed")), layer);
     const auto t0 = std::chrono::steady_clock::now();
     const quip::Result r = quip::quantize(host, in.weight, in.hessian, s);
     const int64_t n = in.out_features(), m = in.in_features();
     auto kind = [](const quip::Transform& t) {
+      if (!t.t) return QFORGE_QUIP_V1_KIND_NONE;
       return t.hadamard_base ? QFORGE_QUIP_V1_KIND_HADAMARD : QFORGE_QUIP_V1_KIND_ORTHOGONAL;
     };
-    const nlohmann::json meta = {{QFORGE_QUIP_V1_BITS, s.bits},
-                                 {QFORGE_QUIP_V1_GROUP_SIZE, r.group_size},
-                                 {QFORGE_QUIP_V1_IN_FEATURES, m},
-                                 {QFORGE_QUIP_V1_OUT_FEATURES, n},
-                                 {QFORGE_QUIP_V1_U_POW2, r.u.t->pow2()},
-                                 {QFORGE_QUIP_V1_U_BASE, r.u.t->base_order()},
-                                 {QFORGE_QUIP_V1_U_BASE_KIND, kind(r.u)},
-                                 {QFORGE_QUIP_V1_V_POW2, r.v.t->pow2()},
-                                 {QFORGE_QUIP_V1_V_BASE, r.v.t->base_order()},
-                                 {QFORGE_QUIP_V1_V_BASE_KIND, kind(r.v)},
-                                 {QFORGE_QUIP_V1_SEED, s.seed}};
+    nlohmann::json meta = {{QFORGE_QUIP_V1_BITS, s.bits},
+                           {QFORGE_QUIP_V1_GROUP_SIZE, r.group_size},
+                           {QFORGE_QUIP_V1_IN_FEATURES, m},
+                           {QFORGE_QUIP_V1_OUT_FEATURES, n},
+                           {QFORGE_QUIP_V1_U_BASE_KIND, kind(r.u)},
+                           {QFORGE_QUIP_V1_V_POW2, r.v.t->pow2()},
+                           {QFORGE_QUIP_V1_V_BASE, r.v.t->base_order()},
+                           {QFORGE_QUIP_V1_V_BASE_KIND, kind(r.v)},
+                           {QFORGE_QUIP_V1_SEED, s.seed}};
+    if (r.u.t) {
+      meta[QFORGE_QUIP_V1_U_POW2] = r.u.t->pow2();
+      meta[QFORGE_QUIP_V1_U_BASE] = r.u.t->base_order();
+    }
     out.set_format(QFORGE_FORMAT_QUIP_V1, meta.dump());
     out.add_tensor(QFORGE_QUIP_V1_QWEIGHT, qforge::export_tensor(pack_codes(r.codes, s.bits)));
     out.add_tensor(QFORGE_QUIP_V1_SCALES, qforge::export_tensor(r.scales.to(at::kHalf)));
     out.add_tensor(QFORGE_QUIP_V1_ZEROS, qforge::export_tensor(r.zeros.to(at::kHalf)));
     out.add_tensor(QFORGE_QUIP_V1_RESCALE, qforge::export_tensor(r.rescale));
-    out.add_tensor(QFORGE_QUIP_V1_SIGN_U, qforge::export_tensor(signs_of(r.u)));
+    if (r.u.t) out.add_tensor(QFORGE_QUIP_V1_SIGN_U, qforge::export_tensor(signs_of(r.u)));
     out.add_tensor(QFORGE_QUIP_V1_SIGN_V, qforge::export_tensor(signs_of(r.v)));
     auto base = [](const quip::Transform& t) {
       const int64_t b = t.t->base_order();
       return at::tensor(t.t->base(), at::kFloat).view({b, b});
     };
-    if (!r.u.hadamard_base) out.add_tensor(QFORGE_QUIP_V1_BASE_U, qforge::export_tensor(base(r.u)));
+    if (r.u.t && !r.u.hadamard_base) out.add_tensor(QFORGE_QUIP_V1_BASE_U, qforge::export_tensor(base(r.u)));
     if (!r.v.hadamard_base) out.add_tensor(QFORGE_QUIP_V1_BASE_V, qforge::export_tensor(base(r.v)));
     if (in.bias.defined()) out.add_tensor(QFORGE_QUIP_V1_BIAS, qforge::export_tensor(in.bias));
     out.set_dequantized(qforge::export_tensor(r.dequantized));
@@ -113,12 +117,14 @@ void describe(qforge::Plugin& plugin) {
            "QuIP (Chee et al. 2023): pre-rescaling, incoherence processing with stored "
            "randomized Hadamard transforms (a seeded random orthogonal base where no Hadamard "
            "matrix of the size is built in), LDLQ rounding with optional greedy passes; grids "
-           "per tensor (the paper's) or min/max per group."})
+           "per tensor with both sides transformed (the paper's) or min/max per group with the "
+           "inputs transformed."})
       .features({QFORGE_FEATURE_NEEDS_HESSIAN, "weight-only", "per-group", "per-channel"})
       .param_int("bits", 2, 2, 8, "bits per code")
       .param_enum("scale", "group", {"group", "tensor"},
-                  "group: min/max per row and group (group_size); tensor: one scale, 2^bits "
-                  "levels over [-2.4 RMS, 2.4 RMS] (the paper's and OneComp's)")
+                  "group: min/max per row and group (group_size), inputs transformed (V) and "
+                  "outputs not; tensor: one scale, 2^bits levels over [-2.4 RMS, 2.4 RMS], both "
+                  "transformed (U and V: the paper's and OneComp's)")
       .param_int("group_size", 128, -1, 1048576, "input columns per group (-1: one per row)")
       .param_bool("sym", false, "symmetric per-group grid")
       .param_bool("mse", false, "per-group grid: shrink the range to the least error (GPTQ's search)")

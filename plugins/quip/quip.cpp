@@ -4,7 +4,8 @@
 //   1. pre-rescaling (§4.1 step 2): s_j = (H_jj / (WᵀW)_jj)^¼, W ← W diag(s),
 //      H ← diag(s)⁻¹ H diag(s)⁻¹ (balances weight and Hessian energy);
 //   2. incoherence processing (paper §4, Alg. 1): W̃ = U W Vᵀ, H̃ = V H Vᵀ with
-//      randomized Hadamard transforms U, V (stored: seeds, signs, base);
+//      randomized Hadamard transforms U, V (stored: seeds, signs, base); U
+//      only with the per-tensor grid (quip.hpp, Settings::output_transform);
 //   3. LDLQ (paper §3, eq. 3: Ŵ_k = Q(W_k + (W_{1:k−1} − Ŵ_{1:k−1}) a_k) with
 //      H = (Ů + I) D (Ů + I)ᵀ), computed in the equivalent OPTQ form (paper
 //      Theorem 6): with H̃⁻¹ = MᵀM (M upper), the error of column k,
@@ -39,10 +40,11 @@ void apply_rows(const qk::RandomizedHadamard& t, Tensor& m, bool transpose) {
   at::parallel_for(0, m.size(0), 16, [&](int64_t a, int64_t b) { t.apply(p + a * n, b - a, n, transpose); });
 }
 
-// U M Vᵀ for M [n, m] (transpose: Uᵀ M V).
+// U M Vᵀ for M [n, m] (transpose: Uᵀ M V); a transform without `t` is the identity.
 Tensor sandwich(const Transform& u, const Tensor& m, const Transform& v, bool transpose) {
   Tensor r = m.contiguous().clone();
-  apply_rows(*v.t, r, transpose);  // rows: M Vᵀ (or M V)
+  if (v.t) apply_rows(*v.t, r, transpose);  // rows: M Vᵀ (or M V)
+  if (!u.t) return r;
   Tensor c = r.t().contiguous();
   apply_rows(*u.t, c, transpose);  // columns: U (M Vᵀ) (or Uᵀ (M V))
   return c.t().contiguous();
@@ -133,7 +135,7 @@ Result quantize(const Host& host, const Tensor& W0, const Tensor& H0, const Sett
   }
 
   // 2. incoherence: W̃ = U W Vᵀ, H̃ = V H Vᵀ
-  r.u = make_transform(n, s.seed * 2 + 1);
+  if (s.output_transform) r.u = make_transform(n, s.seed * 2 + 1);
   r.v = make_transform(m, s.seed * 2 + 2);
   Tensor Wt = sandwich(r.u, W, r.v, false);
   Tensor Ht = sandwich(r.v, H, r.v, false);

@@ -24,12 +24,18 @@ struct Settings {
   double percdamp = 0.01;
   int greedy_passes = 0;     // coordinate-descent passes after LDLQ (§5, "LDLQ-RG"-style)
   bool rescale = true;       // pre-rescaling of W and H (§4.1 step 2)
+  // U. The paper transforms both sides, which a per-tensor grid needs (U
+  // evens out the rows). With a grid per row and group it hurts: U spreads
+  // the large rows' errors into the small ones (stories260K 3-bit g32: 9.62
+  // with U, 7.12 without; q_proj and gate_proj, which feed softmax and SiLU,
+  // suffer most), so the plugin sets it for per-tensor grids only.
+  bool output_transform = true;
   uint64_t seed = 0;
 };
 
 // A randomized Hadamard transform with what the format stores of it.
 struct Transform {
-  std::shared_ptr<const kernels::RandomizedHadamard> t;
+  std::shared_ptr<const kernels::RandomizedHadamard> t;  // null: none (the identity)
   bool hadamard_base = true;  // else an orthogonal base that must be stored
 };
 
@@ -44,7 +50,7 @@ struct Result {
   at::Tensor scales, zeros;  // float32 [out, groups] (float16 values; zeros may be half-integers)
   int64_t group_size = 0;    // effective
   at::Tensor rescale;        // float32 [in]
-  Transform u, v;            // output and input transforms
+  Transform u, v;            // output (may be none) and input transforms
   at::Tensor dequantized;    // Ŵ = Uᵀ Q̂ V diag(1/rescale), float32 [out, in]
   double proxy_loss = 0;     // tr((Ŵ − W̃) H̃ (Ŵ − W̃)ᵀ) in the transformed space, relative to tr(W̃ H̃ W̃ᵀ)
   double percdamp_used = 0;

@@ -22,11 +22,14 @@
 // Then the same for double binary factorization (DBF, org.qforge.dbf/1) at
 // 1.0, 1.5 and 2.0 sign-plane bits per weight through the sign kernels
 // (sign_chain.hpp), against the fp32 and 4-bit g128 times of this run, and
-// DBF's batches: sign kernels vs unpack + GEMM.
+// DBF's batches: sign kernels vs unpack + GEMM. And QuIP's layer at batch 1
+// (the packed GEMV between two randomized Hadamard transforms) against the
+// same GEMV alone.
 // Like the qforge CLI, it sets OMP_WAIT_POLICY=PASSIVE when unset (and
 // re-executes itself), so that OpenMP threads spinning after the kernels'
 // parallel loops do not slow down OpenBLAS's threads.
 #include <qforge_kernels/bitpack.hpp>
+#include <qforge_kernels/hadamard.hpp>
 #include <qforge_kernels/packed_matrix.hpp>
 #include <qforge_kernels/torch_matmul.hpp>
 #include <qforge_kernels/torch_sign.hpp>
@@ -239,6 +242,35 @@ double time_dbf(const std::vector<qk::SignChain>& m, int64_t rows, int reps, boo
   });
 }
 
+// The randomized Hadamard transform of size n (hadamard_split), random signs.
+qk::RandomizedHadamard random_transform(int64_t n, uint32_t seed) {
+  const qk::HadamardSplit split = qk::hadamard_split(n);
+  std::mt19937 rng(seed);
+  std::vector<float> signs(static_cast<size_t>(n));
+  for (float& v : signs) v = rng() & 1 ? 1.f : -1.f;
+  std::vector<float> base;
+  if (split.base > 1) {
+    base = qk::hadamard_matrix(split.base);
+    for (float& v : base) v /= std::sqrt(static_cast<float>(split.base));
+  }
+  return qk::RandomizedHadamard(split.pow2, split.base, std::move(signs), std::move(base));
+}
+
+// QuIP's layer at batch 1, as org.qforge.affine.layer runs org.qforge.quip/1:
+// x ⊘ rescale, V, the packed GEMV, Uᵀ.
+double time_quip(const std::vector<qk::PackedMatrix>& m, int reps) {
+  const int64_t in = m[0].in_features(), out = m[0].out_features();
+  const qk::RandomizedHadamard v = random_transform(in, 1), u = random_transform(out, 2);
+  const at::Tensor x = at::randn({1, in}), rescale = at::rand({in}) + 0.5;
+  at::Tensor y = at::empty({1, out});
+  return time_median(reps, 3, [&](int k) {
+    at::Tensor h = x / rescale;
+    v.apply(h.data_ptr<float>(), 1, in, false);
+    qk::aten::gemv(m[static_cast<size_t>(k) % m.size()], h, y, at::Tensor());
+    u.apply(y.data_ptr<float>(), 1, out, true);
+  });
+}
+
 std::vector<qk::PackedMatrix> copies_of(qk::PackedMatrix m) {
   const size_t n = copies_for(m.packed_bytes());
   std::vector<qk::PackedMatrix> v(n, m);
@@ -359,6 +391,22 @@ int main(int argc, char** argv) {
                  fmt::format("{}x{}", out, in),
                  fmt::format("DBF {:.1f} bpw k={}", bits, m[0].plane(0).rows()), mb, t,
                  fp32_ms[s], fp32_ms[s] / t, grid4_ms[s] / t, mb / t, 100 * mb / t / copy_bw);
+    }
+  }
+
+  fmt::print("\nQuIP (org.qforge.quip/1), batch 1: y = Uᵀ·(Q̂·(V·(x ⊘ s))) with randomized "
+             "Hadamard transforms U, V (11008 = 32·344: a Paley base of order 344) around the "
+             "packed GEMV of Q̂ (g128), against that GEMV alone and fp32 from this run\n");
+  fmt::print("{:<13} {:<10} {:>10} {:>12} {:>10} {:>10} {:>9}\n", "W", "bits", "QuIP ms",
+             "GEMV ms", "fp32 ms", "QuIP/GEMV", "vs fp32");
+  for (size_t s = 0; s < shapes.size(); ++s) {
+    const int64_t out = shapes[s].first, in = shapes[s].second;
+    for (int bits : {2, 4}) {
+      const auto m = copies_of(random_matrix(bits, out, in, 128, false, 13));
+      const double tq = time_quip(m, o.reps) * 1e3, tg = time_kernel(m, 1, o.reps, true) * 1e3;
+      fmt::print("{:<13} {:<10} {:>10.3f} {:>12.3f} {:>10.3f} {:>9.2f}x {:>8.2f}x\n",
+                 fmt::format("{}x{}", out, in), fmt::format("{}-bit", bits), tq, tg, fp32_ms[s],
+                 tq / tg, fp32_ms[s] / tq);
     }
   }
 

@@ -15,6 +15,8 @@ std::unique_ptr<SaveFormat> make_compressed_tensors_format();  // compressed_ten
 extern const CheckpointReader kCompressedTensorsReader;        // compressed_tensors.cpp
 std::unique_ptr<SaveFormat> make_native_format();  // native.cpp
 extern const CheckpointReader kNativeReader;       // native.cpp
+std::unique_ptr<SaveFormat> make_quip_format();    // native.cpp (its layout)
+extern const CheckpointReader kQuipReader;         // native.cpp
 std::unique_ptr<SaveFormat> make_dbf_format();     // dbf.cpp
 extern const CheckpointReader kDbfReader;          // dbf.cpp
 

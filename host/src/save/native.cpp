@@ -67,11 +67,26 @@ ordered_json metadata_object(const std::string& layer, const std::string& format
 
 class Native final : public SaveFormat {
  public:
-  std::string name() const override { return kQuantMethod; }
+  // `quant_method` names the layout in config.json; `only_format`, when not
+  // empty, is the one packed format it accepts (a method's own name for
+  // this layout, e.g. "quip").
+  Native(std::string quant_method, std::string only_format)
+      : method_(std::move(quant_method)), only_(std::move(only_format)) {}
+
+  std::string name() const override { return method_; }
+
+  void check_plan(const std::vector<std::string>& formats, const std::vector<std::string>&,
+                  const ModelConfig&) const override {
+    if (!only_.empty() && std::find(formats.begin(), formats.end(), only_) == formats.end())
+      throw UsageError(fmt::format("--save-format {} needs layers packed in {}", method_, only_));
+  }
 
   // Every tensor of the result, as it is; refused before the block's shard
   // is written when a name or dtype cannot be stored.
   NamedTensors packed_linear(const std::string& layer, const QuantResult& r) override {
+    if (!only_.empty() && r.format != only_)
+      throw UsageError(fmt::format("--save-format {}: layer {} came in {}, not {}", method_, layer,
+                                   r.format, only_));
     metadata_object(layer, r.format, r.metadata);
     if (r.tensors.empty())
       throw UsageError(fmt::format("--save-format qforge: layer {}: its {} result has no packed "
@@ -111,9 +126,11 @@ class Native final : public SaveFormat {
                          {"metadata", metadata_object(l.name, l.format, l.metadata)},
                          {"tensors", tensors}};
     }
-    return {{"quant_method", kQuantMethod}, {"format_version", kFormatVersion},
-            {"layers", entries}};
+    return {{"quant_method", method_}, {"format_version", kFormatVersion}, {"layers", entries}};
   }
+
+ private:
+  std::string method_, only_;
 };
 
 // ---- reading ----------------------------------------------------------------
@@ -221,8 +238,18 @@ LinearLoader native_loader(const Registry& registry, const std::string& model_di
 
 }  // namespace
 
-std::unique_ptr<SaveFormat> make_native_format() { return std::make_unique<Native>(); }
+std::unique_ptr<SaveFormat> make_native_format() {
+  return std::make_unique<Native>(kQuantMethod, "");
+}
+
+// --save-format quip: the same layout for org.qforge.quip/1 results under
+// quant_method "quip"; each layer's metadata records its transforms (2^a,
+// base order and kind, seed) beside the signs and any stored base.
+std::unique_ptr<SaveFormat> make_quip_format() {
+  return std::make_unique<Native>("quip", "org.qforge.quip/1");
+}
 
 const CheckpointReader kNativeReader = {kQuantMethod, native_loader};
+const CheckpointReader kQuipReader = {"quip", native_loader};
 
 }  // namespace qforge::host

@@ -20,6 +20,7 @@ const Row kFormats[] = {
     {"compressed-tensors", make_compressed_tensors_format},
     {"qforge", make_native_format},
     {"dbf", make_dbf_format},
+    {"quip", make_quip_format},
 };
 
 }  // namespace
@@ -52,7 +53,7 @@ std::string save_format_names() {
 
 const std::vector<CheckpointReader>& checkpoint_readers() {
   static const std::vector<CheckpointReader> readers = {kGptqV1Reader, kCompressedTensorsReader,
-                                                        kNativeReader, kDbfReader};
+                                                        kNativeReader, kDbfReader, kQuipReader};
   return readers;
 }
 

@@ -19,8 +19,10 @@ namespace {
 constexpr const char* kId = QFORGE_FORMAT_QUIP_V1;
 
 TransformShape read_transform(const nlohmann::json& m, const char* pow2_key, const char* base_key,
-                              const char* kind_key, int64_t size) {
+                              const char* kind_key, int64_t size, bool may_be_none) {
   TransformShape t;
+  const auto k = m.find(kind_key);
+  if (may_be_none && k != m.end() && *k == QFORGE_QUIP_V1_KIND_NONE) return t;
   t.pow2 = meta_int(m, kId, pow2_key, 1, kMaxAffineDim);
   t.base = meta_int(m, kId, base_key, 1, kMaxHadamardBase);
   const std::string where = std::string(kId) + " metadata";
@@ -38,7 +40,8 @@ TransformShape read_transform(const nlohmann::json& m, const char* pow2_key, con
       invalid_argument(where + ": no Hadamard matrix of order " + std::to_string(t.base) +
                        " is built in (\"" + kind_key + "\" must be \"orthogonal\" with a stored base)");
   } else {
-    invalid_argument(where + " \"" + kind_key + "\" must be \"hadamard\" or \"orthogonal\"");
+    invalid_argument(where + " \"" + kind_key + "\" must be \"hadamard\" or \"orthogonal\"" +
+                     (may_be_none ? " or \"none\"" : ""));
   }
   return t;
 }
@@ -47,16 +50,25 @@ AffineShape read_metadata(const nlohmann::json& m) {
   AffineShape s = read_affine_shape(m, kId, QFORGE_QUIP_V1_BITS, QFORGE_QUIP_V1_GROUP_SIZE,
                                     QFORGE_QUIP_V1_IN_FEATURES, QFORGE_QUIP_V1_OUT_FEATURES);
   s.output = read_transform(m, QFORGE_QUIP_V1_U_POW2, QFORGE_QUIP_V1_U_BASE,
-                            QFORGE_QUIP_V1_U_BASE_KIND, s.out_features);
+                            QFORGE_QUIP_V1_U_BASE_KIND, s.out_features, /*may_be_none=*/true);
   s.input = read_transform(m, QFORGE_QUIP_V1_V_POW2, QFORGE_QUIP_V1_V_BASE,
-                           QFORGE_QUIP_V1_V_BASE_KIND, s.in_features);
+                           QFORGE_QUIP_V1_V_BASE_KIND, s.in_features, /*may_be_none=*/false);
   return s;
 }
 
-std::shared_ptr<const RandomizedHadamard> transform(const TransformShape& t, const TensorData& signs,
-                                                    const TensorData* base, const char* base_name) {
+// The transform, or null for none (then neither signs nor base may be given).
+std::shared_ptr<const RandomizedHadamard> transform(const TransformShape& t, const TensorData* signs,
+                                                    const char* sign_name, const TensorData* base,
+                                                    const char* base_name) {
+  if (t.pow2 == 0) {
+    if (signs != nullptr || base != nullptr)
+      invalid_argument(std::string(kId) + ": '" + sign_name + "' or '" + base_name +
+                       "' given for a transform of kind none");
+    return nullptr;
+  }
+  if (signs == nullptr) invalid_argument(std::string(kId) + ": tensor '" + sign_name + "' is missing");
   std::vector<float> sv(static_cast<size_t>(t.pow2 * t.base));
-  const auto* sd = static_cast<const int8_t*>(signs.data);
+  const auto* sd = static_cast<const int8_t*>(signs->data);
   for (size_t k = 0; k < sv.size(); ++k) {
     if (sd[k] != 1 && sd[k] != -1) invalid_argument(std::string(kId) + ": signs must be +1 or -1");
     sv[k] = sd[k];
@@ -91,8 +103,10 @@ AffineWeight describe(const AffineShape& s, const std::vector<const TensorData*>
   for (float r : a.rescale)
     if (!(r > 0.f && std::isfinite(r))) invalid_argument(std::string(kId) + ": rescale must be > 0");
   if (tensors[8] != nullptr) a.bias = to_float(*tensors[8]);
-  a.output_transform = transform(s.output, *tensors[4], tensors[6], QFORGE_QUIP_V1_BASE_U);
-  a.input_transform = transform(s.input, *tensors[5], tensors[7], QFORGE_QUIP_V1_BASE_V);
+  a.output_transform =
+      transform(s.output, tensors[4], QFORGE_QUIP_V1_SIGN_U, tensors[6], QFORGE_QUIP_V1_BASE_U);
+  a.input_transform =
+      transform(s.input, tensors[5], QFORGE_QUIP_V1_SIGN_V, tensors[7], QFORGE_QUIP_V1_BASE_V);
 
   QuantizedWeight& w = a.weight;  // as org.qforge.rtn/1, scales and zero points [out, groups]
   w.bits = s.bits;
@@ -124,7 +138,7 @@ const AffineFormat quip_v1 = {
      {QFORGE_QUIP_V1_RESCALE, {{kDLFloat, 32, 1}},
       [](const AffineShape& s) { return std::vector<int64_t>{s.in_features}; }, true},
      {QFORGE_QUIP_V1_SIGN_U, {{kDLInt, 8, 1}},
-      [](const AffineShape& s) { return std::vector<int64_t>{s.out_features}; }, true},
+      [](const AffineShape& s) { return std::vector<int64_t>{s.out_features}; }, false},
      {QFORGE_QUIP_V1_SIGN_V, {{kDLInt, 8, 1}},
       [](const AffineShape& s) { return std::vector<int64_t>{s.in_features}; }, true},
      {QFORGE_QUIP_V1_BASE_U, {{kDLFloat, 32, 1}},

@@ -10,6 +10,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "../../../tests/support/plugins.hpp"
 #include "../../../tests/support/test_data.hpp"
@@ -128,15 +130,24 @@ TEST(QuipCheckpoint, PackedCheckpointReadsBackWithTheDequantizedLogits) {
   o.model_dir = model;
   o.out_dir = out;
   o.method = "org.qforge.quip";
-  o.params = {{"bits", "2"}, {"group_size", "32"}};
+  o.params = {{"bits", "2"}, {"scale", "tensor"}};  // both sides transformed
   o.calibration.file = calib;
   o.calibration.nsamples = 8;
   o.calibration.seqlen = 128;
   o.qep = true;
   auto& registry = qforge::test::plugin_registry();
   {
-    qh::CheckpointWriter writer(qh::make_save_format("qforge"), model, out);
+    qh::CheckpointWriter writer(qh::make_save_format("quip"), model, out);
     qh::quantize_model(registry, o, writer);
+  }
+  {  // quant_method "quip", each layer's transforms in its metadata
+    std::ifstream f(out + "/config.json");
+    const nlohmann::json q = nlohmann::json::parse(f)["quantization_config"];
+    EXPECT_EQ(q["quant_method"], "quip");
+    const auto& l = q["layers"]["model.layers.0.mlp.down_proj"];  // 172 inputs: the fallback base
+    EXPECT_EQ(l["metadata"]["v_base_kind"], "orthogonal");
+    EXPECT_EQ(l["metadata"]["v_pow2"].get<int64_t>() * l["metadata"]["v_base"].get<int64_t>(), 172);
+    EXPECT_EQ(l["metadata"]["u_base_kind"], "hadamard");
   }
   const qh::Model m = qh::load_model(registry, out, at::kFloat);
   qh::Model dense = qh::load_model(registry, out, at::kFloat);
@@ -154,6 +165,8 @@ TEST(QuipCheckpoint, PackedCheckpointReadsBackWithTheDequantizedLogits) {
   const at::Tensor a = m.forward(ids), d = dense.forward(ids);
   EXPECT_LT((a - d).abs().max().item<double>(), 1e-3 * d.abs().max().item<double>());
   EXPECT_TRUE(at::equal(a.argmax(-1), d.argmax(-1)));
+  // Read back twice: the same logits (the transforms are rebuilt from what is stored).
+  EXPECT_TRUE(at::equal(qh::load_model(registry, out, at::kFloat).forward(ids), a));
   std::filesystem::remove_all(out);
 }
 

@@ -20,8 +20,9 @@
  *   "group_size"    integer >= 1: input columns per group G (I: one per row)
  *   "in_features"   integer I >= 1
  *   "out_features"  integer O >= 1
+ *   "u_base_kind"        "hadamard", "orthogonal", or "none" (U = I: no
+ *                        output transform, no u_pow2 / u_base / sign_u / base_u)
  *   "u_pow2", "u_base"   integers: U's 2^a and r (2^a · r = O)
- *   "u_base_kind"        "hadamard" or "orthogonal"
  *   "v_pow2", "v_base", "v_base_kind": the same for V (2^a · r = I)
  *   "seed"               integer: the seed the signs (and any random base)
  *                        came from (informational; the tensors are what counts)
@@ -33,7 +34,7 @@
  *                                       (the per-tensor grid's 2^B levels
  *                                       symmetric about 0 have zero (2^B − 1)/2)
  *   rescale  float32 [I]                > 0
- *   sign_u   int8    [O]                ±1
+ *   sign_u   int8    [O]                ±1 (absent for u_base_kind "none")
  *   sign_v   int8    [I]                ±1
  *   base_u   float32 [r_u, r_u]         only for u_base_kind "orthogonal"
  *   base_v   float32 [r_v, r_v]         only for v_base_kind "orthogonal"
@@ -74,5 +75,6 @@
 /* Base kinds. */
 #define QFORGE_QUIP_V1_KIND_HADAMARD "hadamard"
 #define QFORGE_QUIP_V1_KIND_ORTHOGONAL "orthogonal"
+#define QFORGE_QUIP_V1_KIND_NONE "none"
 
 #endif /* QFORGE_FORMATS_QUIP_V1_H */
