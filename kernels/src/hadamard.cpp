@@ -6,6 +6,7 @@
 #include "dispatch.hpp"
 
 #include <cmath>
+#include <random>
 #include <stdexcept>
 #include <string>
 
@@ -140,6 +141,31 @@ std::vector<float> hadamard_matrix(int64_t r) {
   return {};
 }
 
+std::vector<float> random_orthogonal(int64_t r, uint64_t seed) {
+  if (r < 1 || r > detail::kMaxBase) bad("random_orthogonal: order must be in [1, 1024]");
+  std::mt19937_64 rng(seed);
+  std::vector<double> q(static_cast<size_t>(r * r));
+  for (double& v : q) {
+    double sum = 0;
+    for (int t = 0; t < 12; ++t) sum += static_cast<double>(rng() >> 11) * 0x1.0p-53;
+    v = sum - 6.0;
+  }
+  for (int64_t i = 0; i < r; ++i) {
+    double* qi = q.data() + i * r;
+    for (int64_t j = 0; j < i; ++j) {
+      const double* qj = q.data() + j * r;
+      double d = 0;
+      for (int64_t k = 0; k < r; ++k) d += qi[k] * qj[k];
+      for (int64_t k = 0; k < r; ++k) qi[k] -= d * qj[k];
+    }
+    double norm = 0;
+    for (int64_t k = 0; k < r; ++k) norm += qi[k] * qi[k];
+    norm = std::sqrt(norm);
+    for (int64_t k = 0; k < r; ++k) qi[k] /= norm;
+  }
+  return std::vector<float>(q.begin(), q.end());
+}
+
 bool hadamard_built_in(int64_t r) { return !hadamard_matrix(r).empty(); }
 
 HadamardSplit hadamard_split(int64_t n) {
@@ -155,7 +181,7 @@ RandomizedHadamard::RandomizedHadamard(int64_t pow2, int64_t r, std::vector<floa
                                        std::vector<float> base)
     : pow2_(pow2), base_order_(r), signs_(std::move(signs)), base_(std::move(base)) {
   if (pow2 < 1 || (pow2 & (pow2 - 1)) != 0) bad(std::to_string(pow2) + " is not a power of two");
-  if (r < 1) bad("base order must be >= 1");
+  if (r < 1 || r > detail::kMaxBase) bad("base order must be in [1, 1024]");
   if (static_cast<int64_t>(signs_.size()) != pow2 * r)
     bad(std::to_string(signs_.size()) + " signs for size " + std::to_string(pow2 * r));
   for (float s : signs_)

@@ -125,3 +125,30 @@ TEST(Hadamard, RejectsBadTransforms) {
 }
 
 }  // namespace
+
+namespace {
+
+// random_orthogonal is orthogonal and the same bits on every machine: a
+// checksum of its float bits, pinned here (computed once on the machine
+// that wrote this test), must not move with the CPU or ISA.
+TEST(Hadamard, RandomOrthogonalIsOrthogonalAndPinned) {
+  const int64_t r = 43;
+  const std::vector<float> q = qk::random_orthogonal(r, 7);
+  for (int64_t i = 0; i < r; ++i)
+    for (int64_t j = 0; j < r; ++j) {
+      double d = 0;
+      for (int64_t k = 0; k < r; ++k) d += double(q[i * r + k]) * q[j * r + k];
+      ASSERT_NEAR(d, i == j ? 1.0 : 0.0, 1e-6) << i << " " << j;
+    }
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the float bits
+  for (float v : q) {
+    uint32_t b;
+    std::memcpy(&b, &v, sizeof b);
+    h = (h ^ b) * 1099511628211ull;
+  }
+  std::printf("random_orthogonal(43, 7) checksum %016llx\n", static_cast<unsigned long long>(h));
+  EXPECT_EQ(h, 0xeaf7c6f9f64420e5ull);
+  EXPECT_NE(qk::random_orthogonal(r, 8), q);
+}
+
+}  // namespace

@@ -1,8 +1,8 @@
 // qforge-quip: the quantizer org.qforge.quip (quip.cpp behind the plugin
 // ABI), writing the packed format org.qforge.quip/1 (qforge/formats/quip_v1.h):
 // Q̂'s codes and float16 grid, the rescaling vector, and the transforms'
-// signs and (when not a built-in Hadamard matrix) bases — everything needed
-// to decode. org.qforge.affine.layer runs it (the format is a row of the
+// signs and (when no Hadamard matrix of the size is built in) the seed of
+// their random orthogonal base — everything needed to decode. org.qforge.affine.layer runs it (the format is a row of the
 // affine table with transforms).
 #include <qforge/cpp/grid.hpp>
 #include <qforge/cpp/layer_input.hpp>
@@ -74,7 +74,7 @@ struct QuipQuantizer {
     const int64_t n = in.out_features(), m = in.in_features();
     auto kind = [](const quip::Transform& t) {
       if (!t.t) return QFORGE_QUIP_V1_KIND_NONE;
-      return t.hadamard_base ? QFORGE_QUIP_V1_KIND_HADAMARD : QFORGE_QUIP_V1_KIND_ORTHOGONAL;
+      return t.hadamard_base ? QFORGE_QUIP_V1_KIND_HADAMARD : QFORGE_QUIP_V1_KIND_RANDOM;
     };
     nlohmann::json meta = {{QFORGE_QUIP_V1_BITS, s.bits},
                            {QFORGE_QUIP_V1_GROUP_SIZE, r.group_size},
@@ -88,20 +88,19 @@ struct QuipQuantizer {
     if (r.u.t) {
       meta[QFORGE_QUIP_V1_U_POW2] = r.u.t->pow2();
       meta[QFORGE_QUIP_V1_U_BASE] = r.u.t->base_order();
+      if (!r.u.hadamard_base) meta[QFORGE_QUIP_V1_U_SEED] = r.u.base_seed;
     }
+    if (!r.v.hadamard_base) meta[QFORGE_QUIP_V1_V_SEED] = r.v.base_seed;
     out.set_format(QFORGE_FORMAT_QUIP_V1, meta.dump());
     out.add_tensor(QFORGE_QUIP_V1_QWEIGHT, qforge::export_tensor(pack_codes(r.codes, s.bits)));
     out.add_tensor(QFORGE_QUIP_V1_SCALES, qforge::export_tensor(r.scales.to(at::kHalf)));
-    out.add_tensor(QFORGE_QUIP_V1_ZEROS, qforge::export_tensor(r.zeros.to(at::kHalf)));
-    out.add_tensor(QFORGE_QUIP_V1_RESCALE, qforge::export_tensor(r.rescale));
+    // Zero points: uint8 when they are integers (per-group grids), else float16.
+    const bool integral = r.zeros.eq(r.zeros.round()).all().item<bool>();
+    out.add_tensor(QFORGE_QUIP_V1_ZEROS,
+                   qforge::export_tensor(r.zeros.to(integral ? at::kByte : at::kHalf)));
+    out.add_tensor(QFORGE_QUIP_V1_RESCALE, qforge::export_tensor(r.rescale.to(at::kHalf)));
     if (r.u.t) out.add_tensor(QFORGE_QUIP_V1_SIGN_U, qforge::export_tensor(signs_of(r.u)));
     out.add_tensor(QFORGE_QUIP_V1_SIGN_V, qforge::export_tensor(signs_of(r.v)));
-    auto base = [](const quip::Transform& t) {
-      const int64_t b = t.t->base_order();
-      return at::tensor(t.t->base(), at::kFloat).view({b, b});
-    };
-    if (r.u.t && !r.u.hadamard_base) out.add_tensor(QFORGE_QUIP_V1_BASE_U, qforge::export_tensor(base(r.u)));
-    if (!r.v.hadamard_base) out.add_tensor(QFORGE_QUIP_V1_BASE_V, qforge::export_tensor(base(r.v)));
     if (in.bias.defined()) out.add_tensor(QFORGE_QUIP_V1_BIAS, qforge::export_tensor(in.bias));
     out.set_dequantized(qforge::export_tensor(r.dequantized));
     out.set_metric("proxy_loss", r.proxy_loss);

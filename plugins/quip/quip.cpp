@@ -50,39 +50,6 @@ Tensor sandwich(const Transform& u, const Tensor& m, const Transform& v, bool tr
   return c.t().contiguous();
 }
 
-// Seeded standard normals by Box–Muller from mt19937_64: the same on every machine.
-std::vector<double> gaussians(size_t n, std::mt19937_64& rng) {
-  std::vector<double> g(n);
-  const double two_pi = 6.283185307179586;
-  for (size_t k = 0; k < n; k += 2) {
-    const double a = (static_cast<double>(rng() >> 11) + 0.5) * 0x1.0p-53;
-    const double b = (static_cast<double>(rng() >> 11) + 0.5) * 0x1.0p-53;
-    const double r = std::sqrt(-2.0 * std::log(a));
-    g[k] = r * std::cos(two_pi * b);
-    if (k + 1 < n) g[k + 1] = r * std::sin(two_pi * b);
-  }
-  return g;
-}
-
-// A random orthogonal r × r matrix: modified Gram–Schmidt on Gaussian rows.
-std::vector<float> random_orthogonal(int64_t r, std::mt19937_64& rng) {
-  std::vector<double> q = gaussians(static_cast<size_t>(r * r), rng);
-  for (int64_t i = 0; i < r; ++i) {
-    double* qi = q.data() + i * r;
-    for (int64_t j = 0; j < i; ++j) {
-      const double* qj = q.data() + j * r;
-      double d = 0;
-      for (int64_t k = 0; k < r; ++k) d += qi[k] * qj[k];
-      for (int64_t k = 0; k < r; ++k) qi[k] -= d * qj[k];
-    }
-    double norm = 0;
-    for (int64_t k = 0; k < r; ++k) norm += qi[k] * qi[k];
-    norm = std::sqrt(norm);
-    for (int64_t k = 0; k < r; ++k) qi[k] /= norm;
-  }
-  return std::vector<float>(q.begin(), q.end());
-}
-
 // The code of w on grid g: round(w / scale + zero), clamped. The same as
 // grid::code_of for integer zero points; the per-tensor grid's zero point
 // (2^b − 1)/2 is a half-integer, so the rounding comes after adding it.
@@ -104,15 +71,16 @@ Transform make_transform(int64_t n, uint64_t seed) {
       b = qk::hadamard_matrix(split.base);
       for (float& v : b) v /= std::sqrt(static_cast<float>(split.base));
     }
-  } else {  // H_{2^a} ⊗ Q, Q random orthogonal on the odd part r
+  } else {  // H_{2^a} ⊗ Q, Q random orthogonal on the odd part r, regenerated from its seed
     split.pow2 = 1;
     while (n % (split.pow2 * 2) == 0) split.pow2 *= 2;
     split.base = n / split.pow2;
     if (split.base > 1024)
       invalid_argument("QuIP: no transform for size " + std::to_string(n) + " (its odd part " +
                        std::to_string(split.base) + " is above 1024)");
-    b = random_orthogonal(split.base, rng);
     t.hadamard_base = false;
+    t.base_seed = rng() >> 11;  // < 2^53: exact in JSON
+    b = qk::random_orthogonal(split.base, t.base_seed);
   }
   t.t = std::make_shared<const qk::RandomizedHadamard>(split.pow2, split.base, std::move(signs),
                                                        std::move(b));
@@ -127,9 +95,9 @@ Result quantize(const Host& host, const Tensor& W0, const Tensor& H0, const Sett
 
   // 1. pre-rescaling
   r.rescale = at::ones({m}, at::kFloat);
-  if (s.rescale) {
+  if (s.rescale) {  // stored as float16: rounded before it is used
     const Tensor hd = H.diagonal().clamp_min(1e-12), wd = (W * W).sum(0).clamp_min(1e-12);
-    r.rescale = (hd / wd).pow(0.25).clamp(1e-4, 1e4).contiguous();
+    r.rescale = (hd / wd).pow(0.25).clamp(1e-4, 1e4).to(at::kHalf).to(at::kFloat).contiguous();
     W.mul_(r.rescale);
     H.div_(r.rescale.unsqueeze(0) * r.rescale.unsqueeze(1));
   }

@@ -12,10 +12,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stories_env.sh"
 
-field() { python3 -c "import json,sys; d=json.load(sys.stdin); print('%.4f' % d$1)"; }
 ppl() { "$Q" eval --model "$1" --ppl "$D/tinystories_valid.txt" --json 2>/dev/null | field '["perplexity"]["ppl"]'; }
 acc() { "$Q" eval --model "$1" --choices "$D/story_choices.jsonl" --json 2>/dev/null | field '["choices"]["acc"]'; }
-calib=(--calib "$D/tinystories_v2_calib.txt" --nsamples 128 --seqlen 256 --seed 0)
 row() {  # row LABEL BITS ARGS...: quantize, then print the row
   local label="$1" bits="$2"; shift 2
   echo "+ $Q quantize --model $M ${calib[*]} $* --out OUT" >&2
@@ -35,9 +33,4 @@ for b in 1.0 1.5 2.0; do
   done
 done
 row "DBF data-aware, target_bits 2.0, --qep" dbf --method org.qforge.dbf --set target_bits=2.0 --qep --save-format dbf
-for b in 2 3; do
-  row "GPTQ $b-bit g32 asym act-order" "$(python3 -c "print('%.3f' % ($b + (16 + $b) / 32))")" \
-    --method org.qforge.gptq --set bits=$b --set group_size=32 --set sym=false --set desc_act=true --save-format gptq
-  row "GPTQ $b-bit g32 asym act-order, mse" "$(python3 -c "print('%.3f' % ($b + (16 + $b) / 32))")" \
-    --method org.qforge.gptq --set bits=$b --set group_size=32 --set sym=false --set desc_act=true --set mse=true --save-format gptq
-done
+gptq_baselines

@@ -10,7 +10,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stories_env.sh"
 
-calib=(--calib "$D/tinystories_v2_calib.txt" --nsamples 128 --seqlen 256 --seed 0)
 ppl() {  # ppl MODEL_DIR -> prints the perplexity of tinystories_valid.txt (windows of 512)
   echo "+ $Q eval --model $1 --ppl $D/tinystories_valid.txt --json" >&2
   "$Q" eval --model "$1" --ppl "$D/tinystories_valid.txt" --json 2>/dev/null |

@@ -13,7 +13,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stories_env.sh"
 
 run() { echo "+ $*" >&2; "$@"; }
-field() { python3 -c "import json,sys; d=json.load(sys.stdin); print('%.4f' % d$1)"; }
 ppl() { run "$Q" eval "$@" --ppl "$D/tinystories_valid.txt" --json 2>/dev/null | field '["perplexity"]["ppl"]'; }
 acc() { run "$Q" eval "$@" --choices "$D/story_choices.jsonl" --json 2>/dev/null | field '["choices"]["acc"]'; }
 

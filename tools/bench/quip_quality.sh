@@ -14,7 +14,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stories_env.sh"
 
-field() { python3 -c "import json,sys; d=json.load(sys.stdin); print('%.4f' % d$1)"; }
 ppl() { "$Q" eval --model "$1" --ppl "$D/tinystories_valid.txt" --json 2>/dev/null | field '["perplexity"]["ppl"]'; }
 acc() { "$Q" eval --model "$1" --choices "$D/story_choices.jsonl" --json 2>/dev/null | field '["choices"]["acc"]'; }
 # Bits per weight of every tensor of the layers that hold sign_v (QuIP's), from the headers.
@@ -33,16 +32,15 @@ for f in sorted(os.listdir(sys.argv[1])):
         layer, _, tensor = name.rpartition(".")
         numel = 1
         for d in t["shape"]: numel *= d
-        layers.setdefault(layer, {})[tensor] = (numel, numel * sizes[t["dtype"]])
+        layers.setdefault(layer, {})[tensor] = (t["shape"], numel * sizes[t["dtype"]])
 weights = bits = 0
 for layer, ts in layers.items():
     if "sign_v" not in ts: continue
-    weights += ts["sign_u"][0] * ts["sign_v"][0]
-    bits += 8 * sum(b for tensor, (numel, b) in ts.items() if tensor != "bias")
+    weights += ts["qweight"][0][0] * ts["sign_v"][0][0]  # out x in
+    bits += 8 * sum(b for tensor, (shape, b) in ts.items() if tensor != "bias")
 print("%.3f" % (bits / weights))
 PY
 }
-calib=(--calib "$D/tinystories_v2_calib.txt" --nsamples 128 --seqlen 256 --seed 0)
 row() {  # row LABEL BITS ARGS...: quantize, then print the row
   local label="$1" bits="$2"; shift 2
   echo "+ $Q quantize --model $M ${calib[*]} $* --out OUT" >&2
@@ -54,15 +52,10 @@ row() {  # row LABEL BITS ARGS...: quantize, then print the row
 echo "| model | effective bits | perplexity | story_choices acc |"
 echo "|---|---|---|---|"
 for b in 2 3 4; do
-  row "QuIP $b-bit g32" stored --method org.qforge.quip --set bits=$b --set group_size=32 --save-format qforge
+  row "QuIP $b-bit g32" stored --method org.qforge.quip --set bits=$b --set group_size=32 --save-format quip
 done
-row "QuIP 2-bit g32, 2 greedy passes" stored --method org.qforge.quip --set bits=2 --set group_size=32 --set greedy_passes=2 --save-format qforge
-row "QuIP 2-bit g32 mse" stored --method org.qforge.quip --set bits=2 --set group_size=32 --set mse=true --save-format qforge
-row "QuIP 2-bit per tensor (paper, OneComp)" stored --method org.qforge.quip --set bits=2 --set scale=tensor --save-format qforge
-row "QuIP 2-bit g32, --qep" stored --method org.qforge.quip --set bits=2 --set group_size=32 --qep --save-format qforge
-for b in 2 3; do
-  row "GPTQ $b-bit g32 asym act-order" "$(python3 -c "print('%.3f' % ($b + (16 + $b) / 32))")" \
-    --method org.qforge.gptq --set bits=$b --set group_size=32 --set sym=false --set desc_act=true --save-format gptq
-  row "GPTQ $b-bit g32 asym act-order, mse" "$(python3 -c "print('%.3f' % ($b + (16 + $b) / 32))")" \
-    --method org.qforge.gptq --set bits=$b --set group_size=32 --set sym=false --set desc_act=true --set mse=true --save-format gptq
-done
+row "QuIP 2-bit g32, 2 greedy passes" stored --method org.qforge.quip --set bits=2 --set group_size=32 --set greedy_passes=2 --save-format quip
+row "QuIP 2-bit g32 mse" stored --method org.qforge.quip --set bits=2 --set group_size=32 --set mse=true --save-format quip
+row "QuIP 2-bit per tensor, U and V (paper, OneComp)" stored --method org.qforge.quip --set bits=2 --set scale=tensor --save-format quip
+row "QuIP 2-bit g32, --qep" stored --method org.qforge.quip --set bits=2 --set group_size=32 --qep --save-format quip
+gptq_baselines

@@ -40,6 +40,8 @@ namespace qforge::kernels {
 struct TransformShape {
   int64_t pow2 = 0, base = 0;  // size = pow2 · base; pow2 0: no transform
   bool stored_base = false;    // the base is a tensor, not the built-in Hadamard matrix
+  bool random_base = false;    // the base is random_orthogonal(base, seed)
+  uint64_t seed = 0;
 };
 
 // The matrix as a format's metadata states it; the shapes of its tensors

@@ -38,6 +38,15 @@ inline constexpr int64_t kMaxHadamardBase = 512;  // the base product costs r pe
 std::vector<float> hadamard_matrix(int64_t r);
 bool hadamard_built_in(int64_t r);
 
+// A random orthogonal r × r matrix (row-major), the same bits on every
+// machine: std::mt19937_64(seed) (its output is fixed by the C++ standard)
+// gives entries ≈ N(0, 1) as (Σ of 12 uniforms u = (x >> 11) · 2^-53) − 6;
+// the rows are orthonormalised in order by modified Gram–Schmidt in double
+// (only +, −, ×, ÷ and √, correctly rounded by IEEE 754, in a fixed order,
+// no contraction), then rounded to float. For sizes without a Hadamard
+// matrix (org.qforge.quip/1's base kind "random").
+std::vector<float> random_orthogonal(int64_t r, uint64_t seed);
+
 // n = 2^a · r with the largest a whose r has a built-in Hadamard matrix
 // (r = 1 when n is a power of two); {0, 0} when no a works.
 struct HadamardSplit {

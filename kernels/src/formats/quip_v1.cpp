@@ -19,7 +19,8 @@ namespace {
 constexpr const char* kId = QFORGE_FORMAT_QUIP_V1;
 
 TransformShape read_transform(const nlohmann::json& m, const char* pow2_key, const char* base_key,
-                              const char* kind_key, int64_t size, bool may_be_none) {
+                              const char* kind_key, const char* seed_key, int64_t size,
+                              bool may_be_none) {
   TransformShape t;
   const auto k = m.find(kind_key);
   if (may_be_none && k != m.end() && *k == QFORGE_QUIP_V1_KIND_NONE) return t;
@@ -35,12 +36,15 @@ TransformShape read_transform(const nlohmann::json& m, const char* pow2_key, con
   const std::string kind = it != m.end() && it->is_string() ? it->get<std::string>() : "";
   if (kind == QFORGE_QUIP_V1_KIND_ORTHOGONAL) {
     t.stored_base = true;
+  } else if (kind == QFORGE_QUIP_V1_KIND_RANDOM) {
+    t.random_base = true;
+    t.seed = static_cast<uint64_t>(meta_int(m, kId, seed_key, 0, (int64_t{1} << 53) - 1));
   } else if (kind == QFORGE_QUIP_V1_KIND_HADAMARD) {
     if (!hadamard_built_in(t.base))
       invalid_argument(where + ": no Hadamard matrix of order " + std::to_string(t.base) +
                        " is built in (\"" + kind_key + "\" must be \"orthogonal\" with a stored base)");
   } else {
-    invalid_argument(where + " \"" + kind_key + "\" must be \"hadamard\" or \"orthogonal\"" +
+    invalid_argument(where + " \"" + kind_key + "\" must be \"hadamard\", \"random\" or \"orthogonal\"" +
                      (may_be_none ? " or \"none\"" : ""));
   }
   return t;
@@ -50,9 +54,11 @@ AffineShape read_metadata(const nlohmann::json& m) {
   AffineShape s = read_affine_shape(m, kId, QFORGE_QUIP_V1_BITS, QFORGE_QUIP_V1_GROUP_SIZE,
                                     QFORGE_QUIP_V1_IN_FEATURES, QFORGE_QUIP_V1_OUT_FEATURES);
   s.output = read_transform(m, QFORGE_QUIP_V1_U_POW2, QFORGE_QUIP_V1_U_BASE,
-                            QFORGE_QUIP_V1_U_BASE_KIND, s.out_features, /*may_be_none=*/true);
+                            QFORGE_QUIP_V1_U_BASE_KIND, QFORGE_QUIP_V1_U_SEED, s.out_features,
+                            /*may_be_none=*/true);
   s.input = read_transform(m, QFORGE_QUIP_V1_V_POW2, QFORGE_QUIP_V1_V_BASE,
-                           QFORGE_QUIP_V1_V_BASE_KIND, s.in_features, /*may_be_none=*/false);
+                           QFORGE_QUIP_V1_V_BASE_KIND, QFORGE_QUIP_V1_V_SEED, s.in_features,
+                           /*may_be_none=*/false);
   return s;
 }
 
@@ -81,8 +87,10 @@ std::shared_ptr<const RandomizedHadamard> transform(const TransformShape& t, con
       if (!std::isfinite(v)) invalid_argument(std::string(kId) + ": '" + base_name + "' is not finite");
   } else {
     if (base != nullptr)
-      invalid_argument(std::string(kId) + ": tensor '" + base_name + "' given for a Hadamard base");
-    if (t.base > 1) {
+      invalid_argument(std::string(kId) + ": tensor '" + base_name + "' given for a base that is not stored");
+    if (t.random_base) {
+      b = random_orthogonal(t.base, t.seed);
+    } else if (t.base > 1) {
       b = hadamard_matrix(t.base);
       for (float& v : b) v /= std::sqrt(static_cast<float>(t.base));
     }
@@ -94,7 +102,13 @@ std::shared_ptr<const RandomizedHadamard> transform(const TransformShape& t, con
 AffineWeight describe(const AffineShape& s, const std::vector<const TensorData*>& tensors) {
   AffineWeight a;
   a.scales = to_float(*tensors[1]);  // [out, groups]
-  a.zeros = to_float(*tensors[2]);
+  const TensorData& zeros = *tensors[2];
+  if (zeros.dtype.code == kDLUInt) {
+    const auto* z = static_cast<const uint8_t*>(zeros.data);
+    a.zeros.assign(z, z + s.out_features * s.groups);
+  } else {
+    a.zeros = to_float(zeros);
+  }
   const float maxq = static_cast<float>((1 << s.bits) - 1);
   for (float z : a.zeros)
     if (!(z >= 0.f && z <= maxq))
@@ -134,8 +148,8 @@ const AffineFormat quip_v1 = {
       [](const AffineShape& s) { return std::vector<int64_t>{s.out_features, words_for(s.in_features, s.bits)}; },
       true},
      {QFORGE_QUIP_V1_SCALES, {{kDLFloat, 16, 1}}, &per_out_group, true},
-     {QFORGE_QUIP_V1_ZEROS, {{kDLFloat, 16, 1}}, &per_out_group, true},
-     {QFORGE_QUIP_V1_RESCALE, {{kDLFloat, 32, 1}},
+     {QFORGE_QUIP_V1_ZEROS, {{kDLUInt, 8, 1}, {kDLFloat, 16, 1}}, &per_out_group, true},
+     {QFORGE_QUIP_V1_RESCALE, {{kDLFloat, 16, 1}, {kDLFloat, 32, 1}},
       [](const AffineShape& s) { return std::vector<int64_t>{s.in_features}; }, true},
      {QFORGE_QUIP_V1_SIGN_U, {{kDLInt, 8, 1}},
       [](const AffineShape& s) { return std::vector<int64_t>{s.out_features}; }, false},

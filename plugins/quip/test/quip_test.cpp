@@ -38,6 +38,7 @@ at::Tensor hessian(int64_t m, int64_t samples = 512) {
 TEST(Quip, TransformsAreSeededAndStored) {
   const quip::Transform a = quip::make_transform(172, 7), b = quip::make_transform(172, 7);
   EXPECT_FALSE(a.hadamard_base);  // no Hadamard matrix of order 172: H_4 ⊗ Q_43
+  EXPECT_EQ(a.t->base(), qforge::kernels::random_orthogonal(43, a.base_seed));
   EXPECT_EQ(a.t->pow2(), 4);
   EXPECT_EQ(a.t->base_order(), 43);
   EXPECT_EQ(a.t->signs(), b.t->signs());
@@ -145,7 +146,7 @@ TEST(QuipCheckpoint, PackedCheckpointReadsBackWithTheDequantizedLogits) {
     const nlohmann::json q = nlohmann::json::parse(f)["quantization_config"];
     EXPECT_EQ(q["quant_method"], "quip");
     const auto& l = q["layers"]["model.layers.0.mlp.down_proj"];  // 172 inputs: the fallback base
-    EXPECT_EQ(l["metadata"]["v_base_kind"], "orthogonal");
+    EXPECT_EQ(l["metadata"]["v_base_kind"], "random");  // regenerated from v_seed
     EXPECT_EQ(l["metadata"]["v_pow2"].get<int64_t>() * l["metadata"]["v_base"].get<int64_t>(), 172);
     EXPECT_EQ(l["metadata"]["u_base_kind"], "hadamard");
   }
