@@ -116,6 +116,38 @@ TEST(Hadamard, TransformMatchesTheExplicitMatrixOnEveryIsa) {
   }
 }
 
+// Every built-in base order r as the base of a transform of size 2r, one
+// random row, on every ISA, against the explicit matrix.
+TEST(Hadamard, EveryBuiltInBaseMatchesItsExplicitTransform) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  int orders = 0;
+  for (int64_t r = 2; r <= qk::kMaxHadamardBase; ++r) {
+    if (!qk::hadamard_built_in(r)) continue;
+    ++orders;
+    const int64_t n = 2 * r;
+    std::vector<float> signs(static_cast<size_t>(n)), base = qk::hadamard_matrix(r), x(static_cast<size_t>(n));
+    for (float& v : signs) v = rng() & 1 ? 1.f : -1.f;
+    for (float& b : base) b /= std::sqrt(float(r));
+    for (float& v : x) v = normal(rng);
+    const qk::RandomizedHadamard t(2, r, signs, base);
+    // T x from the definition: (H_2 ⊗ B) (signs ⊙ x) / √2.
+    std::vector<double> want(static_cast<size_t>(n), 0.0);
+    for (int64_t o = 0; o < n; ++o)
+      for (int64_t j = 0; j < n; ++j) {
+        const double h2 = (o / r == 1 && j / r == 1) ? -1.0 : 1.0;
+        want[o] += h2 * base[(o % r) * r + j % r] * signs[j] * x[j] / std::sqrt(2.0);
+      }
+    for (Isa isa : qk::supported_isas()) {
+      std::vector<float> y = x;
+      t.apply(y.data(), 1, n, false, isa);
+      for (int64_t o = 0; o < n; ++o)
+        ASSERT_NEAR(y[o], want[o], 1e-4 * (1 + std::sqrt(double(r)))) << "order " << r << " " << qk::isa_name(isa);
+    }
+  }
+  EXPECT_GT(orders, 70);
+}
+
 TEST(Hadamard, RejectsBadTransforms) {
   EXPECT_THROW(qk::RandomizedHadamard(3, 1, std::vector<float>(3, 1.f), {}), std::invalid_argument);
   EXPECT_THROW(qk::RandomizedHadamard(4, 1, std::vector<float>(5, 1.f), {}), std::invalid_argument);
