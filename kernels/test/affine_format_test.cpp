@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <qforge/cpp/plugin.hpp>
 #include <qforge/formats/gptq_v1.h>
+#include <qforge/formats/quip_v1.h>
 #include <qforge/formats/rtn_v1.h>
 
 #include <map>
@@ -195,6 +196,75 @@ TEST(AffineFormats, RefusesWhatTheFormatCannotHold) {
   } catch (const qforge::Error& e) {
     EXPECT_EQ(e.code(), QFORGE_STATUS_UNSUPPORTED);
   }
+}
+
+// org.qforge.quip/1: Q̂ decodes as the grid formula, the transforms are
+// attached (V: a 64-point Hadamard transform, U: none), a plain affine
+// unpacker refuses the row, and what the metadata or tensors get wrong is
+// refused naming the format.
+std::map<std::string, at::Tensor> quip_tensors(const Known& k) {
+  return {{QFORGE_QUIP_V1_QWEIGHT, pack_rows(k.codes, k.bits)},
+          {QFORGE_QUIP_V1_SCALES, k.scales.t().to(at::kHalf).contiguous()},
+          {QFORGE_QUIP_V1_ZEROS, k.zeros.t().to(at::kByte).contiguous()},
+          {QFORGE_QUIP_V1_RESCALE, (at::rand({k.in}) + 0.5).to(at::kHalf)},
+          {QFORGE_QUIP_V1_SIGN_V, at::randint(0, 2, {k.in}, at::kChar).mul_(2).sub_(1)}};
+}
+
+std::string quip_metadata(const Known& k, const std::string& v = R"("v_pow2":64,"v_base":1,"v_base_kind":"hadamard")",
+                          const std::string& u = R"("u_base_kind":"none")") {
+  return R"({"bits":)" + std::to_string(k.bits) + R"(,"group_size":)" + std::to_string(k.group_size) +
+         R"(,"in_features":)" + std::to_string(k.in) + R"(,"out_features":)" + std::to_string(k.out) +
+         "," + v + "," + u + "}";
+}
+
+TEST(AffineFormats, QuipRowHoldsItsGridBetweenTransforms) {
+  const Known k(2, 16, 64, 32, false, 5);
+  const qk::AffineFormat* row = qk::find_affine_format(QFORGE_FORMAT_QUIP_V1);
+  ASSERT_NE(row, nullptr);
+  EXPECT_TRUE(row->transformed);
+  const auto tensors = quip_tensors(k);
+  const qk::AffineInput in = qk::describe_affine(
+      *row, quip_metadata(k), std::vector<std::pair<std::string, at::Tensor>>(tensors.begin(), tensors.end()));
+  EXPECT_TRUE(in.weight.transformed());
+  ASSERT_TRUE(in.weight.input_transform);
+  EXPECT_EQ(in.weight.input_transform->size(), 64);
+  EXPECT_FALSE(in.weight.output_transform);
+  EXPECT_EQ(in.weight.rescale.size(), 64u);
+  std::vector<float> ref(static_cast<size_t>(k.out * k.in));
+  qk::dequantize_reference(in.weight.weight, ref.data());
+  for (int64_t o = 0; o < k.out; ++o)
+    for (int64_t i = 0; i < k.in; ++i) ASSERT_EQ(ref[o * k.in + i], k.w(o, i));
+  try {
+    qk::unpack_affine(QFORGE_FORMAT_QUIP_V1, quip_metadata(k), tensors);
+    ADD_FAILURE() << "a plain affine unpacker accepted a transformed row";
+  } catch (const qforge::Error& e) {
+    EXPECT_EQ(e.code(), QFORGE_STATUS_UNSUPPORTED);
+  }
+  auto refused = [&](const std::string& metadata, const std::map<std::string, at::Tensor>& t,
+                     const char* what) {
+    try {
+      qk::describe_affine(*row, metadata, std::vector<std::pair<std::string, at::Tensor>>(t.begin(), t.end()));
+      ADD_FAILURE() << "accepted: " << what;
+    } catch (const qforge::Error& e) {
+      EXPECT_EQ(std::string(e.what()).rfind(QFORGE_FORMAT_QUIP_V1, 0), 0u) << what << ": " << e.what();
+    }
+  };
+  refused(quip_metadata(k, R"("v_pow2":32,"v_base":1,"v_base_kind":"hadamard")"), tensors, "2^a·r != in");
+  refused(quip_metadata(k, R"("v_pow2":1,"v_base":64,"v_base_kind":"orthogonal")"), tensors, "stored base missing");
+  refused(quip_metadata(k, R"("v_pow2":64,"v_base":1,"v_base_kind":"none")"), tensors, "V none");
+  refused(quip_metadata(k, R"("v_pow2":64,"v_base":1,"v_base_kind":"random")"), tensors, "random without a seed");
+  const Known odd(2, 16, 172, 43, false, 6);  // 172 = 4·43: no Hadamard matrix of order 43
+  refused(quip_metadata(odd, R"("v_pow2":4,"v_base":43,"v_base_kind":"hadamard")"), quip_tensors(odd),
+          "no built-in Hadamard order 43");
+  auto t = tensors;
+  t[QFORGE_QUIP_V1_SIGN_V] = at::zeros({64}, at::kChar);
+  refused(quip_metadata(k), t, "signs not ±1");
+  t = tensors;
+  t[QFORGE_QUIP_V1_RESCALE] = at::zeros({64}, at::kHalf);
+  refused(quip_metadata(k), t, "rescale 0");
+  t = tensors;
+  t[QFORGE_QUIP_V1_SIGN_U] = at::ones({16}, at::kChar);
+  refused(quip_metadata(k), t, "sign_u for U none");
 }
 
 }  // namespace

@@ -60,7 +60,7 @@ dbf::Settings settings(const qforge::Params& p, const qforge::LayerInput& in,
   // OneComp: 600 fixed iterations from a random start; data-aware: from the
   // SVD, at most as many, until the relative error changes less than `tol`
   // in 10 (1e-4 stopped too early on stories260K: 63.1 instead of 45.6 at
-  // 2 bits; 1e-5 gave 600 iterations' result in 3/4 of the time).
+  // 2 bits; at 1e-5 every stories260K layer ran all 600 at 2 bits).
   s.iters = p.get_int("iters");
   s.tol = s.data_aware ? p.get_float("tol") : 0.0;
   s.svd_init = s.data_aware;
