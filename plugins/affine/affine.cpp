@@ -217,13 +217,6 @@ class AffineLayer : public qforge::kernels::aten::MatrixLayer {
   std::unique_ptr<Tuning> tuning_;
 };
 
-const void* affine_extension(const char* id, uint32_t revision) {
-  if (id != nullptr && std::strcmp(id, QFORGE_EXT_LAYER_TUNABLE) == 0 &&
-      revision <= QFORGE_EXT_LAYER_TUNABLE_REVISION)
-    return qforge::layer_tunable_table<AffineLayer>();
-  return nullptr;
-}
-
 const qforge::ComponentList& components() {
   static const qforge::ComponentList list = [] {
     static const char* const features[] = {"cpu", "packed-kernels", nullptr};
@@ -235,7 +228,7 @@ const qforge::ComponentList& components() {
         "codes: packed AVX-512/AVX2 kernels for small batches, dequantize + LibTorch GEMM for "
         "large ones.",
         features, nullptr, 0, qforge::inference_layer_vtable<AffineLayer>()));
-    l.back().get_extension = &affine_extension;
+    l.back().get_extension = &qforge::tunable_extension<AffineLayer>;
     return l;
   }();
   return list;

@@ -232,13 +232,6 @@ class SignLayer {
   std::unique_ptr<Tuning> tuning_;
 };
 
-const void* layer_extension(const char* id, uint32_t revision) {
-  if (id != nullptr && std::strcmp(id, QFORGE_EXT_LAYER_TUNABLE) == 0 &&
-      revision <= QFORGE_EXT_LAYER_TUNABLE_REVISION)
-    return qforge::layer_tunable_table<SignLayer>();
-  return nullptr;
-}
-
 void describe(qforge::Plugin& plugin) {
   plugin.quantizer<DbfQuantizer>(
           {"org.qforge.dbf", "Double binary factorization", "0.1.0", "qforge", "MIT",
@@ -267,7 +260,7 @@ void describe(qforge::Plugin& plugin) {
            "Runs org.qforge.dbf/1, y = s4 (S_A (s2 (S_B (s0 x)))), from its 1-bit sign planes: "
            "packed sign kernels (AVX-512 / AVX2 / portable) for small batches, unpack + LibTorch "
            "GEMM for large ones; its scale vectors are tunable."})
-      .get_extension(&layer_extension);
+      .get_extension(&qforge::tunable_extension<SignLayer>);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include <qforge/ext/train.h>
 
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -98,6 +99,16 @@ const qforge_layer_tunable* layer_tunable_table() {
                                              &Thunk::param, &Thunk::backward_params,
                                              &Thunk::update};
   return &table;
+}
+
+// A component's get_extension that offers T's qforge.layer.tunable table
+// (ComponentBuilder::get_extension(&tunable_extension<T>)).
+template <class T>
+const void* tunable_extension(const char* id, uint32_t revision) {
+  if (id != nullptr && std::strcmp(id, QFORGE_EXT_LAYER_TUNABLE) == 0 &&
+      revision <= QFORGE_EXT_LAYER_TUNABLE_REVISION)
+    return layer_tunable_table<T>();
+  return nullptr;
 }
 
 // One training run over the whole model (qforge_host_train), throwing Error
