@@ -4,6 +4,7 @@
 #include <qforge_kernels/affine_aten.hpp>
 
 #include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cstring>
@@ -42,6 +43,31 @@ SignChain describe_sign(const SignFormat& format, const std::string& metadata_js
                         const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
   std::vector<at::Tensor> keep;  // the chain copies what it needs
   return describe_sign(format, metadata_json, tensor_data(format.id, tensors, keep));
+}
+
+std::vector<std::pair<std::string, at::Tensor>> store_group_params(
+    const AffineFormat& format, const std::string& metadata_json,
+    const std::vector<std::pair<std::string, at::Tensor>>& tensors, at::Tensor& scales,
+    at::Tensor& zeros) {
+  const std::string id = format.id;
+  if (format.round_params == nullptr || format.write_params == nullptr)
+    throw Error(QFORGE_STATUS_UNSUPPORTED, id + " cannot store tuned scales and zero points");
+  const AffineShape shape = format.read_metadata(parse_metadata(id, metadata_json));
+  if (!scales.is_contiguous() || !zeros.is_contiguous() || scales.scalar_type() != at::kFloat ||
+      zeros.scalar_type() != at::kFloat || scales.numel() != shape.groups * shape.out_features ||
+      zeros.numel() != scales.numel())
+    invalid_argument(id + ": tuned scales and zero points must be float32 [groups, out]");
+  std::vector<std::pair<std::string, at::Tensor>> copies;
+  for (const auto& [name, t] : tensors) copies.emplace_back(name, t.contiguous().clone());
+  std::vector<at::Tensor> keep;  // the copies themselves: written through TensorData
+  const auto data = tensor_data(format.id, copies, keep);
+  std::vector<TensorCheck> checks;
+  for (const TensorSpec& spec : format.tensors)
+    checks.push_back({spec.name, spec.dtypes, spec.shape(shape), spec.required, ""});
+  const std::vector<const TensorData*> by_spec = match_tensors(id, checks, data);
+  format.round_params(shape, by_spec, scales.data_ptr<float>(), zeros.data_ptr<float>());
+  format.write_params(shape, scales.data_ptr<float>(), zeros.data_ptr<float>(), by_spec);
+  return copies;
 }
 
 bool AffineTensors::sequential_groups() const {

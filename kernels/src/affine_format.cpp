@@ -6,6 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 
@@ -188,6 +190,59 @@ std::vector<float> to_float(const TensorData& t) {
     invalid_argument("to_float: " + dtype_str(t.dtype) + " is not a floating type");
   }
   return v;
+}
+
+uint16_t float_to_half(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  const uint32_t sign = (b >> 16) & 0x8000u;
+  const uint32_t a = b & 0x7FFFFFFFu;
+  if (a >= 0x7F800000u) return static_cast<uint16_t>(sign | 0x7C00u | (a > 0x7F800000u ? 0x200u : 0));
+  if (a >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // rounds past 65504
+  if (a < 0x38800000u) {  // float16 subnormal (or zero): a multiple of 2^-24
+    const float v = std::fabs(f) * 16777216.0f;  // exact scaling by 2^24
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(v)));
+  }
+  // normal: keep 10 mantissa bits, round to nearest even
+  const uint32_t rounded = a + 0xFFFu + ((a >> 13) & 1u);
+  return static_cast<uint16_t>(sign | ((rounded - 0x38000000u) >> 13));
+}
+
+uint16_t float_to_bfloat(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  if ((b & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((b >> 16) | 0x40u);  // NaN
+  return static_cast<uint16_t>((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
+}
+
+float stored_as(float f, DLDataType dtype) {
+  if (same_dtype(dtype, DLDataType{kDLFloat, 16, 1})) return half_to_float(float_to_half(f));
+  if (same_dtype(dtype, DLDataType{kDLBfloat, 16, 1})) {
+    const uint32_t bits = static_cast<uint32_t>(float_to_bfloat(f)) << 16;
+    float v;
+    std::memcpy(&v, &bits, sizeof v);
+    return v;
+  }
+  return f;
+}
+
+void store_floats(const TensorData& t, const float* values, int64_t n) {
+  void* data = const_cast<void*>(t.data);  // the caller's own copy (AffineFormat::write_params)
+  if (same_dtype(t.dtype, DLDataType{kDLFloat, 32, 1})) {
+    std::memcpy(data, values, static_cast<size_t>(n) * sizeof(float));
+  } else if (same_dtype(t.dtype, DLDataType{kDLFloat, 16, 1})) {
+    auto* h = static_cast<uint16_t*>(data);
+    for (int64_t k = 0; k < n; ++k) h[k] = float_to_half(values[k]);
+  } else if (same_dtype(t.dtype, DLDataType{kDLBfloat, 16, 1})) {
+    auto* h = static_cast<uint16_t*>(data);
+    for (int64_t k = 0; k < n; ++k) h[k] = float_to_bfloat(values[k]);
+  } else {
+    invalid_argument("store_floats: " + dtype_str(t.dtype) + " is not a floating type");
+  }
+}
+
+void round_zeros(float* zeros, int64_t n, float lo, float hi) {
+  for (int64_t k = 0; k < n; ++k) zeros[k] = std::min(std::max(std::nearbyint(zeros[k]), lo), hi);
 }
 
 namespace formats {

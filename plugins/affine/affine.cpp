@@ -41,6 +41,8 @@ class AffineLayer : public qforge::kernels::aten::MatrixLayer {
   AffineLayer(const qforge::Host&, const std::string& format, const std::string& metadata,
               const std::vector<const qforge_named_tensor*>& tensors) {
     const qforge::kernels::AffineFormat* row = qforge::kernels::find_affine_format(format.c_str());
+    row_ = row;
+    metadata_ = metadata;
     if (row == nullptr)
       throw qforge::Error(QFORGE_STATUS_UNSUPPORTED,
                           std::string(kId) + " does not consume format '" + format + "'");
@@ -154,6 +156,29 @@ class AffineLayer : public qforge::kernels::aten::MatrixLayer {
     matrix_.set_group_params(t.scales.data_ptr<float>(), out_, 1, t.zeros.data_ptr<float>(), out_, 1);
   }
 
+  // Revision 2: the scales and zero points rounded to what the format stores
+  // (its row's round_params), the layer switched to them, and the format's
+  // tensors with them written in (its row's write_params).
+  void store(const std::vector<const qforge_named_tensor*>& original,
+             const qforge::QuantizeOutput& out) {
+    Tuning& t = tuning();
+    std::vector<std::pair<std::string, at::Tensor>> named;
+    for (const qforge_named_tensor* nt : original) {
+      if (nt == nullptr || nt->name == nullptr || nt->tensor == nullptr)
+        qforge::invalid_argument("store: a tensor without name or data");
+      named.emplace_back(nt->name, qforge::borrow(*nt->tensor));
+    }
+    const auto tensors =
+        qforge::kernels::store_group_params(*row_, metadata_, named, t.scales, t.zeros);
+    update();
+    out.set_format(row_->id, metadata_);
+    for (const auto& [name, tensor] : tensors) out.add_tensor(name, tensor);
+    at::Tensor w = at::empty({out_, in_}, at::kFloat);
+    const qforge::DLView view(w);
+    dequantize(*view.get());
+    out.set_dequantized(w);
+  }
+
  private:
   struct Tuning {
     at::Tensor scales, zeros;  // [groups, out] float32
@@ -211,6 +236,8 @@ class AffineLayer : public qforge::kernels::aten::MatrixLayer {
                                qforge::shape_str(b.sizes()) + " do not match the layer");
   }
 
+  const qforge::kernels::AffineFormat* row_ = nullptr;
+  std::string metadata_;
   at::Tensor rescale_;
   std::shared_ptr<const qforge::kernels::RandomizedHadamard> input_transform_, output_transform_;
   std::vector<int64_t> group_of_;

@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -135,6 +136,7 @@ class SignLayer {
       named.emplace_back(nt->name, qforge::borrow(*nt->tensor));
     }
     chain_ = qk::describe_sign(*row_, metadata, named);
+    metadata_ = metadata;
   }
 
   int64_t out_features() const { return chain_.out_features(); }
@@ -201,6 +203,32 @@ class SignLayer {
     for (uint32_t i = 0; i < param_count(); ++i) chain_.set_scale(i, t.scales[i].data_ptr<float>());
   }
 
+  // Revision 2: each scale vector rounded to the dtype its tensor has in the
+  // format (float16 for dbf/1), the layer switched to them, and the format's
+  // tensors with them written in (the sign planes copied).
+  void store(const std::vector<const qforge_named_tensor*>& original,
+             const qforge::QuantizeOutput& out) {
+    Tuning& t = tuning();
+    std::map<std::string, at::Tensor> named;
+    for (const qforge_named_tensor* nt : original) {
+      if (nt == nullptr || nt->name == nullptr || nt->tensor == nullptr)
+        qforge::invalid_argument("store: a tensor without name or data");
+      named[nt->name] = qforge::borrow(*nt->tensor).clone();
+    }
+    for (uint32_t i = 0; i < param_count(); ++i) {
+      auto it = named.find(row_->scale_names[i]);
+      if (it == named.end())
+        qforge::invalid_argument(std::string("store: the original tensors lack '") +
+                                 row_->scale_names[i] + "'");
+      it->second = t.scales[i].to(it->second.scalar_type());
+      t.scales[i].copy_(it->second.to(at::kFloat));
+    }
+    update();
+    out.set_format(row_->id, metadata_);
+    for (const auto& [name, tensor] : named) out.add_tensor(name, tensor);
+    out.set_dequantized(qk::aten::sign_dequantize(chain_));
+  }
+
  private:
   // [rows, features] float32, contiguous (a borrowed DLTensor reshaped).
   static at::Tensor rows_of(const DLTensor& d, const char* what, int64_t features) {
@@ -228,6 +256,7 @@ class SignLayer {
   }
 
   const qk::SignFormat* row_ = nullptr;
+  std::string metadata_;
   qk::SignChain chain_;
   std::unique_ptr<Tuning> tuning_;
 };

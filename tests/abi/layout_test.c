@@ -321,13 +321,14 @@ QF_FIELD(qforge_host_train, save_state, 64, P);
 QF_FIELD(qforge_host_train, restore_state, 72, P);
 QF_FIELD(qforge_host_train, tune_layer, 80, P);
 
-QF_SIZE(qforge_layer_tunable, 40);
+QF_SIZE(qforge_layer_tunable, 48);
 QF_STRUCT_SIZE_FIRST(qforge_layer_tunable);
 QF_FIELD(qforge_layer_tunable, reserved, 4, 4);
 QF_FIELD(qforge_layer_tunable, param_count, 8, P);
 QF_FIELD(qforge_layer_tunable, param, 16, P);
 QF_FIELD(qforge_layer_tunable, backward_params, 24, P);
 QF_FIELD(qforge_layer_tunable, update, 32, P);
+QF_FIELD(qforge_layer_tunable, store, 40, P);
 
 QF_SIZE(qforge_postprocess, 24); /* 16 in 1.0 */
 QF_STRUCT_SIZE_FIRST(qforge_postprocess);

@@ -2,6 +2,8 @@
 // unit that bridges at::Tensor and DLPack (through qforge/cpp/torch.hpp).
 #include "qforge_host/plugins/abi_bridge.hpp"
 
+#include <cstddef>
+
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -22,6 +24,17 @@ struct Sink {
   QuantResult result;
   bool has_format = false;
   std::string error;  // first protocol error, reported after the call
+
+  Sink() {
+    table.struct_size = sizeof(qforge_quantize_output);
+    table.host_data = this;
+    table.set_format = &Sink::set_format;
+    table.add_tensor = &Sink::add_tensor;
+    table.set_dequantized = &Sink::set_dequantized;
+    table.set_metric = &Sink::set_metric;
+  }
+  Sink(const Sink&) = delete;
+  Sink& operator=(const Sink&) = delete;
 
   static Sink& of(const qforge_quantize_output* out) {
     return *static_cast<Sink*>(out->host_data);
@@ -107,13 +120,6 @@ QuantResult quantize_layer(const Component& component, const QuantizeRequest& re
   in.param_count = params.size();
 
   Sink sink;
-  sink.table.struct_size = sizeof(qforge_quantize_output);
-  sink.table.host_data = &sink;
-  sink.table.set_format = &Sink::set_format;
-  sink.table.add_tensor = &Sink::add_tensor;
-  sink.table.set_dequantized = &Sink::set_dequantized;
-  sink.table.set_metric = &Sink::set_metric;
-
   {
     PluginActivity running(fmt::format("{} ({}) on {}", component.desc->id, component.library,
                                        req.layer_name));
@@ -170,7 +176,8 @@ PackedLayer::PackedLayer(const Component& component, const QuantResult& result)
   if (component.desc->get_extension != nullptr) {
     const auto* t = static_cast<const qforge_layer_tunable*>(
         component.desc->get_extension(QFORGE_EXT_LAYER_TUNABLE, QFORGE_EXT_LAYER_TUNABLE_REVISION));
-    if (t != nullptr && t->struct_size >= sizeof(qforge_layer_tunable) && t->param_count &&
+    // Revision 1 ends with `update`; `store` is revision 2.
+    if (t != nullptr && t->struct_size >= offsetof(qforge_layer_tunable, store) && t->param_count &&
         t->param && t->backward_params && t->update)
       tunable_ = t;
   }
@@ -209,6 +216,37 @@ void PackedLayer::backward_params(const at::Tensor& x, const at::Tensor& gy,
 }
 
 void PackedLayer::update_params() { throw_if_error(tunable_->update(layer_), "update"); }
+
+bool PackedLayer::storable() const {
+  return tunable_ != nullptr && tunable_->struct_size >= sizeof(qforge_layer_tunable) &&
+         tunable_->store != nullptr;
+}
+
+QuantResult PackedLayer::store(const QuantResult& original) {
+  if (!storable())
+    throw UsageError(fmt::format("the {} layer cannot write its tuned parameters back", format_));
+  std::vector<std::unique_ptr<DLView>> views;
+  std::vector<qforge_named_tensor> named;
+  named.reserve(original.tensors.size());
+  for (const auto& [name, t] : original.tensors) {
+    views.push_back(std::make_unique<DLView>(t.contiguous()));
+    named.push_back({sizeof(qforge_named_tensor), 0, name.c_str(), views.back()->get()});
+  }
+  std::vector<const qforge_named_tensor*> pointers;
+  for (const auto& n : named) pointers.push_back(&n);
+  Sink sink;
+  throw_if_error(tunable_->store(layer_, pointers.data(), static_cast<uint32_t>(pointers.size()),
+                                 &sink.table),
+                 fmt::format("storing the tuned {} layer", format_));
+  QuantResult r = std::move(sink.result);
+  require(sink.has_format && r.format == format_,
+          fmt::format("store: the {} layer did not write its own format", format_));
+  require(r.dequantized.defined() && r.dequantized.size(0) == out_ && r.dequantized.size(1) == in_,
+          fmt::format("store: the {} layer wrote no dequantized [{}, {}] weight", format_, out_, in_));
+  r.dequantized = r.dequantized.to(at::kFloat);
+  r.metrics = original.metrics;
+  return r;
+}
 
 PackedLayer::~PackedLayer() {
   if (layer_) vt_->destroy(layer_);

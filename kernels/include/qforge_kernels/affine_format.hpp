@@ -114,6 +114,15 @@ struct AffineFormat {
   // The weight is Q̂ between transforms (AffineWeight::transformed()): a
   // plain affine grid writer (GPTQ, compressed-tensors) cannot store it.
   bool transformed = false;
+  // Tuning (qforge.layer.tunable revision 2): rounds scales and zero points
+  // (float32 [groups][out], in place) to what the format stores, given its
+  // (checked) tensors, whose dtypes may decide (e.g. uint8 or float16 zero
+  // points); then writes rounded ones into the tensors that hold them, which
+  // are the caller's own copies (spec order; the data may be written).
+  void (*round_params)(const AffineShape& shape, const std::vector<const TensorData*>& tensors,
+                       float* scales, float* zeros) = nullptr;
+  void (*write_params)(const AffineShape& shape, const float* scales, const float* zeros,
+                       const std::vector<const TensorData*>& tensors) = nullptr;
 };
 
 // Every row, in the table's order.
@@ -164,5 +173,15 @@ int64_t meta_int(const nlohmann::json& m, const char* format, const char* key, i
 void meta_bool(const nlohmann::json& m, const char* format, const char* key, bool required);
 // float32 values of a float32, float16 or bfloat16 tensor.
 std::vector<float> to_float(const TensorData& t);
+// Round to nearest even into float16 / bfloat16 bits (finite inputs), and
+// the float32 value a tensor of `dtype` (float32, float16, bfloat16) stores
+// for f.
+uint16_t float_to_half(float f);
+uint16_t float_to_bfloat(float f);
+float stored_as(float f, DLDataType dtype);
+// Writes `values` (float32) into t's data in t's floating dtype.
+void store_floats(const TensorData& t, const float* values, int64_t n);
+// Each zero point rounded to an integer and clamped to [lo, hi].
+void round_zeros(float* zeros, int64_t n, float lo, float hi);
 
 }  // namespace qforge::kernels

@@ -75,6 +75,39 @@ AffineWeight describe(const AffineShape& s, const std::vector<const TensorData*>
   return a;
 }
 
+
+// Tuning: scales in weight_scale's dtype; zero points integers in [0, maxq],
+// or 2^(b-1) when the layer stores none (symmetric).
+void round_params(const AffineShape& s, const std::vector<const TensorData*>& tensors,
+                  float* scales, float* zeros) {
+  const int64_t n = s.groups * s.out_features;
+  for (int64_t k = 0; k < n; ++k) scales[k] = stored_as(scales[k], tensors[1]->dtype);
+  if (tensors[3] == nullptr)
+    std::fill(zeros, zeros + n, static_cast<float>(1 << (s.bits - 1)));
+  else
+    round_zeros(zeros, n, 0.f, static_cast<float>((1 << s.bits) - 1));
+}
+
+// weight_scale [out, groups]; weight_zero_point [words(out), groups], column g packed.
+void write_params(const AffineShape& s, const float* scales, const float* zeros,
+                  const std::vector<const TensorData*>& tensors) {
+  const int64_t out = s.out_features;
+  std::vector<float> rows(static_cast<size_t>(out * s.groups));
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t g = 0; g < s.groups; ++g) rows[o * s.groups + g] = scales[g * out + o];
+  store_floats(*tensors[1], rows.data(), out * s.groups);
+  if (tensors[3] == nullptr) return;
+  const int64_t words = words_for(out, s.bits);
+  auto* zp = static_cast<uint32_t*>(const_cast<void*>(tensors[3]->data));
+  std::vector<uint8_t> z(static_cast<size_t>(out));
+  std::vector<uint32_t> column(static_cast<size_t>(words));
+  for (int64_t g = 0; g < s.groups; ++g) {
+    for (int64_t o = 0; o < out; ++o) z[o] = static_cast<uint8_t>(zeros[g * out + o]);
+    pack_bits(z.data(), out, s.bits, column.data());
+    for (int64_t k = 0; k < words; ++k) zp[k * s.groups + g] = column[k];
+  }
+}
+
 }  // namespace
 
 const AffineFormat ct_pack_quantized_v1 = {
@@ -109,6 +142,9 @@ const AffineFormat ct_pack_quantized_v1 = {
       false}},
     &read_metadata,
     &describe,
+    /*transformed=*/false,
+    &round_params,
+    &write_params,
 };
 
 }  // namespace qforge::kernels::formats

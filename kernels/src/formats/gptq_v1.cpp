@@ -61,6 +61,29 @@ AffineWeight describe(const AffineShape& s, const std::vector<const TensorData*>
   return a;
 }
 
+
+// Tuning: float16 scales; zero points integers in [1, maxq] (v1 stores zero − 1).
+void round_params(const AffineShape& s, const std::vector<const TensorData*>&, float* scales,
+                  float* zeros) {
+  const int64_t n = s.groups * s.out_features;
+  for (int64_t k = 0; k < n; ++k) scales[k] = stored_as(scales[k], DLDataType{kDLFloat, 16, 1});
+  round_zeros(zeros, n, QFORGE_GPTQ_V1_ZERO_OFFSET, static_cast<float>((1 << s.bits) - 1));
+}
+
+// scales [groups, out] float16; qzeros [groups, words(out)]: zero − 1 packed.
+void write_params(const AffineShape& s, const float* scales, const float* zeros,
+                  const std::vector<const TensorData*>& tensors) {
+  const int64_t out = s.out_features, words = words_for(out, s.bits);
+  store_floats(*tensors[2], scales, s.groups * out);
+  auto* qz = static_cast<uint32_t*>(const_cast<void*>(tensors[1]->data));
+  std::vector<uint8_t> z(static_cast<size_t>(out));
+  for (int64_t g = 0; g < s.groups; ++g) {
+    for (int64_t o = 0; o < out; ++o)
+      z[o] = static_cast<uint8_t>(zeros[g * out + o] - QFORGE_GPTQ_V1_ZERO_OFFSET);
+    pack_bits(z.data(), out, s.bits, qz + g * words);
+  }
+}
+
 }  // namespace
 
 const AffineFormat gptq_v1 = {
@@ -94,6 +117,9 @@ const AffineFormat gptq_v1 = {
       false}},
     &read_metadata,
     &describe,
+    /*transformed=*/false,
+    &round_params,
+    &write_params,
 };
 
 }  // namespace qforge::kernels::formats

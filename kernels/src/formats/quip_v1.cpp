@@ -140,6 +140,41 @@ AffineWeight describe(const AffineShape& s, const std::vector<const TensorData*>
 
 std::vector<int64_t> per_out_group(const AffineShape& s) { return {s.out_features, s.groups}; }
 
+
+// Tuning: float16 scales; zero points integers in [0, maxq] when stored as
+// uint8, float16 values in [0, maxq] when stored as float16.
+void round_params(const AffineShape& s, const std::vector<const TensorData*>& tensors,
+                  float* scales, float* zeros) {
+  const int64_t n = s.groups * s.out_features;
+  const float maxq = static_cast<float>((1 << s.bits) - 1);
+  for (int64_t k = 0; k < n; ++k) scales[k] = stored_as(scales[k], DLDataType{kDLFloat, 16, 1});
+  if (tensors[2]->dtype.code == kDLUInt) {
+    round_zeros(zeros, n, 0.f, maxq);
+  } else {
+    for (int64_t k = 0; k < n; ++k)
+      zeros[k] = stored_as(std::min(std::max(zeros[k], 0.f), maxq), tensors[2]->dtype);
+  }
+}
+
+// scales and zeros [out, groups], from [groups][out].
+void write_params(const AffineShape& s, const float* scales, const float* zeros,
+                  const std::vector<const TensorData*>& tensors) {
+  const int64_t out = s.out_features, n = out * s.groups;
+  std::vector<float> sc(static_cast<size_t>(n)), zr(static_cast<size_t>(n));
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t g = 0; g < s.groups; ++g) {
+      sc[o * s.groups + g] = scales[g * out + o];
+      zr[o * s.groups + g] = zeros[g * out + o];
+    }
+  store_floats(*tensors[1], sc.data(), n);
+  if (tensors[2]->dtype.code == kDLUInt) {
+    auto* z = static_cast<uint8_t*>(const_cast<void*>(tensors[2]->data));
+    for (int64_t k = 0; k < n; ++k) z[k] = static_cast<uint8_t>(zr[k]);
+  } else {
+    store_floats(*tensors[2], zr.data(), n);
+  }
+}
+
 }  // namespace
 
 const AffineFormat quip_v1 = {
@@ -164,6 +199,8 @@ const AffineFormat quip_v1 = {
     &read_metadata,
     &describe,
     /*transformed=*/true,
+    &round_params,
+    &write_params,
 };
 
 }  // namespace qforge::kernels::formats

@@ -51,6 +51,24 @@ AffineWeight describe(const AffineShape& s, const std::vector<const TensorData*>
   return a;
 }
 
+
+// Tuning: float32 scales as they are; integer zero points in [0, maxq].
+void round_params(const AffineShape& s, const std::vector<const TensorData*>&, float*, float* zeros) {
+  round_zeros(zeros, s.groups * s.out_features, 0.f, static_cast<float>((1 << s.bits) - 1));
+}
+
+// scales [out, groups] float32, zeros [out, groups] uint8, from [groups][out].
+void write_params(const AffineShape& s, const float* scales, const float* zeros,
+                  const std::vector<const TensorData*>& tensors) {
+  auto* sc = static_cast<float*>(const_cast<void*>(tensors[1]->data));
+  auto* zr = static_cast<uint8_t*>(const_cast<void*>(tensors[2]->data));
+  for (int64_t o = 0; o < s.out_features; ++o)
+    for (int64_t g = 0; g < s.groups; ++g) {
+      sc[o * s.groups + g] = scales[g * s.out_features + o];
+      zr[o * s.groups + g] = static_cast<uint8_t>(zeros[g * s.out_features + o]);
+    }
+}
+
 }  // namespace
 
 const AffineFormat rtn_v1 = {
@@ -79,6 +97,9 @@ const AffineFormat rtn_v1 = {
       false}},
     &read_metadata,
     &describe,
+    /*transformed=*/false,
+    &round_params,
+    &write_params,
 };
 
 }  // namespace qforge::kernels::formats

@@ -65,6 +65,13 @@ class PackedLayer final : public LinearKernel {
   void backward_params(const at::Tensor& x, const at::Tensor& gy,
                        const std::vector<at::Tensor>& grads);
   void update_params();
+  // Whether the layer can write its tuned parameters back into its format
+  // (qforge.layer.tunable revision 2), and doing so: `original` is the result
+  // the layer was created from; the returned one is the same format with the
+  // parameters as tuned, rounded to what the format stores (the layer
+  // computes with the rounded values from here).
+  bool storable() const;
+  QuantResult store(const QuantResult& original);
 
  private:
   const qforge_inference_layer* vt_;

@@ -76,6 +76,8 @@ const qforge_adapter_vtable* adapter_vtable() {
 //   void param(uint32_t i, const char** name, const DLTensor** value);
 //   void backward_params(const DLTensor& x, const DLTensor& grad_y, const DLTensor* const* grads);
 //   void update();
+//   void store(const std::vector<const qforge_named_tensor*>& original,
+//              const QuantizeOutput& out);   // revision 2
 template <class T>
 const qforge_layer_tunable* layer_tunable_table() {
   struct Thunk {
@@ -94,10 +96,19 @@ const qforge_layer_tunable* layer_tunable_table() {
     static qforge_status* update(qforge_layer* l) {
       return guard(self(l).host, [&] { self(l).layer.update(); });
     }
+    static qforge_status* store(qforge_layer* l, const qforge_named_tensor* const* original,
+                                uint32_t count, const qforge_quantize_output* out) {
+      return guard(self(l).host, [&] {
+        if (out == nullptr || (count > 0 && original == nullptr))
+          invalid_argument("store: NULL argument");
+        self(l).layer.store(std::vector<const qforge_named_tensor*>(original, original + count),
+                            QuantizeOutput(self(l).host, out));
+      });
+    }
   };
   static const qforge_layer_tunable table = {sizeof(qforge_layer_tunable), 0, &Thunk::param_count,
                                              &Thunk::param, &Thunk::backward_params,
-                                             &Thunk::update};
+                                             &Thunk::update, &Thunk::store};
   return &table;
 }
 

@@ -24,6 +24,7 @@
 
 #include "../inference_layer.h"
 #include "../postprocess.h"
+#include "../quantizer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -131,7 +132,7 @@ typedef struct qforge_adapter_vtable {
 /* ---- an inference layer's tunable parameters ---- */
 
 #define QFORGE_EXT_LAYER_TUNABLE "qforge.layer.tunable"
-#define QFORGE_EXT_LAYER_TUNABLE_REVISION 1
+#define QFORGE_EXT_LAYER_TUNABLE_REVISION 2
 
 /* Offered by an inference-layer component through its descriptor's
  * get_extension: the continuous parameters of its format that training may
@@ -153,6 +154,17 @@ typedef struct qforge_layer_tunable {
                                     const DLTensor* grad_y, const DLTensor* const* grads);
   /* From here forward, backward_input and dequantize use the params as they are. */
   qforge_status* (*update)(struct qforge_layer* layer);
+
+  /* Revision 2 (present when struct_size covers it). Rounds the params to
+   * what the layer's format stores (e.g. float16 scales, integer zero points
+   * in the format's range), writes the rounded values back into the params,
+   * computes with them from here, and writes the layer's packed result as it
+   * now is through `out`, as a quantizer does: set_format, add_tensor for
+   * every tensor of the format, set_dequantized. `original` are the tensors
+   * the layer was created from (those the params do not touch are copied):
+   * the tuned layer stays in its own format. */
+  qforge_status* (*store)(struct qforge_layer* layer, const qforge_named_tensor* const* original,
+                          uint32_t original_count, const qforge_quantize_output* out);
 } qforge_layer_tunable;
 
 /* ---- host side ---- */

@@ -1,0 +1,83 @@
+// Tuned parameters written back into their formats (qforge.layer.tunable
+// revision 2, PackedLayer::store), for every in-tree format with tunable
+// parameters: RTN, GPTQ (asymmetric act-order and symmetric), QuIP (per
+// group and per tensor) and DBF. The params are moved off the format's
+// grid; store rounds them to what the format stores and writes the format's
+// tensors: the same names, dtypes and shapes, the codes untouched, GPTQ zero
+// points integers in [1, maxq], float16 scales exactly float16, and a fresh
+// layer made from the stored result computes what the tuned layer computes.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "../support/plugins.hpp"
+
+namespace qh = qforge::host;
+
+namespace {
+
+struct Case {
+  const char* method;
+  qforge::test::Settings settings;
+  const char* untouched;  // a tensor tuning must not change (the codes)
+};
+
+TEST(TunedStore, EveryFormatKeepsItsLayoutAndComputesWhatWasTuned) {
+  const std::vector<Case> cases = {
+      {"org.qforge.rtn", {{"bits", "3"}, {"group_size", "16"}, {"sym", "false"}}, "qweight"},
+      {"org.qforge.gptq", {{"bits", "3"}, {"group_size", "16"}, {"sym", "false"}, {"desc_act", "true"}}, "qweight"},
+      {"org.qforge.gptq", {{"bits", "4"}, {"group_size", "-1"}, {"sym", "true"}}, "g_idx"},
+      {"org.qforge.quip", {{"bits", "2"}, {"group_size", "16"}}, "qweight"},
+      {"org.qforge.quip", {{"bits", "3"}, {"scale", "tensor"}}, "sign_v"},
+      {"org.qforge.dbf", {{"target_bits", "1.5"}, {"iters", "20"}}, "sign_a"},
+  };
+  at::manual_seed(3);
+  const at::Tensor w = at::randn({40, 64}) * 0.05, x = at::randn({256, 64});
+  const at::Tensor h = x.t().mm(x) / 128;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.method);
+    const qh::Component* q = qforge::test::plugin_registry().find(c.method);
+    ASSERT_NE(q, nullptr) << qforge::test::plugin_refusals();
+    const qh::QuantResult r = qforge::test::quantize(*q, w, h, c.settings, at::randn({40}));
+    qh::PackedLayer layer(*qforge::test::plugin_registry().find_inference_layer(r.format), r);
+    ASSERT_TRUE(layer.storable());
+    for (auto& [name, p] : layer.tunable_params()) p.mul_(1.0 + 0.03 * at::randn_like(p)).add_(0.01);
+    layer.update_params();
+    const qh::QuantResult s = layer.store(r);
+    EXPECT_EQ(s.format, r.format);
+    EXPECT_EQ(s.metadata, r.metadata);
+    ASSERT_EQ(s.tensors.size(), r.tensors.size());
+    bool changed = false;
+    for (const auto& [name, t] : r.tensors) {
+      ASSERT_TRUE(s.tensors.count(name)) << name;
+      const at::Tensor& u = s.tensors.at(name);
+      EXPECT_EQ(u.scalar_type(), t.scalar_type()) << name;
+      EXPECT_EQ(u.sizes(), t.sizes()) << name;
+      changed = changed || !at::equal(u, t);
+    }
+    EXPECT_TRUE(changed) << "nothing was written back";
+    EXPECT_TRUE(at::equal(s.tensors.at(c.untouched), r.tensors.at(c.untouched)));
+    // The tuned (now rounded) layer and a fresh one from the stored result agree.
+    const qh::PackedLayer fresh(*qforge::test::plugin_registry().find_inference_layer(s.format), s);
+    const at::Tensor xs = at::randn({5, 64});
+    EXPECT_TRUE(at::allclose(fresh.forward(xs), layer.forward(xs), 1e-5, 1e-6));
+    EXPECT_TRUE(at::allclose(fresh.dequantize(), s.dequantized, 1e-5, 1e-6));
+    EXPECT_FALSE(at::allclose(s.dequantized, r.dequantized, 1e-4, 1e-6)) << "the tuning was lost";
+    // The params the layer now holds are exactly what the format stores.
+    auto after = layer.tunable_params();
+    qh::PackedLayer again(*qforge::test::plugin_registry().find_inference_layer(s.format), s);
+    auto stored = again.tunable_params();
+    for (size_t i = 0; i < after.size(); ++i)
+      EXPECT_TRUE(at::equal(after[i].second, stored[i].second)) << after[i].first;
+    if (std::string(c.method) == "org.qforge.gptq") {  // v1 stores zero − 1: integers in [1, maxq]
+      const at::Tensor z = after[1].second;
+      const double maxq = std::stoi(c.settings.at("bits")) == 3 ? 7 : 15;
+      EXPECT_TRUE(at::equal(z, z.round()));
+      EXPECT_GE(z.min().item<double>(), 1.0);
+      EXPECT_LE(z.max().item<double>(), maxq);
+      const at::Tensor sc = after[0].second;
+      EXPECT_TRUE(at::equal(sc, sc.to(at::kHalf).to(at::kFloat))) << "scales not float16";
+    }
+  }
+}
+
+}  // namespace
