@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <set>
 
@@ -299,9 +300,31 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
       std::swap(model.blocks()[i], original);
       BlockScope scope{static_cast<size_t>(i), state.x, forward_block(model, i, state.x, o.chunk)};
       std::swap(model.blocks()[i], original);
-      ModelServices services(model, PostprocessContext{}, &scope);
-      for (const auto& [component, params] : block_pps) run_postprocess_block(*component, *params, services);
-      adapters = services.export_adapters();
+      // The quantized linears run packed during the hooks, so that their
+      // format's parameters can be tuned (qforge.layer.tunable).
+      std::map<std::string, SavedLayer*> results;
+      for (auto& r : block_results) results[r.report.name] = &r;
+      std::map<std::string, std::shared_ptr<PackedLayer>> attached;
+      for (Linear* l : b.linears())
+        if (auto it = results.find(l->name); it != results.end())
+          if (const Component* c = registry.find_inference_layer(it->second->result.format)) {
+            attached[l->name] = std::make_shared<PackedLayer>(*c, it->second->result);
+            l->packed = attached[l->name];
+          }
+      {
+        ModelServices services(model, PostprocessContext{}, &scope);
+        for (const auto& [component, params] : block_pps) run_postprocess_block(*component, *params, services);
+        adapters = services.export_adapters();
+        // Tuned parameters go back into the results, in their own formats.
+        for (const auto& name : services.tuned_layers()) {
+          SavedLayer& saved = *results.at(name);
+          saved.result = attached.at(name)->store(saved.result);
+          Linear* l = b.find(name.substr(layout.prefix(i).size()));
+          l->weight = saved.result.dequantized.to(l->weight.scalar_type());
+          log(LogLevel::info, "{}: tuned parameters stored in {}", name, saved.result.format);
+        }
+      }
+      for (Linear* l : b.linears()) l->packed.reset();
       state.x = forward_block(model, i, state.x, o.chunk);  // through the adapters
     } else if (needs.calibration) {
       // The next block's inputs: the quantized block on the quantized stream,

@@ -358,6 +358,12 @@ ModelServices::~ModelServices() {
 
 const qforge_model_services* ModelServices::table() const { return &impl_->table; }
 
+std::vector<std::string> ModelServices::tuned_layers() const {
+  std::vector<std::string> names;
+  for (size_t i : impl_->tuned) names.push_back(impl_->linears[i]->name);
+  return names;
+}
+
 std::vector<AdapterExport> ModelServices::export_adapters() const {
   std::vector<AdapterExport> out;
   for (Linear* l : impl_->linears)

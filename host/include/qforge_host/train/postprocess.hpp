@@ -68,6 +68,8 @@ class ModelServices {
   // The adapters attached so far, in layer order. Throws UsageError for one
   // that has no export format.
   std::vector<AdapterExport> export_adapters() const;
+  // The packed linears whose tunable parameters a trainer tuned, in order.
+  std::vector<std::string> tuned_layers() const;
 
   struct Impl;
   Impl& impl() const { return *impl_; }

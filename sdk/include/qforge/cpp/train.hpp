@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "plugin.hpp"
@@ -164,6 +165,17 @@ class Trainer {
     uint64_t position = 0;
     check(host_.get(), t_.restore_state(trainer_, &position));
     return position;
+  }
+  // Makes the tunable parameters of packed linear `layer` trainable; false
+  // (with the host's message in `why`) when its inference layer has none.
+  bool tune(const char* layer, std::string* why = nullptr) {
+    try {
+      check(host_.get(), t_.tune_layer(trainer_, layer));
+      return true;
+    } catch (const Error& e) {
+      if (why != nullptr) *why = e.what();
+      return false;
+    }
   }
 
  private:
