@@ -152,21 +152,34 @@ QuantResult quantize_layer(const Component& component, const QuantizeRequest& re
   return r;
 }
 
+namespace {
+
+// A result's tensors as the named DLPack views a layer's create and store take.
+struct NamedViews {
+  std::vector<std::unique_ptr<DLView>> views;
+  std::vector<qforge_named_tensor> named;
+  std::vector<const qforge_named_tensor*> pointers;
+
+  explicit NamedViews(const QuantResult& r) {
+    named.reserve(r.tensors.size());
+    for (const auto& [name, t] : r.tensors) {
+      views.push_back(std::make_unique<DLView>(t.contiguous()));
+      named.push_back({sizeof(qforge_named_tensor), 0, name.c_str(), views.back()->get()});
+    }
+    for (const auto& n : named) pointers.push_back(&n);
+  }
+  uint32_t count() const { return static_cast<uint32_t>(pointers.size()); }
+};
+
+}  // namespace
+
 PackedLayer::PackedLayer(const Component& component, const QuantResult& result)
     : vt_(component.inference_layer()), format_(result.format) {
   if (vt_ == nullptr)
     throw UsageError(fmt::format("'{}' is not an inference layer", component.desc->id));
-  std::vector<std::unique_ptr<DLView>> views;
-  std::vector<qforge_named_tensor> named;
-  named.reserve(result.tensors.size());
-  for (const auto& [name, t] : result.tensors) {
-    views.push_back(std::make_unique<DLView>(t.contiguous()));
-    named.push_back({sizeof(qforge_named_tensor), 0, name.c_str(), views.back()->get()});
-  }
-  std::vector<const qforge_named_tensor*> pointers;
-  for (const auto& n : named) pointers.push_back(&n);
+  const NamedViews named(result);
   throw_if_error(vt_->create(services(), result.format.c_str(), result.metadata.c_str(),
-                             pointers.data(), static_cast<uint32_t>(pointers.size()), &layer_),
+                             named.pointers.data(), named.count(), &layer_),
                  fmt::format("{}: creating a layer of format {}", component.desc->id,
                              result.format));
   if (layer_ == nullptr)
@@ -225,18 +238,9 @@ bool PackedLayer::storable() const {
 QuantResult PackedLayer::store(const QuantResult& original) {
   if (!storable())
     throw UsageError(fmt::format("the {} layer cannot write its tuned parameters back", format_));
-  std::vector<std::unique_ptr<DLView>> views;
-  std::vector<qforge_named_tensor> named;
-  named.reserve(original.tensors.size());
-  for (const auto& [name, t] : original.tensors) {
-    views.push_back(std::make_unique<DLView>(t.contiguous()));
-    named.push_back({sizeof(qforge_named_tensor), 0, name.c_str(), views.back()->get()});
-  }
-  std::vector<const qforge_named_tensor*> pointers;
-  for (const auto& n : named) pointers.push_back(&n);
+  const NamedViews named(original);
   Sink sink;
-  throw_if_error(tunable_->store(layer_, pointers.data(), static_cast<uint32_t>(pointers.size()),
-                                 &sink.table),
+  throw_if_error(tunable_->store(layer_, named.pointers.data(), named.count(), &sink.table),
                  fmt::format("storing the tuned {} layer", format_));
   QuantResult r = std::move(sink.result);
   require(sink.has_format && r.format == format_,
