@@ -14,7 +14,8 @@
 // the codes stay, so every layer stays in its own format, and the host writes
 // the tuned parameters back into it, rounded to what the format stores. A
 // layer whose format has nothing to tune is skipped with a log line. The
-// tuned block's output feeds the next block's quantization. The plugin never
+// tuned block's output feeds the next block's quantization; when tuning did
+// not lower the block's error, the host rolls it back. The plugin never
 // names a format or a tensor.
 //
 // Not yet (issue 15): tuning the integer codes (AdaRound-style), CBQ's

@@ -104,8 +104,9 @@ TEST(Blockwise, TunesGptqInThePipelineAndKeepsTheCheckpointFormat) {
   QFORGE_REQUIRE_SHARED(calib, "data/tinystories_v2_calib.txt");
   QFORGE_REQUIRE_SHARED(valid, "data/tinystories_valid.txt");
   auto& registry = qforge::test::plugin_registry();
-  auto run = [&](bool blockwise) {
-    const std::string out = qforge::test::temp_path("qforge_blockwise", blockwise ? "on" : "off");
+  auto run = [&](bool blockwise, const char* lr = "1e-3") {
+    const std::string out =
+        qforge::test::temp_path("qforge_blockwise", blockwise ? std::string("on") + lr : "off");
     qh::QuantizeOptions o;
     o.model_dir = model;
     o.out_dir = out;
@@ -114,7 +115,7 @@ TEST(Blockwise, TunesGptqInThePipelineAndKeepsTheCheckpointFormat) {
     o.calibration.file = calib;
     o.calibration.nsamples = 32;
     o.calibration.seqlen = 128;
-    if (blockwise) o.block_postprocesses = {{"org.qforge.blockwise", {{"epochs", "3"}, {"lr", "1e-3"}}}};
+    if (blockwise) o.block_postprocesses = {{"org.qforge.blockwise", {{"epochs", "3"}, {"lr", lr}}}};
     qh::CheckpointWriter writer(qh::make_save_format("gptq"), model, out);
     qh::quantize_model(registry, o, writer);
     return out;
@@ -152,8 +153,15 @@ TEST(Blockwise, TunesGptqInThePipelineAndKeepsTheCheckpointFormat) {
   const double l_off = loss(off), l_on = loss(on);
   std::printf("held-out loss: GPTQ 3-bit g32 %.4f, + blockwise %.4f\n", l_off, l_on);
   EXPECT_LT(l_on, l_off);
+  // Tuning that makes a block worse (a learning rate of 0.5 overshoots) is
+  // rolled back: the checkpoint is the untuned one, tensor for tensor.
+  const std::string wild = run(true, "0.5");
+  const qh::TensorStore c(wild);
+  ASSERT_EQ(a.names(), c.names());
+  for (const auto& name : a.names()) EXPECT_TRUE(at::equal(a.view(name), c.view(name))) << name;
   std::filesystem::remove_all(off);
   std::filesystem::remove_all(on);
+  std::filesystem::remove_all(wild);
 }
 
 }  // namespace

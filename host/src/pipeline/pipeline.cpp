@@ -311,12 +311,28 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
             attached[l->name] = std::make_shared<PackedLayer>(*c, it->second->result);
             l->packed = attached[l->name];
           }
+      // The block's error against its target: tuning that does not lower it
+      // is rolled back (the results stay the quantizer's).
+      auto block_error = [&] {
+        const at::NoGradGuard no_grad;
+        return (forward_block(model, i, state.x, o.chunk) - scope.targets).pow(2).mean().item<double>();
+      };
+      const double error_before = attached.empty() ? 0.0 : block_error();
       {
         ModelServices services(model, PostprocessContext{}, &scope);
         for (const auto& [component, params] : block_pps) run_postprocess_block(*component, *params, services);
         adapters = services.export_adapters();
+        std::vector<std::string> tuned = services.tuned_layers();
+        if (!tuned.empty() && adapters.empty()) {
+          const double error_after = block_error();
+          if (!(error_after < error_before)) {
+            log(LogLevel::info, "block {}: tuning did not lower the block's error ({:.6g} -> "
+                                "{:.6g}): rolled back", i, error_before, error_after);
+            tuned.clear();
+          }
+        }
         // Tuned parameters go back into the results, in their own formats.
-        for (const auto& name : services.tuned_layers()) {
+        for (const auto& name : tuned) {
           SavedLayer& saved = *results.at(name);
           saved.result = attached.at(name)->store(saved.result);
           Linear* l = b.find(name.substr(layout.prefix(i).size()));
