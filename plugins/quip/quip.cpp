@@ -111,6 +111,7 @@ Result quantize(const Host& host, const Tensor& W0, const Tensor& H0, const Sett
 
   // 3. LDLQ in OPTQ form, the grid chosen per group as its first column is reached.
   hessian::remove_dead_inputs(Ht, Wt);
+  const Tensor Wt0 = Wt.clone();  // W̃ before LDLQ feeds its errors into it
   const hessian::Dampened damp = hessian::dampened_cholesky_inverse(Ht, s.percdamp, host, "QuIP");
   r.percdamp_used = damp.percdamp;
   const Tensor& M = damp.Hinv;
@@ -171,7 +172,6 @@ Result quantize(const Host& host, const Tensor& W0, const Tensor& H0, const Sett
 
   // 4. greedy passes: each column re-rounded to its best value given the others,
   //    ŵ_k = Q(w_k − Σ_{j≠k} (ŵ_j − w_j) H_jk / H_kk) on the original W̃.
-  const Tensor Wt0 = sandwich(r.u, W, r.v, false);
   for (int pass = 0; pass < s.greedy_passes; ++pass) {
     Tensor E = Q - Wt0;  // [n, m]
     for (int64_t k = 0; k < m; ++k) {

@@ -1,5 +1,6 @@
-// QuIP (plugins/quip): the transforms are seeded and repeatable; incoherence
-// lowers the 2-bit proxy error against plain LDLQ-less rounding; the
+// QuIP (plugins/quip): the transforms are seeded and repeatable; at 2 bits
+// per row its output error is below GPTQ's (no transforms) on a layer with an
+// outlier input channel; the
 // quantizer's packed tensors, run by org.qforge.affine.layer (the affine
 // table's quip/1 row, with transforms), give its own dequantized weight
 // (forward at the kernels' batch and above, backward_input, dequantize), with
@@ -81,8 +82,8 @@ TEST(Quip, LayerRunsWhatTheQuantizerWrote) {
 }
 
 TEST(Quip, IncoherenceHelpsAtTwoBits) {
-  // The output error tr((W − Ŵ) H (W − Ŵ)ᵀ) of QuIP 2-bit per tensor against
-  // GPTQ-style rounding without transforms (the gptq plugin, 2-bit per row).
+  // The output error tr((W − Ŵ) H (W − Ŵ)ᵀ) of QuIP 2-bit with one grid per
+  // row (inputs transformed) against GPTQ without transforms, 2-bit per row.
   const qh::Component* q = qforge::test::plugin_registry().find("org.qforge.quip");
   const qh::Component* g = qforge::test::plugin_registry().find("org.qforge.gptq");
   ASSERT_NE(q, nullptr);
