@@ -18,6 +18,7 @@
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/base/log.hpp"
 #include "qforge_host/base/text.hpp"
+#include "qforge_host/plugins/abi_bridge.hpp"
 #include "qforge_host/plugins/params.hpp"
 #include "qforge_host/save/checkpoint.hpp"
 #include "qforge_host/save/peft.hpp"
@@ -57,6 +58,14 @@ const host::Component& postprocess_component(const host::Registry& registry, con
   if (c->postprocess() == nullptr)
     throw host::UsageError(fmt::format("'{}' is a {}, not a post-process", id, host::kind_name(c->desc->kind)));
   return *c;
+}
+
+// The linear layer `name` of the model.
+host::Linear& find_linear(host::Model& model, const std::string& name) {
+  for (auto& block : model.blocks())
+    for (host::Linear* l : block.linears())
+      if (l->name == name) return *l;
+  throw host::UsageError(fmt::format("the model has no linear layer named '{}'", name));
 }
 
 }  // namespace
@@ -103,12 +112,14 @@ int postprocess_command(const Args& args, host::Registry& registry) {
       "Usage: qforge postprocess --model QUANTIZED_DIR --postprocess ID [--pp-set k=v ...]\n"
       "                          [--teacher DIR] [--train-data FILE] --out DIR [--resume] [--merge]\n"
       "       qforge postprocess --model QUANTIZED_DIR --adapter DIR --merge --out DIR\n\n"
-      "Runs post-processes (e.g. org.qforge.lora.teacher-sft) on a saved quantized checkpoint.\n"
-      "Adapters they train are written as a PEFT LoRA adapter in OUT/adapter beside the\n"
-      "checkpoint (copied to --out when it is another directory), which vLLM serves on a GPTQ\n"
-      "or compressed-tensors base and `qforge eval --adapter` reads; with --merge, OUT holds a\n"
-      "float16 model with the adapters folded in instead. Training is checkpointed: after an\n"
-      "interruption (Ctrl-C stops after the current update) rerun with --resume.\n\nOptions");
+      "Runs post-processes (e.g. org.qforge.lora.teacher-sft, org.qforge.blockwise) on a saved\n"
+      "quantized checkpoint, copied to --out when it is another directory. Adapters they train\n"
+      "are written as a PEFT LoRA adapter in OUT/adapter, which vLLM serves on a GPTQ or\n"
+      "compressed-tensors base and `qforge eval --adapter` reads; format parameters they tune\n"
+      "(scales, zero points, codes) are written back into the checkpoint's own tensors, so it\n"
+      "stays in its format. With --merge, OUT holds a float16 model with everything folded in\n"
+      "instead. Training is checkpointed: after an interruption (Ctrl-C stops after the\n"
+      "current update) rerun with --resume.\n\nOptions");
   opts.add_options()
       ("help,h", "show this help")
       ("model", po::value<std::string>(), "quantized checkpoint (GPTQ, compressed-tensors, qforge, dbf, quip)");
@@ -212,6 +223,7 @@ json run_postprocess_plan(host::Registry& registry, const PostprocessPlan& plan)
   auto tok = host::load_tokenizer(plan.model_dir);
   json summary = json::array();
   std::vector<host::AdapterExport> all_adapters;
+  std::map<std::string, host::QuantResult> tuned_results;
   const std::string model_identity = json(host::model_files_identity(plan.model_dir)).dump();
   for (size_t i = 0; i < plan.steps.size(); ++i) {
     const auto& step = plan.steps[i];
@@ -228,6 +240,7 @@ json run_postprocess_plan(host::Registry& registry, const PostprocessPlan& plan)
                                            {"step", i}}).dump());
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<host::AdapterExport> adapters;
+    std::vector<std::string> tuned;
     {
       host::ModelServices services(model, ctx);
       host::log(host::LogLevel::info, "post-process {} ({})", step.id, c.desc->name);
@@ -236,12 +249,21 @@ json run_postprocess_plan(host::Registry& registry, const PostprocessPlan& plan)
         host::merge_adapters(model);  // through each adapter's own merge
       else
         adapters = services.export_adapters();
+      tuned = services.tuned_layers();
+    }
+    // Tuned format parameters go back into each layer's own format.
+    for (const std::string& name : tuned) {
+      auto* packed = dynamic_cast<host::PackedLayer*>(find_linear(model, name).packed.get());
+      if (packed == nullptr || !packed->storable())
+        throw host::UsageError(fmt::format("{}: its inference layer cannot write its tuned "
+                                           "parameters back", name));
+      tuned_results[name] = packed->store(packed->origin());
     }
     host::apply_adapters(model, adapters);
     all_adapters.insert(all_adapters.end(), adapters.begin(), adapters.end());
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     summary.push_back({{"id", step.id}, {"params", params[i]->text()}, {"seconds", secs},
-                       {"adapters", adapters.size()}});
+                       {"adapters", adapters.size()}, {"tuned_layers", tuned.size()}});
     host::log(host::LogLevel::info, "post-process {}: done in {:.1f} s", step.id, secs);
   }
 
@@ -258,6 +280,7 @@ json run_postprocess_plan(host::Registry& registry, const PostprocessPlan& plan)
     writer.finish({});
   } else {
     if (!in_place) copy_model_files(plan.model_dir, plan.out_dir);
+    host::store_tuned_layers(plan.out_dir, tuned_results);
     if (!all_adapters.empty())
       host::write_peft_adapter((fs::path(plan.out_dir) / "adapter").string(), all_adapters,
                                plan.model_dir);

@@ -267,11 +267,7 @@ int quantize_command(const Args& args, host::Registry& registry) {
     else
       model_steps.push_back(step);
   }
-  if (!block_steps.empty() && !model_steps.empty())
-    throw host::UsageError(fmt::format(
-        "{} runs block by block and {} on the whole model: run the latter afterwards with "
-        "`qforge postprocess`", block_steps[0].id, model_steps[0].id));
-  steps = model_steps;
+  steps = model_steps;  // run on the saved checkpoint, after the per-block ones
   if (!steps.empty() && !vm.count("train-data") && !vm.count("calib"))
     throw host::UsageError("post-processes train on --train-data FILE (or the --calib file)");
 
@@ -352,6 +348,10 @@ int quantize_command(const Args& args, host::Registry& registry) {
   }
 
   if (!steps.empty()) {
+    if (wrote_adapter)
+      throw host::UsageError(fmt::format(
+          "the per-block post-processes wrote an adapter ({}/adapter); {} would train without it: "
+          "model-wide post-processes cannot start from an adapter", out, steps[0].id));
     PostprocessPlan plan;
     plan.model_dir = out;
     plan.out_dir = out;
@@ -373,7 +373,10 @@ int quantize_command(const Args& args, host::Registry& registry) {
                  "and the same --postprocess options\n", out, out, out);
       return host::kExitCancelled;
     }
-    if (!vm.count("json")) fmt::print("post-processes done; adapter in {}/adapter\n", out);
+    if (!vm.count("json"))
+      fmt::print("post-processes done{}\n", fs::exists(fs::path(out) / "adapter")
+                                                 ? fmt::format("; adapter in {}/adapter", out)
+                                                 : fmt::format("; {} updated", out));
   }
 
   if (vm.count("eval")) {

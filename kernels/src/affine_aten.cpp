@@ -2,6 +2,7 @@
 #include <qforge/cpp/plugin.hpp>
 #include <qforge/cpp/torch.hpp>
 #include <qforge_kernels/affine_aten.hpp>
+#include <qforge_kernels/bitpack.hpp>
 
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
@@ -30,6 +31,41 @@ std::vector<std::pair<std::string, TensorData>> tensor_data(
   return data;
 }
 
+// Codes (uint8 [out, in]) written into the tensor the format reads them from:
+// the words the described weight points at, which must lie in one of the
+// copies (`keep`); UNSUPPORTED for a format that converts its codes.
+void write_codes(const AffineFormat& format, const AffineShape& shape,
+                 const std::vector<const TensorData*>& by_spec, const std::vector<at::Tensor>& keep,
+                 const at::Tensor& codes) {
+  const std::string id = format.id;
+  const int64_t out = shape.out_features, in = shape.in_features;
+  if (codes.scalar_type() != at::kByte || !codes.is_contiguous() || codes.dim() != 2 ||
+      codes.size(0) != out || codes.size(1) != in)
+    invalid_argument(id + ": tuned codes must be uint8 [out, in]");
+  if (codes.max().item<int64_t>() > (int64_t{1} << shape.bits) - 1)
+    invalid_argument(id + ": a tuned code is above the grid's maximum");
+  const AffineWeight w = format.describe(shape, by_spec);
+  const QuantizedWeight& q = w.weight;
+  const int64_t words = words_for(in, q.bits);
+  const auto* first = reinterpret_cast<const char*>(q.codes);
+  bool inside = false;
+  for (const at::Tensor& t : keep) {
+    const auto* begin = static_cast<const char*>(t.data_ptr());
+    const int64_t last = (words - 1) * q.code_word_stride + (out - 1) * q.code_out_stride;
+    inside = inside || (first >= begin && first + (last + 1) * 4 <= begin + t.nbytes());
+  }
+  if (!inside)
+    throw Error(QFORGE_STATUS_UNSUPPORTED, id + " converts its codes when it reads them: tuned "
+                                                "codes cannot be written back");
+  auto* dst = const_cast<uint32_t*>(q.codes);
+  std::vector<uint32_t> row(static_cast<size_t>(words));
+  const uint8_t* c = codes.data_ptr<uint8_t>();
+  for (int64_t o = 0; o < out; ++o) {
+    pack_bits(c + o * in, in, q.bits, row.data());
+    for (int64_t k = 0; k < words; ++k) dst[k * q.code_word_stride + o * q.code_out_stride] = row[k];
+  }
+}
+
 }  // namespace
 
 AffineInput describe_affine(const AffineFormat& format, const std::string& metadata_json,
@@ -48,7 +84,7 @@ SignChain describe_sign(const SignFormat& format, const std::string& metadata_js
 std::vector<std::pair<std::string, at::Tensor>> store_group_params(
     const AffineFormat& format, const std::string& metadata_json,
     const std::vector<std::pair<std::string, at::Tensor>>& tensors, at::Tensor& scales,
-    at::Tensor& zeros) {
+    at::Tensor& zeros, const at::Tensor& codes) {
   const std::string id = format.id;
   if (format.round_params == nullptr || format.write_params == nullptr)
     throw Error(QFORGE_STATUS_UNSUPPORTED, id + " cannot store tuned scales and zero points");
@@ -67,6 +103,7 @@ std::vector<std::pair<std::string, at::Tensor>> store_group_params(
   const std::vector<const TensorData*> by_spec = match_tensors(id, checks, data);
   format.round_params(shape, by_spec, scales.data_ptr<float>(), zeros.data_ptr<float>());
   format.write_params(shape, scales.data_ptr<float>(), zeros.data_ptr<float>(), by_spec);
+  if (codes.defined()) write_codes(format, shape, by_spec, keep, codes);
   return copies;
 }
 

@@ -18,6 +18,7 @@
 #include <qforge/cpp/torch.hpp>
 #include <qforge/cpp/train.hpp>
 #include <qforge_kernels/affine_aten.hpp>
+#include <qforge_kernels/bitpack.hpp>
 #include <qforge_kernels/torch_layer.hpp>
 
 #include <ATen/ATen.h>
@@ -125,13 +126,28 @@ class AffineLayer : public qforge::kernels::aten::MatrixLayer {
   // ---- qforge.layer.tunable: the scales s and zero points z ----
   //   W[o, i] = s[g, o] · (q[o, i] − z[g, o])  ⇒  with G = ∂L/∂W = grad_yᵀ·x,
   //   ∂L/∂s[g, o] = Σ_{i∈g} G[o, i]·(q[o, i] − z[g, o]),  ∂L/∂z[g, o] = −s[g, o]·Σ_{i∈g} G[o, i].
-  uint32_t param_count() const { return 2; }
+  // With the codes tuned (revision 3, AutoRound's straight-through offsets
+  // v: q = clamp(q₀ + round(v), 0, maxq)),  ∂L/∂v[o, i] = s[g, o]·G[o, i]
+  // where the clamp does not hold.
+  uint32_t param_count() const { return tuning_ && tuning_->offsets.defined() ? 3 : 2; }
 
   void param(uint32_t i, const char** name, const DLTensor** value) {
-    if (i > 1) qforge::invalid_argument("the affine layer has 2 tunable params");
+    if (i >= param_count())
+      qforge::invalid_argument("the affine layer has " + std::to_string(param_count()) + " tunable params");
     Tuning& t = tuning();
-    *name = i == 0 ? "scales" : "zeros";
+    static const char* const names[] = {"scales", "zeros", "code_offsets"};
+    *name = names[i];
     *value = t.views[i]->get();
+  }
+
+  void tune_codes() {
+    Tuning& t = tuning();
+    if (t.offsets.defined()) return;
+    at::Tensor q = at::empty({out_, in_}, at::kFloat);
+    qforge::kernels::aten::dequantize_into(t.codes, q);  // scales 1, zero points 0: the codes
+    t.q0 = q.round().to(at::kByte);
+    t.offsets = at::zeros({out_, in_}, at::kFloat);
+    t.views[2] = std::make_unique<qforge::DLView>(t.offsets);
   }
 
   void backward_params(const DLTensor& xd, const DLTensor& gyd, const DLTensor* const* grads) {
@@ -149,11 +165,26 @@ class AffineLayer : public qforge::kernels::aten::MatrixLayer {
     const at::Tensor S1 = at::zeros({out_, groups}, at::kFloat).index_add_(1, t.group, G * q);
     gs.add_((S1 - t.zeros.t() * S0).t());
     gz.sub_((t.scales.t() * S0).t());
+    if (t.offsets.defined()) {
+      at::Tensor gv = qforge::borrow_float_cpu(*grads[2], "backward_params: grad code_offsets");
+      const at::Tensor s = t.scales.t().index_select(1, t.group);  // [out, in]
+      const at::Tensor moved = t.q0.to(at::kFloat) + t.offsets.round();
+      const at::Tensor free = (moved >= 0).logical_and(moved <= maxq()).to(at::kFloat);
+      gv.add_(G * s * free);
+    }
   }
 
   void update() {
     Tuning& t = tuning();
-    matrix_.set_group_params(t.scales.data_ptr<float>(), out_, 1, t.zeros.data_ptr<float>(), out_, 1);
+    if (!t.offsets.defined()) {
+      matrix_.set_group_params(t.scales.data_ptr<float>(), out_, 1, t.zeros.data_ptr<float>(), out_, 1);
+      return;
+    }
+    t.offsets.clamp_(-1.0, 1.0);
+    const at::Tensor q = current_codes(t);
+    matrix_ = repack(q, t.scales, t.zeros);
+    const at::Tensor one = at::ones({matrix_.groups(), out_}, at::kFloat);
+    t.codes = repack(q, one, at::zeros_like(one));
   }
 
   // Revision 2: the scales and zero points rounded to what the format stores
@@ -168,8 +199,9 @@ class AffineLayer : public qforge::kernels::aten::MatrixLayer {
         qforge::invalid_argument("store: a tensor without name or data");
       named.emplace_back(nt->name, qforge::borrow(*nt->tensor));
     }
-    const auto tensors =
-        qforge::kernels::store_group_params(*row_, metadata_, named, t.scales, t.zeros);
+    const auto tensors = qforge::kernels::store_group_params(
+        *row_, metadata_, named, t.scales, t.zeros,
+        t.offsets.defined() ? current_codes(t) : at::Tensor());
     update();
     out.set_format(row_->id, metadata_);
     for (const auto& [name, tensor] : tensors) out.add_tensor(name, tensor);
@@ -184,8 +216,42 @@ class AffineLayer : public qforge::kernels::aten::MatrixLayer {
     at::Tensor scales, zeros;  // [groups, out] float32
     at::Tensor group;          // [in] int64: the group of each input
     qforge::kernels::PackedMatrix codes;  // the same codes with scales 1 and zero points 0
-    std::unique_ptr<qforge::DLView> views[2];
+    at::Tensor q0, offsets;    // with tuned codes: the codes at first (uint8), v (float32) [out, in]
+    std::unique_ptr<qforge::DLView> views[3];
   };
+  int64_t maxq() const { return (int64_t{1} << matrix_.bits()) - 1; }
+  // clamp(q₀ + round(v), 0, maxq), uint8 [out, in].
+  at::Tensor current_codes(const Tuning& t) const {
+    return (t.q0.to(at::kFloat) + t.offsets.round()).clamp_(0, static_cast<double>(maxq())).to(at::kByte);
+  }
+  // Codes [out, in] with per-group scales and zero points [groups, out] packed
+  // as the layer runs them.
+  qforge::kernels::PackedMatrix repack(const at::Tensor& codes, const at::Tensor& scales,
+                                       const at::Tensor& zeros) const {
+    const int bits = matrix_.bits();
+    const int64_t words = qforge::kernels::words_for(in_, bits);
+    std::vector<uint32_t> packed(static_cast<size_t>(out_ * words));
+    const uint8_t* c = codes.data_ptr<uint8_t>();
+    for (int64_t o = 0; o < out_; ++o)
+      qforge::kernels::pack_bits(c + o * in_, in_, bits, packed.data() + o * words);
+    std::vector<int32_t> g_idx(group_of_.begin(), group_of_.end());
+    qforge::kernels::QuantizedWeight w;
+    w.bits = bits;
+    w.in_features = in_;
+    w.out_features = out_;
+    w.codes = packed.data();
+    w.code_word_stride = 1;
+    w.code_out_stride = words;
+    w.groups = matrix_.groups();
+    w.g_idx = g_idx.data();
+    w.scales = scales.data_ptr<float>();
+    w.scale_group_stride = out_;
+    w.scale_out_stride = 1;
+    w.zeros = zeros.data_ptr<float>();
+    w.zero_group_stride = out_;
+    w.zero_out_stride = 1;
+    return qforge::kernels::aten::pack(w);
+  }
   // Made on first use: inference alone never pays for it.
   Tuning& tuning() {
     if (tuning_) return *tuning_;

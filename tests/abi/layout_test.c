@@ -279,7 +279,7 @@ QF_FIELD(qforge_loss_term, blocks, 24, P);
 QF_FIELD(qforge_loss_term, block_count, 32, 4);
 QF_FIELD(qforge_loss_term, reserved, 36, 4);
 
-QF_SIZE(qforge_train_config, 104);
+QF_SIZE(qforge_train_config, 112);
 QF_STRUCT_SIZE_FIRST(qforge_train_config);
 QF_FIELD(qforge_train_config, teacher, 4, 4);
 QF_FIELD(qforge_train_config, max_length, 8, 8);
@@ -295,6 +295,7 @@ QF_FIELD(qforge_train_config, max_grad_norm, 80, 8);
 QF_FIELD(qforge_train_config, teacher_top_k, 88, 4);
 QF_FIELD(qforge_train_config, reserved, 92, 4);
 QF_FIELD(qforge_train_config, teacher_cache_temperature, 96, 8);
+QF_FIELD(qforge_train_config, holdout, 104, 8);
 
 QF_SIZE(qforge_adapter_vtable, 64);
 QF_STRUCT_SIZE_FIRST(qforge_adapter_vtable);
@@ -307,7 +308,7 @@ QF_FIELD(qforge_adapter_vtable, merge, 40, P);
 QF_FIELD(qforge_adapter_vtable, export_format, 48, P);
 QF_FIELD(qforge_adapter_vtable, destroy, 56, P);
 
-QF_SIZE(qforge_host_train, 88);
+QF_SIZE(qforge_host_train, 128);
 QF_STRUCT_SIZE_FIRST(qforge_host_train);
 QF_FIELD(qforge_host_train, reserved, 4, 4);
 QF_FIELD(qforge_host_train, trainer_create, 8, P);
@@ -320,8 +321,13 @@ QF_FIELD(qforge_host_train, step, 56, P);
 QF_FIELD(qforge_host_train, save_state, 64, P);
 QF_FIELD(qforge_host_train, restore_state, 72, P);
 QF_FIELD(qforge_host_train, tune_layer, 80, P);
+QF_FIELD(qforge_host_train, tune_layer_codes, 88, P);
+QF_FIELD(qforge_host_train, set_schedule_shape, 96, P);
+QF_FIELD(qforge_host_train, evaluate, 104, P);
+QF_FIELD(qforge_host_train, keep_state, 112, P);
+QF_FIELD(qforge_host_train, revert_state, 120, P);
 
-QF_SIZE(qforge_layer_tunable, 48);
+QF_SIZE(qforge_layer_tunable, 56);
 QF_STRUCT_SIZE_FIRST(qforge_layer_tunable);
 QF_FIELD(qforge_layer_tunable, reserved, 4, 4);
 QF_FIELD(qforge_layer_tunable, param_count, 8, P);
@@ -329,6 +335,7 @@ QF_FIELD(qforge_layer_tunable, param, 16, P);
 QF_FIELD(qforge_layer_tunable, backward_params, 24, P);
 QF_FIELD(qforge_layer_tunable, update, 32, P);
 QF_FIELD(qforge_layer_tunable, store, 40, P);
+QF_FIELD(qforge_layer_tunable, tune_codes, 48, P);
 
 QF_SIZE(qforge_postprocess, 24); /* 16 in 1.0 */
 QF_STRUCT_SIZE_FIRST(qforge_postprocess);

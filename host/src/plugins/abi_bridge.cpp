@@ -174,7 +174,8 @@ struct NamedViews {
 }  // namespace
 
 PackedLayer::PackedLayer(const Component& component, const QuantResult& result)
-    : vt_(component.inference_layer()), format_(result.format) {
+    : vt_(component.inference_layer()), format_(result.format), origin_(result) {
+  origin_.dequantized = at::Tensor();
   if (vt_ == nullptr)
     throw UsageError(fmt::format("'{}' is not an inference layer", component.desc->id));
   const NamedViews named(result);
@@ -231,8 +232,21 @@ void PackedLayer::backward_params(const at::Tensor& x, const at::Tensor& gy,
 void PackedLayer::update_params() { throw_if_error(tunable_->update(layer_), "update"); }
 
 bool PackedLayer::storable() const {
-  return tunable_ != nullptr && tunable_->struct_size >= sizeof(qforge_layer_tunable) &&
+  return tunable_ != nullptr &&
+         tunable_->struct_size >= offsetof(qforge_layer_tunable, store) + sizeof(tunable_->store) &&
          tunable_->store != nullptr;
+}
+
+bool PackedLayer::codes_tunable() const {
+  return storable() &&
+         tunable_->struct_size >= offsetof(qforge_layer_tunable, tune_codes) + sizeof(tunable_->tune_codes) &&
+         tunable_->tune_codes != nullptr;
+}
+
+void PackedLayer::tune_codes() {
+  if (!codes_tunable())
+    throw UsageError(fmt::format("the {} layer has no integer codes to tune", format_));
+  throw_if_error(tunable_->tune_codes(layer_), fmt::format("tuning the codes of the {} layer", format_));
 }
 
 QuantResult PackedLayer::store(const QuantResult& original) {
@@ -249,6 +263,8 @@ QuantResult PackedLayer::store(const QuantResult& original) {
           fmt::format("store: the {} layer wrote no dequantized [{}, {}] weight", format_, out_, in_));
   r.dequantized = r.dequantized.to(at::kFloat);
   r.metrics = original.metrics;
+  origin_ = r;
+  origin_.dequantized = at::Tensor();
   return r;
 }
 

@@ -16,6 +16,8 @@
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/base/log.hpp"
 #include "qforge_host/base/text.hpp"
+#include "qforge_host/io/safetensors.hpp"
+#include "qforge_host/save/save_format.hpp"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -215,6 +217,72 @@ LinearLoader packed_linear_loader(const Registry& registry, const std::string& m
   }
   throw UsageError(fmt::format("{}: quant_method '{}' is not one qforge reads (it reads {})",
                                where, method, known));
+}
+
+void store_tuned_layers(const std::string& dir, const std::map<std::string, QuantResult>& results) {
+  if (results.empty()) return;
+  const fs::path path = config_path(dir);
+  const json config = json::parse(read_file(path.string(), "model config"), nullptr, false);
+  const std::string method = config.is_object() && config.contains("quantization_config") &&
+                                     config["quantization_config"].is_object()
+                                 ? config["quantization_config"].value("quant_method", std::string())
+                                 : std::string();
+  const CheckpointReader* reader = nullptr;
+  for (const auto& r : checkpoint_readers())
+    if (method == r.quant_method) reader = &r;
+  if (reader == nullptr)
+    throw UsageError(fmt::format("{}: no quantization_config qforge writes: tuned layers cannot be "
+                                 "stored", path.string()));
+  const std::unique_ptr<SaveFormat> format = make_save_format(reader->save_format);
+
+  // Which shard holds each tensor.
+  std::map<std::string, std::string> shard_of;
+  const fs::path index = fs::path(dir) / "model.safetensors.index.json";
+  if (fs::exists(index)) {
+    const json j = json::parse(read_file(index.string(), "weight index"), nullptr, false);
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+      throw ModelFileError(index.string() + ": no weight_map object");
+    for (const auto& [name, file] : j["weight_map"].items()) {
+      if (!file.is_string()) throw ModelFileError(index.string() + ": weight_map." + name + " is not a string");
+      const std::string f = file.get<std::string>();
+      if (f.empty() || f.find('/') != std::string::npos || f[0] == '.')
+        throw ModelFileError(index.string() + ": weight_map." + name + " names no file of the directory");
+      shard_of[name] = f;
+    }
+  } else {
+    SafetensorsFile single((fs::path(dir) / "model.safetensors").string());
+    for (const auto& [name, info] : single.tensors()) shard_of[name] = "model.safetensors";
+  }
+
+  // Every replacement checked against what is there, before anything is written.
+  std::map<std::string, std::map<std::string, at::Tensor>> by_shard;
+  std::map<std::string, std::unique_ptr<SafetensorsFile>> shards;
+  for (const auto& [layer, result] : results) {
+    for (auto& [name, tensor] : format->packed_linear(layer, result)) {
+      auto it = shard_of.find(name);
+      if (it == shard_of.end())
+        throw UsageError(fmt::format("{}: the tuned {} stores a tensor '{}' the checkpoint does not "
+                                     "have", dir, layer, name));
+      auto& file = shards[it->second];
+      if (!file) file = std::make_unique<SafetensorsFile>((fs::path(dir) / it->second).string());
+      const at::Tensor old = file->view(name);
+      if (old.scalar_type() != tensor.scalar_type() || old.sizes() != tensor.sizes())
+        throw UsageError(fmt::format("{}: the tuned tensor '{}' is {} {}, the checkpoint's {} {}", dir,
+                                     name, c10::toString(tensor.scalar_type()), tensor.sizes(),
+                                     c10::toString(old.scalar_type()), old.sizes()));
+      by_shard[it->second][name] = tensor.contiguous();
+    }
+  }
+  for (const auto& [shard, replaced] : by_shard) {
+    const SafetensorsFile& file = *shards.at(shard);
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (const auto& [name, info] : file.tensors()) {
+      auto it = replaced.find(name);
+      tensors.emplace_back(name, it != replaced.end() ? it->second : file.view(name));
+    }
+    save_safetensors((fs::path(dir) / shard).string(), tensors, file.metadata());
+    log(LogLevel::info, "{}: {} tuned tensors written", (fs::path(dir) / shard).string(), replaced.size());
+  }
 }
 
 Model load_model(const Registry& registry, const std::string& dir, at::ScalarType dtype,

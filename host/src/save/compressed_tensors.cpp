@@ -199,6 +199,6 @@ std::unique_ptr<SaveFormat> make_compressed_tensors_format() {
   return std::make_unique<CompressedTensors>();
 }
 
-const CheckpointReader kCompressedTensorsReader = {"compressed-tensors", ct_loader};
+const CheckpointReader kCompressedTensorsReader = {"compressed-tensors", "compressed-tensors", ct_loader};
 
 }  // namespace qforge::host

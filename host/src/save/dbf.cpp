@@ -153,6 +153,6 @@ LinearLoader dbf_loader(const Registry& registry, const std::string& dir, const 
 
 std::unique_ptr<SaveFormat> make_dbf_format() { return std::make_unique<DbfFormat>(); }
 
-const CheckpointReader kDbfReader = {"dbf", &dbf_loader};
+const CheckpointReader kDbfReader = {"dbf", "dbf", &dbf_loader};
 
 }  // namespace qforge::host

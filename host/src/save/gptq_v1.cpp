@@ -217,6 +217,6 @@ LinearLoader gptq_v1_loader(const Registry& registry, const std::string& model_d
 
 std::unique_ptr<SaveFormat> make_gptq_v1_format() { return std::make_unique<GptqV1>(); }
 
-const CheckpointReader kGptqV1Reader = {"gptq", gptq_v1_loader};
+const CheckpointReader kGptqV1Reader = {"gptq", "gptq", gptq_v1_loader};
 
 }  // namespace qforge::host

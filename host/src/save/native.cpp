@@ -249,7 +249,7 @@ std::unique_ptr<SaveFormat> make_quip_format() {
   return std::make_unique<Native>("quip", "org.qforge.quip/1");
 }
 
-const CheckpointReader kNativeReader = {kQuantMethod, native_loader};
-const CheckpointReader kQuipReader = {"quip", native_loader};
+const CheckpointReader kNativeReader = {kQuantMethod, "qforge", native_loader};
+const CheckpointReader kQuipReader = {"quip", "quip", native_loader};
 
 }  // namespace qforge::host

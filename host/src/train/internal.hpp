@@ -4,6 +4,7 @@
 
 #include <ATen/Tensor.h>
 
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -25,6 +26,7 @@ struct TrainableTensor {
   std::string name;
   at::Tensor value;  // the owner's storage (an adapter's, an inference layer's)
   at::Tensor grad;   // host-owned, same shape
+  double lr = -1;    // its peak learning rate; < 0: the trainer's
 };
 
 class PackedLayer;
@@ -45,8 +47,12 @@ class DifferentiablePacked final : public LinearKernel {
   const LinearKernel& inner() const { return *inner_; }
   // Makes the tunable parameters trainable (once); UsageError when the
   // inference layer offers none.
-  std::vector<TrainableTensor>& tune(const std::string& layer);
+  // (A deque: the addresses stay when tune_codes adds one.)
+  std::deque<TrainableTensor>& tune(const std::string& layer);
   bool tuned() const { return !params_.empty(); }
+  // Also the integer codes (once), at peak rate `lr`; UsageError when the
+  // format has none to tune.
+  void tune_codes(const std::string& layer, double lr);
   void accumulate(const at::Tensor& x, const at::Tensor& gy) const;  // grads += ∂L/∂params
   void update() const;  // after the optimizer changed the params in place
 
@@ -54,7 +60,8 @@ class DifferentiablePacked final : public LinearKernel {
   PackedLayer& packed() const;
   std::shared_ptr<LinearKernel> inner_;
   at::Tensor anchor_;  // requires grad once tuned: keeps the node in the graph
-  std::vector<TrainableTensor> params_;
+  std::deque<TrainableTensor> params_;
+  bool codes_ = false;
 };
 
 // A plugin's adapter on one linear layer: y = base(x) + f(x), with f and its
@@ -104,6 +111,7 @@ struct ModelServices::Impl {
   std::vector<size_t> tuned;  // linears whose tunable parameters train, in order tuned
   TrainMode mode;
   bool trainer_alive = false;
+  std::shared_ptr<Model> teacher;  // loaded by the first trainer that needs it
 
   // Linear `name`'s index; UsageError naming it when there is none.
   size_t index_of(const std::string& name) const;

@@ -75,7 +75,7 @@ PackedLayer& DifferentiablePacked::packed() const {
   return *p;
 }
 
-std::vector<TrainableTensor>& DifferentiablePacked::tune(const std::string& layer) {
+std::deque<TrainableTensor>& DifferentiablePacked::tune(const std::string& layer) {
   if (tuned()) return params_;
   if (!packed().tunable())
     throw UsageError(fmt::format("{} ({}): its inference layer has no tunable parameters", layer,
@@ -84,6 +84,22 @@ std::vector<TrainableTensor>& DifferentiablePacked::tune(const std::string& laye
     params_.push_back({name, value, at::zeros_like(value)});
   anchor_.set_requires_grad(true);
   return params_;
+}
+
+void DifferentiablePacked::tune_codes(const std::string& layer, double lr) {
+  tune(layer);
+  if (codes_) return;
+  if (!packed().codes_tunable())
+    throw UsageError(fmt::format("{} ({}): its format has no integer codes to tune", layer,
+                                 inner_->format_id()));
+  packed().tune_codes();
+  auto params = packed().tunable_params();
+  if (params.size() <= params_.size())
+    throw PluginError(QFORGE_STATUS_INTERNAL,
+                      fmt::format("{}: tune_codes added no tunable param", inner_->format_id()));
+  for (size_t k = params_.size(); k < params.size(); ++k)
+    params_.push_back({params[k].first, params[k].second, at::zeros_like(params[k].second), lr});
+  codes_ = true;
 }
 
 void DifferentiablePacked::accumulate(const at::Tensor& x, const at::Tensor& gy) const {

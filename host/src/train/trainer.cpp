@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include <qforge/cpp/torch.hpp>
 
@@ -36,12 +37,15 @@ struct TeacherCache {
   double temperature = 1;
 };
 
-// HF's get_linear_schedule_with_warmup, for update t (from 0).
-double scheduled_lr(double lr, uint64_t t, uint64_t warmup, uint64_t total) {
-  if (t < warmup) return lr * static_cast<double>(t) / static_cast<double>(warmup);
-  if (total == 0) return lr;
+// The fraction of the peak rate at update t (from 0): HF's
+// get_linear_schedule_with_warmup, or get_cosine_schedule_with_warmup.
+double schedule_factor(int32_t shape, uint64_t t, uint64_t warmup, uint64_t total) {
+  if (t < warmup) return static_cast<double>(t) / static_cast<double>(warmup);
+  if (total == 0) return 1.0;
   if (t >= total) return 0.0;
-  return lr * static_cast<double>(total - t) / static_cast<double>(std::max<uint64_t>(1, total - warmup));
+  const double progress = static_cast<double>(t - warmup) / static_cast<double>(std::max<uint64_t>(1, total - warmup));
+  if (shape == QFORGE_SCHEDULE_COSINE) return 0.5 * (1.0 + std::cos(M_PI * progress));
+  return 1.0 - progress;
 }
 
 // How often training is checkpointed: QFORGE_TRAIN_CHECKPOINT_SECONDS
@@ -63,6 +67,7 @@ const char* loss_name(int32_t kind) {
     case QFORGE_LOSS_MSE_TEACHER_LOGITS: return "logits-mse";
     case QFORGE_LOSS_MSE_TEACHER_BLOCKS: return "block-mse";
     case QFORGE_LOSS_MSE_BLOCK_TARGET: return "block-target-mse";
+    case QFORGE_LOSS_MSE_WINDOW_TARGET: return "window-target-mse";
     default: return "?";
   }
 }
@@ -76,7 +81,7 @@ struct qforge_trainer {
   ModelServices::Impl& ms;
   qforge_train_config cfg{};
   TrainingSequences data;
-  std::unique_ptr<Model> teacher;
+  std::shared_ptr<Model> teacher;  // the services' (one load for every trainer of a run)
   std::unique_ptr<TeacherCache> cache;
   struct Slot {
     TrainableTensor* param;
@@ -84,8 +89,10 @@ struct qforge_trainer {
     at::Tensor m, v;
   };
   std::vector<Slot> slots;
-  size_t slots_for = 0;  // adapters the slots were gathered for
+  std::vector<size_t> tuned;  // the linears whose parameters this trainer trains
+  std::vector<at::Tensor> kept;  // keep_state's copies, slot by slot
   uint64_t warmup_steps = 0, total_steps = 0;  // the schedule
+  int32_t shape = QFORGE_SCHEDULE_LINEAR;
   uint64_t steps = 0;    // optimizer updates done
   uint64_t position = 0; // micro-batches done (as last saved or restored)
   std::chrono::steady_clock::time_point last_save = std::chrono::steady_clock::now();
@@ -102,9 +109,19 @@ struct qforge_trainer {
   qforge_trainer(ModelServices::Impl& s, const qforge_train_config& c);
   ~qforge_trainer() { ms.mode = TrainMode{}; ms.trainer_alive = false; }
 
-  int64_t sequences() const { return ms.scope ? ms.scope->inputs.size(0) : data.ids.size(0); }
+  // Training sequences (the held-out ones excluded).
+  int64_t sequences() const {
+    return ms.scope ? ms.scope->inputs.size(0) : data.ids.size(0) - static_cast<int64_t>(cfg.holdout);
+  }
   double block_loss(const at::Tensor& rows, const qforge_loss_term* const* terms, uint32_t count,
-                    double scale, double* values);
+                    double scale, double* values, bool train);
+  double model_loss(const at::Tensor& rows, const qforge_loss_term* const* terms, uint32_t count,
+                    double scale, double* values, bool train);
+  at::Tensor window_loss(const at::Tensor& ids, const at::Tensor& labels, const qforge_loss_term& t);
+  void evaluate(const qforge_loss_term* const* terms, uint32_t count, double* values);
+  void keep();
+  void revert();
+  void update_layers() { for (size_t i : tuned) ms.packed[i]->update(); }
   void gather_slots();
   at::Tensor batch_rows(uint64_t epoch, uint64_t index) const;
   double loss_backward(uint64_t epoch, uint64_t index, const qforge_loss_term* const* terms,
@@ -142,10 +159,14 @@ qforge_trainer::qforge_trainer(ModelServices::Impl& s, const qforge_train_config
   data = load_training_sequences(*ms.context.tokenizer, ms.context.data, length,
                                  static_cast<int64_t>(cfg.max_samples));
   log(LogLevel::info, "training data: {}", data.description);
+  if (cfg.holdout > 0 && static_cast<int64_t>(cfg.holdout) >= data.ids.size(0))
+    throw UsageError(fmt::format("training: {} held-out sequences leave none of the {} to train on",
+                                 cfg.holdout, data.ids.size(0)));
   if (cfg.teacher) {
     if (ms.context.teacher_dir.empty())
       throw UsageError("this post-process needs a teacher (the unquantized model): give --teacher DIR");
-    teacher = std::make_unique<Model>(Model::load(ms.context.teacher_dir, at::kFloat));
+    if (!ms.teacher) ms.teacher = std::make_shared<Model>(Model::load(ms.context.teacher_dir, at::kFloat));
+    teacher = ms.teacher;
     const auto& tc = teacher->config();
     if (tc.vocab_size != mc.vocab_size || tc.hidden_size != mc.hidden_size ||
         tc.num_layers != mc.num_layers)
@@ -173,19 +194,29 @@ at::Tensor qforge_trainer::batch_rows(uint64_t epoch, uint64_t index) const {
 
 // The trainable tensors: every adapter's, then every tuned layer's.
 void qforge_trainer::gather_slots() {
-  if (slots_for == ms.adapters.size() + ms.tuned.size() && !slots.empty()) return;
-  slots.clear();
+  std::vector<std::pair<TrainableTensor*, std::string>> want;
   for (Linear* l : ms.linears) {
     auto it = ms.adapters.find(l->name);
     if (it == ms.adapters.end()) continue;
-    for (auto& p : it->second->params())
-      slots.push_back({&p, l->name + "/" + p.name, at::zeros_like(p.value), at::zeros_like(p.value)});
+    for (auto& p : it->second->params()) want.emplace_back(&p, l->name + "/" + p.name);
   }
-  for (size_t i : ms.tuned)
+  for (size_t i : tuned)
     for (auto& p : ms.packed[i]->tune(ms.linears[i]->name))
-      slots.push_back({&p, ms.linears[i]->name + "/" + p.name, at::zeros_like(p.value),
-                       at::zeros_like(p.value)});
-  slots_for = ms.adapters.size() + ms.tuned.size();
+      want.emplace_back(&p, ms.linears[i]->name + "/" + p.name);
+  bool same = want.size() == slots.size();
+  for (size_t k = 0; same && k < want.size(); ++k) same = want[k].first == slots[k].param;
+  if (same) return;
+  // Slots already there keep their optimizer state.
+  std::map<TrainableTensor*, Slot> before;
+  for (Slot& s : slots) before.emplace(s.param, std::move(s));
+  slots.clear();
+  kept.clear();
+  for (auto& [p, key] : want) {
+    if (auto it = before.find(p); it != before.end())
+      slots.push_back(std::move(it->second));
+    else
+      slots.push_back({p, key, at::zeros_like(p->value), at::zeros_like(p->value)});
+  }
 }
 
 void qforge_trainer::build_cache() {
@@ -237,7 +268,9 @@ void qforge_trainer::build_cache() {
   cache->rest = map("rest.f32", {N, T}, at::kFloat);
   log(LogLevel::info, "teacher: top-{} log-probabilities at temperature {} of {} sequences cached in {} ({:.1f} MiB)",
       k, tau, N, dir.string(), (N * T * (8 * k + 4)) / 1048576.0);
-  teacher.reset();  // the cache stands in for it (block losses need it live: kept then)
+  // The cache stands in for the teacher (block losses need it live: kept then).
+  teacher.reset();
+  ms.teacher.reset();
 }
 
 double qforge_trainer::loss_backward(uint64_t epoch, uint64_t index,
@@ -247,9 +280,85 @@ double qforge_trainer::loss_backward(uint64_t epoch, uint64_t index,
   gather_slots();
   const at::Tensor rows = batch_rows(epoch, index);
   ms.mode.seed = (cfg.shuffle_seed * 0x9E3779B97F4A7C15ull) ^ (epoch << 32) ^ index;
-  if (ms.scope) return block_loss(rows, terms, count, scale, values);
+  if (ms.scope) return block_loss(rows, terms, count, scale, values, /*train=*/true);
+  return model_loss(rows, terms, count, scale, values, /*train=*/true);
+}
+
+// The student's blocks [b0, b0 + n) on its own input to b0, against the
+// teacher's same blocks on that input; every real token counts.
+at::Tensor qforge_trainer::window_loss(const at::Tensor& ids, const at::Tensor& labels,
+                                       const qforge_loss_term& t) {
+  const int64_t nb = static_cast<int64_t>(ms.model.blocks().size());
+  if (t.blocks == nullptr || t.block_count < 1)
+    throw UsageError("loss window-target-mse: blocks[0] (the first block) and block_count (>= 1) are required");
+  const int64_t b0 = t.blocks[0], n = t.block_count;
+  if (b0 < 0 || b0 + n > nb)
+    throw UsageError(fmt::format("loss window-target-mse: blocks {}..{} are not in the model's {}",
+                                 b0, b0 + n - 1, nb));
+  if (!teacher) throw UsageError("loss window-target-mse needs the live teacher");
+  at::Tensor x, target;
+  {
+    at::NoGradGuard no_grad;
+    const bool training = ms.mode.training;
+    ms.mode.training = false;
+    x = ms.model.embed(ids);
+    for (int64_t b = 0; b < b0; ++b) x = ms.model.block_forward(b, x, 0, nullptr);
+    ms.mode.training = training;
+    target = x;
+    for (int64_t b = b0; b < b0 + n; ++b) target = teacher->block_forward(b, target, 0, nullptr);
+  }
+  at::Tensor h = x;
+  for (int64_t b = b0; b < b0 + n; ++b) h = ms.model.block_forward(b, h, 0, nullptr);
+  const at::Tensor real = (labels != -100).to(at::kFloat);
+  const double n_real = std::max(1.0, real.sum().item<double>());
+  return ((h.to(at::kFloat) - target.to(at::kFloat)).pow(2).mean(-1) * real).sum() / n_real;
+}
+
+double qforge_trainer::model_loss(const at::Tensor& rows, const qforge_loss_term* const* terms,
+                                  uint32_t count, double scale, double* values, bool train) {
   const at::Tensor ids = data.ids.index_select(0, rows), labels = data.labels.index_select(0, rows);
   const int64_t V = ms.model.config().vocab_size, nb = static_cast<int64_t>(ms.model.blocks().size());
+  std::optional<at::NoGradGuard> no_grad;
+  if (!train) no_grad.emplace();
+  auto record = [&](uint32_t i, double value) {
+    if (!train) return;
+    if (loss_sum.size() < count) {
+      loss_sum.assign(count, 0.0);
+      loss_names.clear();
+      for (uint32_t j = 0; j < count; ++j) loss_names.push_back(loss_name(terms[j]->kind));
+    }
+    loss_sum[i] += value;
+  };
+
+  // Window terms: the window alone runs with gradients.
+  uint32_t windows = 0;
+  for (uint32_t i = 0; i < count; ++i)
+    windows += terms[i]->struct_size >= sizeof(qforge_loss_term) && terms[i]->kind == QFORGE_LOSS_MSE_WINDOW_TARGET;
+  if (windows > 0) {
+    if (windows != count)
+      throw UsageError("loss window-target-mse cannot be mixed with other losses in one call");
+    if (!cfg.teacher) throw UsageError("loss window-target-mse needs the teacher (train config: teacher = true)");
+    at::AutoGradMode grad(train);
+    ms.mode.training = train;
+    at::Tensor total = at::zeros({}, at::kFloat);
+    for (uint32_t i = 0; i < count; ++i) {
+      const at::Tensor L = window_loss(ids, labels, *terms[i]);
+      const double value = L.item<double>();
+      if (!std::isfinite(value)) throw UsageError("training: the window loss is not finite (lower lr?)");
+      if (values) values[i] = value;
+      record(i, value);
+      total = total + L * terms[i]->weight;
+    }
+    if (train) (total * scale).backward();
+    ms.mode.training = false;
+    const double value = total.item<double>();
+    if (train) {
+      tokens += (labels != -100).sum().item<int64_t>();
+      total_sum += value;
+      ++loss_batches;
+    }
+    return value;
+  }
 
   // Which outputs the terms need.
   bool need_teacher_logits = false;
@@ -280,6 +389,7 @@ double qforge_trainer::loss_backward(uint64_t epoch, uint64_t index,
         break;
       case QFORGE_LOSS_MSE_BLOCK_TARGET:
         throw UsageError("loss block-target-mse trains a block inside run_block only");
+      case QFORGE_LOSS_MSE_WINDOW_TARGET: break;  // (not mixed: above)
       default: throw UsageError(fmt::format("unknown loss kind {}", t.kind));
     }
     if (t.kind != QFORGE_LOSS_CROSS_ENTROPY && !cfg.teacher)
@@ -303,8 +413,8 @@ double qforge_trainer::loss_backward(uint64_t epoch, uint64_t index,
   }
 
   // The student, with gradients (adapters in training mode, seeded per batch).
-  at::AutoGradMode grad(true);
-  ms.mode.training = true;
+  at::AutoGradMode grad(train);
+  ms.mode.training = train;
   std::vector<at::Tensor> hs(nb);
   at::Tensor h = ms.model.embed(ids);
   for (int64_t b = 0; b < nb; ++b) {
@@ -371,16 +481,12 @@ double qforge_trainer::loss_backward(uint64_t epoch, uint64_t index,
     if (!std::isfinite(value))
       throw UsageError(fmt::format("training: the {} loss is not finite (lower lr?)", loss_name(t.kind)));
     if (values) values[i] = value;
-    if (loss_sum.size() < count) {
-      loss_sum.assign(count, 0.0);
-      loss_names.clear();
-      for (uint32_t j = 0; j < count; ++j) loss_names.push_back(loss_name(terms[j]->kind));
-    }
-    loss_sum[i] += value;
+    record(i, value);
     total = total + L * t.weight;
   }
-  (total * scale).backward();
   ms.mode.training = false;
+  if (!train) return total.item<double>();
+  (total * scale).backward();
   tokens += static_cast<int64_t>(n_counted);
   total_sum += total.item<double>();
   ++loss_batches;
@@ -390,12 +496,12 @@ double qforge_trainer::loss_backward(uint64_t epoch, uint64_t index,
 // Block scope: the block on its calibration inputs against the unquantized
 // block's outputs (every position counts: calibration windows have no padding).
 double qforge_trainer::block_loss(const at::Tensor& rows, const qforge_loss_term* const* terms,
-                                  uint32_t count, double scale, double* values) {
+                                  uint32_t count, double scale, double* values, bool train) {
   const size_t b = ms.scope->block;
   const at::Tensor x = ms.scope->inputs.index_select(0, rows).to(at::kFloat);
   const at::Tensor target = ms.scope->targets.index_select(0, rows).to(at::kFloat);
-  at::AutoGradMode grad(true);
-  ms.mode.training = true;
+  at::AutoGradMode grad(train);
+  ms.mode.training = train;
   const at::Tensor L = (ms.model.block_forward(b, x, 0, nullptr) - target).pow(2).mean();
   at::Tensor total = at::zeros({}, at::kFloat);
   for (uint32_t i = 0; i < count; ++i) {
@@ -409,8 +515,9 @@ double qforge_trainer::block_loss(const at::Tensor& rows, const qforge_loss_term
   }
   const double value = total.item<double>();
   if (!std::isfinite(value)) throw UsageError("training: the block loss is not finite (lower lr?)");
-  (total * scale).backward();
   ms.mode.training = false;
+  if (!train) return value;
+  (total * scale).backward();
   tokens += x.size(0) * x.size(1);
   if (loss_sum.size() != 1) {
     loss_sum.assign(1, 0.0);
@@ -422,9 +529,45 @@ double qforge_trainer::block_loss(const at::Tensor& rows, const qforge_loss_term
   return value;
 }
 
+// Without gradients: a block's every calibration sequence, or the model's
+// held-out ones; each term's mean over the sequences (weighted by their rows).
+void qforge_trainer::evaluate(const qforge_loss_term* const* terms, uint32_t count, double* values) {
+  const int64_t first = ms.scope ? 0 : sequences();
+  const int64_t n = ms.scope ? ms.scope->inputs.size(0) : data.ids.size(0);
+  if (n - first < 1)
+    throw UsageError("evaluate: no held-out sequences (train config: holdout >= 1)");
+  std::vector<double> sum(count, 0.0), part(count, 0.0);
+  const int64_t B = static_cast<int64_t>(cfg.batch_size);
+  for (int64_t r = first; r < n; r += B) {
+    const int64_t m = std::min(B, n - r);
+    const at::Tensor rows = at::arange(r, r + m, at::kLong);
+    if (ms.scope)
+      block_loss(rows, terms, count, 1.0, part.data(), /*train=*/false);
+    else
+      model_loss(rows, terms, count, 1.0, part.data(), /*train=*/false);
+    for (uint32_t i = 0; i < count; ++i) sum[i] += part[i] * static_cast<double>(m);
+    if (services()->is_cancelled(services())) throw Cancelled("training interrupted");
+  }
+  for (uint32_t i = 0; i < count; ++i) values[i] = sum[i] / static_cast<double>(n - first);
+}
+
+void qforge_trainer::keep() {
+  gather_slots();
+  kept.clear();
+  for (const Slot& s : slots) kept.push_back(s.param->value.clone());
+}
+
+void qforge_trainer::revert() {
+  gather_slots();
+  if (kept.size() != slots.size()) throw UsageError("revert_state: no state was kept (keep_state)");
+  for (size_t k = 0; k < slots.size(); ++k) slots[k].param->value.copy_(kept[k]);
+  update_layers();
+}
+
 double qforge_trainer::step() {
   gather_slots();
-  const double lr = scheduled_lr(cfg.lr, steps, warmup_steps, total_steps);
+  const double factor = schedule_factor(shape, steps, warmup_steps, total_steps);
+  const double lr = cfg.lr * factor;
   // Global-norm clipping (as torch.nn.utils.clip_grad_norm_).
   if (cfg.max_grad_norm > 0) {
     double sq = 0;
@@ -440,14 +583,15 @@ double qforge_trainer::step() {
   for (auto& s : slots) {
     at::Tensor& p = s.param->value;
     at::Tensor& g = s.param->grad;
-    if (cfg.weight_decay > 0) p.mul_(1 - lr * cfg.weight_decay);
+    const double rate = s.param->lr >= 0 ? s.param->lr * factor : lr;
+    if (cfg.weight_decay > 0) p.mul_(1 - rate * cfg.weight_decay);
     s.m.mul_(cfg.beta1).add_(g, 1 - cfg.beta1);
     s.v.mul_(cfg.beta2).addcmul_(g, g, 1 - cfg.beta2);
     at::Tensor denom = (s.v / bc2).sqrt_().add_(cfg.eps);
-    p.addcdiv_(s.m, denom, -lr / bc1);
+    p.addcdiv_(s.m, denom, -rate / bc1);
     g.zero_();
   }
-  for (size_t i : ms.tuned) ms.packed[i]->update();  // the layers use their new parameters
+  update_layers();  // the layers use their new parameters
   // Progress: a line with the ETA, and the losses every tenth of the run.
   if (!progress && !ms.scope) progress = std::make_unique<ProgressLine>("training", "steps");
   if (progress && total_steps > 0) progress->update(static_cast<int64_t>(steps), static_cast<int64_t>(total_steps));
@@ -513,7 +657,7 @@ uint64_t qforge_trainer::restore() {
   }
   if (f.tensors().size() != slots.size() * 3)
     throw ModelFileError(fmt::format("{}: holds adapters this run did not attach", state_file()));
-  for (size_t i : ms.tuned) ms.packed[i]->update();
+  update_layers();
   steps = std::stoull(get("steps"));
   position = std::stoull(get("position"));
   next_report = steps;
@@ -579,17 +723,49 @@ qforge_status* set_schedule(qforge_trainer* t, uint64_t warmup, uint64_t total) 
   });
 }
 
+// Layer `layer` tuned by trainer t (and recorded in the services, which
+// store it when the post-process is done).
+size_t tune(qforge_trainer* t, const char* layer) {
+  if (t == nullptr || layer == nullptr) throw UsageError("tune_layer: NULL argument");
+  ModelServices::Impl& s = t->ms;
+  const size_t i = s.index_of(layer);
+  if (!s.packed[i]) throw UsageError(fmt::format("{} is not packed: nothing to tune", layer));
+  s.packed[i]->tune(layer);  // refuses a layer without tunable parameters
+  if (std::find(s.tuned.begin(), s.tuned.end(), i) == s.tuned.end()) s.tuned.push_back(i);
+  if (std::find(t->tuned.begin(), t->tuned.end(), i) == t->tuned.end()) t->tuned.push_back(i);
+  return i;
+}
+
 qforge_status* tune_layer(qforge_trainer* t, const char* layer) {
+  return call([&] { tune(t, layer); });
+}
+
+qforge_status* tune_layer_codes(qforge_trainer* t, const char* layer, double lr) {
   return call([&] {
-    if (t == nullptr || layer == nullptr) throw UsageError("tune_layer: NULL argument");
-    ModelServices::Impl& s = t->ms;
-    const size_t i = s.index_of(layer);
-    if (!s.packed[i]) throw UsageError(fmt::format("{} is not packed: nothing to tune", layer));
-    if (std::find(s.tuned.begin(), s.tuned.end(), i) != s.tuned.end()) return;
-    s.packed[i]->tune(layer);  // refuses a layer without tunable parameters
-    s.tuned.push_back(i);
+    if (!(lr >= 0)) throw UsageError("tune_layer_codes: lr must be >= 0");
+    const size_t i = tune(t, layer);
+    t->ms.packed[i]->tune_codes(layer, lr);
   });
 }
+
+qforge_status* set_schedule_shape(qforge_trainer* t, int32_t shape) {
+  return call([&] {
+    if (shape != QFORGE_SCHEDULE_LINEAR && shape != QFORGE_SCHEDULE_COSINE)
+      throw UsageError(fmt::format("set_schedule_shape: unknown shape {}", shape));
+    t->shape = shape;
+  });
+}
+
+qforge_status* evaluate(qforge_trainer* t, const qforge_loss_term* const* terms, uint32_t count,
+                        double* values) {
+  return call([&] {
+    if ((terms == nullptr || values == nullptr) && count > 0) throw UsageError("evaluate: NULL argument");
+    t->evaluate(terms, count, values);
+  });
+}
+
+qforge_status* keep_state(qforge_trainer* t) { return call([&] { t->keep(); }); }
+qforge_status* revert_state(qforge_trainer* t) { return call([&] { t->revert(); }); }
 
 uint64_t batch_count(const qforge_trainer* t) {
   return (static_cast<uint64_t>(t->sequences()) + t->cfg.batch_size - 1) / t->cfg.batch_size;
@@ -628,7 +804,7 @@ const qforge_host_train* host_train_table() {
   static const qforge_host_train table = {
       sizeof(qforge_host_train), 0, &trainer_create, &trainer_destroy, &attach_adapter,
       &batch_count, &set_schedule, &loss_backward, &step, &save_state, &restore_state,
-      &tune_layer};
+      &tune_layer, &tune_layer_codes, &set_schedule_shape, &evaluate, &keep_state, &revert_state};
   return &table;
 }
 

@@ -31,11 +31,13 @@ AffineInput describe_affine(const AffineFormat& format, const std::string& metad
 // Tuning written back: scales and zero points (float32 [groups, out],
 // contiguous) rounded in place to what the format stores, and copies of the
 // format's `tensors` with those that hold them rewritten (the rest as they
-// were). UNSUPPORTED for a row without round_params / write_params.
+// were). With `codes` (uint8 [out, in], each ≤ maxq), the codes too, into
+// the tensor the format's codes are read from, in its bit layout.
+// UNSUPPORTED for a row without round_params / write_params.
 std::vector<std::pair<std::string, at::Tensor>> store_group_params(
     const AffineFormat& format, const std::string& metadata_json,
     const std::vector<std::pair<std::string, at::Tensor>>& tensors, at::Tensor& scales,
-    at::Tensor& zeros);
+    at::Tensor& zeros, const at::Tensor& codes = at::Tensor());
 
 // describe_sign() over at::Tensors, with the same errors.
 SignChain describe_sign(const SignFormat& format, const std::string& metadata_json,

@@ -72,11 +72,19 @@ class PackedLayer final : public LinearKernel {
   // computes with the rounded values from here).
   bool storable() const;
   QuantResult store(const QuantResult& original);
+  // The result the layer was created from (its dequantized weight dropped),
+  // or, after store(), the one it stored last.
+  const QuantResult& origin() const { return origin_; }
+  // Whether the format's integer codes can be tuned too (revision 3), and
+  // making them so: one more tunable param, "code_offsets".
+  bool codes_tunable() const;
+  void tune_codes();
 
  private:
   const qforge_inference_layer* vt_;
   const qforge_layer_tunable* tunable_ = nullptr;
   std::string format_;
+  QuantResult origin_;
   qforge_layer* layer_ = nullptr;
   int64_t out_ = 0, in_ = 0;
 };

@@ -71,6 +71,15 @@ bool declares_quantization(const std::string& model_dir);
 // quantization_config qforge cannot read.
 LinearLoader packed_linear_loader(const Registry& registry, const std::string& model_dir);
 
+// Writes tuned packed linears (results in the formats the checkpoint at `dir`
+// loaded them in) back into its files: the checkpoint's own save format maps
+// each result to the tensors it stores, each of which must already be there
+// with the same dtype and shape (UsageError naming it otherwise, before
+// anything is written); every shard holding one is rewritten under a
+// temporary name and renamed over the old one. config.json and the index
+// stay as they are.
+void store_tuned_layers(const std::string& dir, const std::map<std::string, QuantResult>& results);
+
 // Model::load with packed_linear_loader.
 Model load_model(const Registry& registry, const std::string& dir, at::ScalarType dtype,
                  bool with_blocks = true);

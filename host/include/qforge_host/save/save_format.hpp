@@ -62,6 +62,7 @@ std::string save_format_names();
 // its packed format.
 struct CheckpointReader {
   const char* quant_method;
+  const char* save_format;  // the SaveFormat that writes this layout
   // A loader for the checkpoint at `model_dir` whose quantization_config is
   // `config` (`where` names it in messages). Throws UsageError for what it
   // cannot read.

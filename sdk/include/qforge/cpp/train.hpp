@@ -10,6 +10,8 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "plugin.hpp"
@@ -18,9 +20,9 @@ namespace qforge {
 
 // The host's qforge.host.train; Error(UNSUPPORTED) when the host lacks it.
 inline const qforge_host_train& host_train(const Host& host) {
+  // Revision 1 is all a trainer needs; the revision-2 calls check the size.
   const void* t = host.get()->abi_minor >= 1
-                      ? host.get()->get_extension(host.get(), QFORGE_EXT_HOST_TRAIN,
-                                                  QFORGE_EXT_HOST_TRAIN_REVISION)
+                      ? host.get()->get_extension(host.get(), QFORGE_EXT_HOST_TRAIN, 1)
                       : nullptr;
   if (t == nullptr)
     throw Error(QFORGE_STATUS_UNSUPPORTED, "this host does not offer " QFORGE_EXT_HOST_TRAIN);
@@ -79,6 +81,13 @@ const qforge_adapter_vtable* adapter_vtable() {
 //   void update();
 //   void store(const std::vector<const qforge_named_tensor*>& original,
 //              const QuantizeOutput& out);   // revision 2
+// and, when its format has integer codes to tune (revision 3),
+//   void tune_codes();
+template <class T, class = void>
+struct has_tune_codes : std::false_type {};
+template <class T>
+struct has_tune_codes<T, std::void_t<decltype(std::declval<T&>().tune_codes())>> : std::true_type {};
+
 template <class T>
 const qforge_layer_tunable* layer_tunable_table() {
   struct Thunk {
@@ -107,9 +116,17 @@ const qforge_layer_tunable* layer_tunable_table() {
       });
     }
   };
+  static qforge_status* (*const tune_codes)(qforge_layer*) = [] {
+    if constexpr (has_tune_codes<T>::value)
+      return +[](qforge_layer* l) -> qforge_status* {
+        return guard(Thunk::self(l).host, [&] { Thunk::self(l).layer.tune_codes(); });
+      };
+    else
+      return static_cast<qforge_status* (*)(qforge_layer*)>(nullptr);
+  }();
   static const qforge_layer_tunable table = {sizeof(qforge_layer_tunable), 0, &Thunk::param_count,
                                              &Thunk::param, &Thunk::backward_params,
-                                             &Thunk::update, &Thunk::store};
+                                             &Thunk::update, &Thunk::store, tune_codes};
   return &table;
 }
 
@@ -166,6 +183,34 @@ class Trainer {
     check(host_.get(), t_.restore_state(trainer_, &position));
     return position;
   }
+  // Revision 2 of the host's table (UNSUPPORTED from an older host).
+  // Also the integer codes of `layer`, at peak rate `lr`; false (with the
+  // reason) when its format has none to tune.
+  bool tune_codes(const char* layer, double lr, std::string* why = nullptr) {
+    try {
+      check(host_.get(), rev2(&qforge_host_train::tune_layer_codes)(trainer_, layer, lr));
+      return true;
+    } catch (const Error& e) {
+      if (why != nullptr) *why = e.what();
+      return false;
+    }
+  }
+  void set_schedule_shape(int32_t shape) {
+    check(host_.get(), rev2(&qforge_host_train::set_schedule_shape)(trainer_, shape));
+  }
+  // Each term's value, without gradients (see qforge_host_train::evaluate).
+  std::vector<double> evaluate(const std::vector<qforge_loss_term>& terms) {
+    std::vector<const qforge_loss_term*> pointers;
+    for (const auto& t : terms) pointers.push_back(&t);
+    std::vector<double> values(terms.size(), 0.0);
+    check(host_.get(), rev2(&qforge_host_train::evaluate)(
+                           trainer_, pointers.data(), static_cast<uint32_t>(pointers.size()),
+                           values.data()));
+    return values;
+  }
+  void keep_state() { check(host_.get(), rev2(&qforge_host_train::keep_state)(trainer_)); }
+  void revert_state() { check(host_.get(), rev2(&qforge_host_train::revert_state)(trainer_)); }
+
   // Makes the tunable parameters of packed linear `layer` trainable; false
   // (with the host's message in `why`) when its inference layer has none.
   bool tune(const char* layer, std::string* why = nullptr) {
@@ -179,6 +224,14 @@ class Trainer {
   }
 
  private:
+  template <class F>
+  F rev2(F qforge_host_train::*member) const {
+    const size_t end = static_cast<size_t>(reinterpret_cast<const char*>(&(t_.*member)) -
+                                           reinterpret_cast<const char*>(&t_)) + sizeof(F);
+    if (t_.struct_size < end || t_.*member == nullptr)
+      throw Error(QFORGE_STATUS_UNSUPPORTED, "this host's " QFORGE_EXT_HOST_TRAIN " is older than revision 2");
+    return t_.*member;
+  }
   Host host_;
   const qforge_host_train& t_;
   qforge_trainer* trainer_ = nullptr;

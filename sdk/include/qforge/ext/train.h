@@ -31,7 +31,7 @@ extern "C" {
 #endif
 
 #define QFORGE_EXT_HOST_TRAIN "qforge.host.train"
-#define QFORGE_EXT_HOST_TRAIN_REVISION 1
+#define QFORGE_EXT_HOST_TRAIN_REVISION 2
 
 /* Losses, carried as int32_t; new ones are appended in a later revision.
  * A token counts when its label is not -100 (padding, or the last position of
@@ -44,10 +44,24 @@ enum {
   QFORGE_LOSS_MSE_TEACHER_LOGITS = 3, /* mean over the vocabulary of (z_S − z_T)² */
   QFORGE_LOSS_MSE_TEACHER_BLOCKS = 4, /* mean over `blocks` and the hidden size of (h_S − h_T)²
                                          at the blocks' outputs */
-  QFORGE_LOSS_MSE_BLOCK_TARGET = 5    /* in run_block: mean over the hidden size of
+  QFORGE_LOSS_MSE_BLOCK_TARGET = 5,   /* in run_block: mean over the hidden size of
                                          (block(x) − target)², x the block's calibration inputs
                                          (the quantized stream), target the unquantized block's
                                          output on x; the only loss of a block's trainer */
+  QFORGE_LOSS_MSE_WINDOW_TARGET = 6   /* revision 2, in run: the window of `block_count`
+                                         consecutive blocks from blocks[0] (block_count ≥ 1), on
+                                         the student's own input x to blocks[0] (no gradient
+                                         through the blocks before), against the teacher's same
+                                         blocks on that x: mean over real tokens and the hidden
+                                         size of (window(x) − window_T(x))² (BRECQ's block
+                                         reconstruction, CBQ's cross-block window) */
+};
+
+/* Learning-rate schedules (revision 2), carried as int32_t. */
+enum {
+  QFORGE_SCHEDULE_LINEAR = 0,  /* linear warm-up, then linear decay to 0 (the default) */
+  QFORGE_SCHEDULE_COSINE = 1   /* linear warm-up, then a half cosine to 0 (Hugging Face's
+                                  get_cosine_schedule_with_warmup) */
 };
 
 /* One term of a loss: weight · loss. */
@@ -87,6 +101,10 @@ typedef struct qforge_train_config {
   uint32_t teacher_top_k;
   uint32_t reserved;       /* 0 */
   double teacher_cache_temperature;
+  /* Revision 2. Sequences of the run's training data kept out of training
+   * for `evaluate` (the last `holdout` of them, before shuffling; in `run`
+   * only). 0: none. */
+  uint64_t holdout;
 } qforge_train_config;
 
 /* ---- plugin side: an adapter on one linear layer, y = base(x) + f(x) ---- */
@@ -132,7 +150,7 @@ typedef struct qforge_adapter_vtable {
 /* ---- an inference layer's tunable parameters ---- */
 
 #define QFORGE_EXT_LAYER_TUNABLE "qforge.layer.tunable"
-#define QFORGE_EXT_LAYER_TUNABLE_REVISION 2
+#define QFORGE_EXT_LAYER_TUNABLE_REVISION 3
 
 /* Offered by an inference-layer component through its descriptor's
  * get_extension: the continuous parameters of its format that training may
@@ -165,6 +183,18 @@ typedef struct qforge_layer_tunable {
    * the tuned layer stays in its own format. */
   qforge_status* (*store)(struct qforge_layer* layer, const qforge_named_tensor* const* original,
                           uint32_t original_count, const qforge_quantize_output* out);
+
+  /* Revision 3 (present when struct_size covers it; NULL when the format has
+   * no integer grid). Makes the integer codes tunable too, by straight-
+   * through rounding offsets (AutoRound's signed-offset form of AdaRound:
+   * Cheng et al. 2023, "Optimize Weight Rounding via Signed Gradient
+   * Descent", eq. 2): from here the layer has one more param,
+   * "code_offsets" [out, in], 0 at first, in steps of the grid; it computes
+   * with codes clamp(q₀ + round(v), 0, maxq), q₀ the codes it was created
+   * from; backward_params passes ∂L/∂W · scale through the rounding (zero
+   * where the clamp holds); update clips v to [−1, 1] (a code moves by at
+   * most one step); store writes the codes as they are into the format. */
+  qforge_status* (*tune_codes)(struct qforge_layer* layer);
 } qforge_layer_tunable;
 
 /* ---- host side ---- */
@@ -220,6 +250,25 @@ typedef struct qforge_host_train {
    * inference layer must offer QFORGE_EXT_LAYER_TUNABLE); the optimizer
    * updates them with the adapters' tensors. */
   qforge_status* (*tune_layer)(qforge_trainer* trainer, const char* layer);
+
+  /* ---- revision 2 (present when struct_size covers it) ---- */
+
+  /* Also makes the integer codes of packed linear `layer` trainable (its
+   * layer's qforge.layer.tunable revision 3 tune_codes; UNSUPPORTED when it
+   * has none), at peak rate `lr` under the same schedule. Implies tune_layer. */
+  qforge_status* (*tune_layer_codes)(qforge_trainer* trainer, const char* layer, double lr);
+  /* The shape of the schedule set_schedule sets: QFORGE_SCHEDULE_*. */
+  qforge_status* (*set_schedule_shape)(qforge_trainer* trainer, int32_t shape);
+  /* The unweighted value of each term without any gradient, into values[i]:
+   * in run_block over every calibration sequence of the block, in run over
+   * the held-out sequences (config.holdout ≥ 1). */
+  qforge_status* (*evaluate)(qforge_trainer* trainer, const qforge_loss_term* const* terms,
+                             uint32_t term_count, double* values);
+  /* Keeps a copy of every trainable tensor as it is now (in memory) ... */
+  qforge_status* (*keep_state)(qforge_trainer* trainer);
+  /* ... and brings the kept copy back (the layers compute with it); the
+   * optimizer state stays. INVALID_ARGUMENT when nothing was kept. */
+  qforge_status* (*revert_state)(qforge_trainer* trainer);
 } qforge_host_train;
 
 #ifdef __cplusplus
