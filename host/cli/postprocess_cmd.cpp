@@ -18,6 +18,7 @@
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/base/log.hpp"
 #include "qforge_host/base/text.hpp"
+#include "qforge_host/pipeline/results_file.hpp"
 #include "qforge_host/plugins/abi_bridge.hpp"
 #include "qforge_host/plugins/params.hpp"
 #include "qforge_host/save/checkpoint.hpp"
@@ -281,6 +282,9 @@ json run_postprocess_plan(host::Registry& registry, const PostprocessPlan& plan)
   } else {
     if (!in_place) copy_model_files(plan.model_dir, plan.out_dir);
     host::store_tuned_layers(plan.out_dir, tuned_results);
+    const fs::path results = fs::path(plan.out_dir) / "quant_results.safetensors";
+    if (!tuned_results.empty() && fs::exists(results))  // the quantizer's results file, tuned alike
+      host::update_results(results.string(), tuned_results);
     if (!all_adapters.empty())
       host::write_peft_adapter((fs::path(plan.out_dir) / "adapter").string(), all_adapters,
                                plan.model_dir);

@@ -171,6 +171,47 @@ TEST(GptqCheckpoint, WritesTheAutoGptqLayoutAndReadsBackLikeTheDequantizedModel)
   fs::remove_all(deq_dir);
 }
 
+// org.qforge.blockwise in the pipeline, with the codes tuned too: the
+// checkpoint is still AutoGPTQ v1 (the same tensor names, dtypes and shapes
+// and the same quantization_config as without it), codes and scales moved,
+// and the independent unpacker reads exactly the weights qforge loads.
+TEST(GptqCheckpoint, TunedByBlockwiseStaysAutoGptqV1ForTheUnpacker) {
+  QFORGE_REQUIRE_SHARED(shared_model, "models/stories260K");
+  const std::string shared = qforge::test::shared_dir();
+  const std::string plain = temp_dir("plain"), tuned = temp_dir("tuned");
+  qforge::test::quantize(registry(), gptq_options(shared, plain), "gptq");
+  qh::QuantizeOptions o = gptq_options(shared, tuned);
+  o.block_postprocesses = {{"org.qforge.blockwise", {{"epochs", "2"}, {"codes", "true"}}}};
+  qforge::test::quantize(registry(), o, "gptq");
+
+  const json a = json::parse(read(fs::path(plain) / "config.json"));
+  const json b = json::parse(read(fs::path(tuned) / "config.json"));
+  EXPECT_EQ(a.at("quantization_config"), b.at("quantization_config"));
+  EXPECT_EQ(read(fs::path(plain) / "quantize_config.json"), read(fs::path(tuned) / "quantize_config.json"));
+  const qh::TensorStore before(plain), after(tuned);
+  ASSERT_EQ(before.names(), after.names());
+  int codes_moved = 0, scales_moved = 0;
+  for (const auto& name : before.names()) {
+    EXPECT_EQ(before.info(name).dtype, after.info(name).dtype) << name;
+    EXPECT_EQ(before.info(name).shape, after.info(name).shape) << name;
+    const bool same = at::equal(before.view(name), after.view(name));
+    codes_moved += name.find(".qweight") != std::string::npos && !same;
+    scales_moved += name.find(".scales") != std::string::npos && !same;
+  }
+  EXPECT_EQ(scales_moved, 35);
+  EXPECT_GT(codes_moved, 0) << "codes=true moved no code";
+
+  qh::Model model = qh::load_model(registry(), tuned, at::kFloat);
+  for (const auto& blk : model.blocks())
+    for (const qh::Linear* l : blk.linears()) {
+      ASSERT_TRUE(l->packed) << l->name;
+      EXPECT_TRUE(at::equal(autogptq_v1_dequantize_4bit(after, l->name), l->packed->dequantize()))
+          << l->name;
+    }
+  fs::remove_all(plain);
+  fs::remove_all(tuned);
+}
+
 TEST(GptqCheckpoint, RefusesPlansItCannotHoldBeforeWriting) {
   QFORGE_REQUIRE_SHARED(shared_model, "models/stories260K");
   const std::string shared = qforge::test::shared_dir();

@@ -6,6 +6,7 @@
 // tensors: the same names, dtypes and shapes, the codes untouched, GPTQ zero
 // points integers in [1, maxq], float16 scales exactly float16, and a fresh
 // layer made from the stored result computes what the tuned layer computes.
+// The grid formats' codes tuned by straight-through offsets (revision 3).
 // And org.qforge.blockwise through the pipeline (the last test).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -17,6 +18,7 @@
 #include "../support/plugins.hpp"
 #include "../support/test_data.hpp"
 #include "qforge_host/io/safetensors.hpp"
+#include <qforge_kernels/affine_aten.hpp>
 #include "qforge_host/pipeline/pipeline.hpp"
 #include "qforge_host/save/checkpoint.hpp"
 #include "qforge_host/tokenizer/tokenizer.hpp"
@@ -90,6 +92,97 @@ TEST(TunedStore, EveryFormatKeepsItsLayoutAndComputesWhatWasTuned) {
   }
 }
 
+// Tuned codes (qforge.layer.tunable revision 3) in every grid format: the
+// straight-through offsets v move codes to clamp(q₀ + round(v), 0, maxq);
+// their gradient is scale · ∂L/∂W where the clamp does not hold; store
+// writes the moved codes into the format's own code tensor (a fresh layer
+// computes what the tuned one does) and the unpacked codes are those
+// expected. DBF has no integer grid: no codes to tune.
+TEST(TunedStore, GridCodesMoveByStraightThroughOffsetsAndAreStored) {
+  const std::vector<Case> cases = {
+      {"org.qforge.rtn", {{"bits", "3"}, {"group_size", "16"}, {"sym", "false"}}, ""},
+      {"org.qforge.gptq", {{"bits", "3"}, {"group_size", "16"}, {"sym", "false"}, {"desc_act", "true"}}, ""},
+      {"org.qforge.gptq", {{"bits", "4"}, {"group_size", "-1"}, {"sym", "true"}}, ""},
+      {"org.qforge.quip", {{"bits", "2"}, {"group_size", "16"}}, ""},
+  };
+  at::manual_seed(5);
+  const at::Tensor w = at::randn({40, 64}) * 0.05, x = at::randn({256, 64});
+  const at::Tensor h = x.t().mm(x) / 128;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(c.method) + " bits " + c.settings.at("bits"));
+    const qh::Component* q = qforge::test::plugin_registry().find(c.method);
+    ASSERT_NE(q, nullptr) << qforge::test::plugin_refusals();
+    const qh::QuantResult r = qforge::test::quantize(*q, w, h, c.settings, at::Tensor());
+    const qh::Component& inference = *qforge::test::plugin_registry().find_inference_layer(r.format);
+    qh::PackedLayer layer(inference, r);
+    ASSERT_TRUE(layer.codes_tunable());
+    const size_t before = layer.tunable_params().size();
+    layer.tune_codes();
+    auto params = layer.tunable_params();
+    ASSERT_EQ(params.size(), before + 1);
+    EXPECT_EQ(params.back().first, "code_offsets");
+    const at::Tensor v = params.back().second;
+    ASSERT_EQ(v.sizes(), at::IntArrayRef({40, 64}));
+    EXPECT_EQ(v.abs().max().item<double>(), 0.0);
+
+    // The gradient: scale · G, G = grad_yᵀ x in the grid's frame (no
+    // transforms for the plain formats; checked against a finite change of
+    // the loss for all).
+    const at::Tensor xs = at::randn({7, 64}), gy = at::randn({7, 40});
+    std::vector<at::Tensor> grads;
+    for (const auto& [name, p] : params) grads.push_back(at::zeros_like(p));
+    layer.backward_params(xs, gy, grads);
+    const at::Tensor gv = grads.back();
+    EXPECT_GT(gv.abs().max().item<double>(), 0.0);
+    // Moving one code by +1 changes L = Σ gy·y by about gv at that code
+    // (exactly, as L is linear in W and only that weight moves).
+    const at::Tensor y0 = layer.forward(xs);
+    const int64_t o = 11, i = 23;
+    const double grad_at = gv[o][i].item<double>();
+    // The direction that stays inside the grid.
+    const at::Tensor w0 = layer.dequantize();
+    v[o][i] = 1.0;
+    layer.update_params();
+    double dL = (gy * (layer.forward(xs) - y0)).sum().item<double>();
+    double step = 1.0;
+    if (std::abs(dL) < 1e-9) {  // the code was at the top of the grid: go down
+      v[o][i] = -1.0;
+      layer.update_params();
+      dL = (gy * (layer.forward(xs) - y0)).sum().item<double>();
+      step = -1.0;
+    }
+    EXPECT_NEAR(dL, step * grad_at, 1e-3 * std::max(1.0, std::abs(grad_at)));
+    if (std::string(c.method) != "org.qforge.quip") {  // one weight moved, by one grid step
+      EXPECT_EQ(((layer.dequantize() - w0).abs() > 1e-7).sum().item<int64_t>(), 1);
+    }
+
+    // Random offsets, clipped to [-1, 1] by update; stored into the format.
+    v.copy_(at::randn_like(v) * 0.8);
+    layer.update_params();
+    EXPECT_LE(v.abs().max().item<double>(), 1.0);
+    const qh::QuantResult s = layer.store(r);
+    ASSERT_EQ(s.tensors.size(), r.tensors.size());
+    for (const auto& [name, t] : r.tensors) {
+      ASSERT_TRUE(s.tensors.count(name)) << name;
+      EXPECT_EQ(s.tensors.at(name).scalar_type(), t.scalar_type()) << name;
+      EXPECT_EQ(s.tensors.at(name).sizes(), t.sizes()) << name;
+    }
+    EXPECT_FALSE(at::equal(s.tensors.at("qweight"), r.tensors.at("qweight"))) << "no code moved";
+    const qh::PackedLayer fresh(inference, s);
+    const at::Tensor xt = at::randn({5, 64});
+    EXPECT_TRUE(at::allclose(fresh.forward(xt), layer.forward(xt), 1e-5, 1e-6));
+    EXPECT_TRUE(at::allclose(fresh.dequantize(), s.dequantized, 1e-5, 1e-6));
+    if (std::string(c.method) != "org.qforge.quip") {  // the plain grids' codes, unpacked
+      const auto unpack = [](const qh::QuantResult& res) {
+        return qforge::kernels::unpack_affine(res.format, res.metadata, res.tensors).codes;
+      };
+      const int64_t maxq = (int64_t{1} << std::stoi(c.settings.at("bits"))) - 1;
+      const at::Tensor want = (unpack(r).to(at::kFloat) + v.round()).clamp(0, static_cast<double>(maxq));
+      EXPECT_TRUE(at::equal(unpack(s).to(at::kFloat), want));
+    }
+  }
+}
+
 }  // namespace
 
 namespace {
@@ -132,8 +225,9 @@ TEST(Blockwise, TunesGptqInThePipelineAndKeepsTheCheckpointFormat) {
     // Block 0's codes are the quantizer's (later blocks are quantized on the
     // tuned blocks' outputs, so theirs may differ).
     if (name.rfind("model.layers.0.", 0) == 0 &&
-        (name.find(".qweight") != std::string::npos || name.find(".g_idx") != std::string::npos))
+        (name.find(".qweight") != std::string::npos || name.find(".g_idx") != std::string::npos)) {
       EXPECT_TRUE(same) << name << ": the codes must not move";
+    }
     if (name.find(".scales") != std::string::npos) moved += !same;
   }
   EXPECT_EQ(moved, 35) << "every linear's scales tuned";

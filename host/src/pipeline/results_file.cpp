@@ -69,6 +69,29 @@ std::vector<SavedLayer> load_results(const std::string& path) {
   return out;
 }
 
+void update_results(const std::string& path, const std::map<std::string, QuantResult>& tuned) {
+  std::string method;
+  {
+    const SafetensorsFile file(path);
+    auto it = file.metadata().find("qforge.results");
+    const json report = it == file.metadata().end() ? json() : json::parse(it->second, nullptr, false);
+    if (report.is_object() && report.contains("method") && report["method"].is_string())
+      method = report["method"].get<std::string>();
+  }
+  std::vector<SavedLayer> layers = load_results(path);
+  for (SavedLayer& l : layers) {
+    auto it = tuned.find(l.report.name);
+    if (it == tuned.end()) continue;
+    if (it->second.format != l.result.format)
+      throw UsageError(fmt::format("{}: {} is {} there, the tuned result {}", path, l.report.name,
+                                   l.result.format, it->second.format));
+    const bool deq = l.result.dequantized.defined();
+    l.result.tensors = it->second.tensors;
+    l.result.dequantized = deq ? it->second.dequantized : at::Tensor();
+  }
+  save_results(path, method, layers);
+}
+
 std::vector<LayerReport> merge_results(const std::vector<std::string>& paths,
                                        const std::string& method, const std::string& path) {
   std::vector<std::unique_ptr<SafetensorsFile>> parts;

@@ -275,10 +275,15 @@ void store_tuned_layers(const std::string& dir, const std::map<std::string, Quan
   }
   for (const auto& [shard, replaced] : by_shard) {
     const SafetensorsFile& file = *shards.at(shard);
+    // In the order of the data: the same header, byte for byte.
+    std::vector<const TensorInfo*> order;
+    for (const auto& [name, info] : file.tensors()) order.push_back(&info);
+    std::sort(order.begin(), order.end(),
+              [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
     std::vector<std::pair<std::string, at::Tensor>> tensors;
-    for (const auto& [name, info] : file.tensors()) {
-      auto it = replaced.find(name);
-      tensors.emplace_back(name, it != replaced.end() ? it->second : file.view(name));
+    for (const TensorInfo* info : order) {
+      auto it = replaced.find(info->name);
+      tensors.emplace_back(info->name, it != replaced.end() ? it->second : file.view(info->name));
     }
     save_safetensors((fs::path(dir) / shard).string(), tensors, file.metadata());
     log(LogLevel::info, "{}: {} tuned tensors written", (fs::path(dir) / shard).string(), replaced.size());

@@ -28,6 +28,10 @@ void save_results(const std::string& path, const std::string& method,
                   const std::vector<SavedLayer>& layers);
 std::vector<SavedLayer> load_results(const std::string& path);
 
+// Replaces the results of the layers in `tuned` (same format, parameters
+// tuned by a post-process) in the results file at `path`, rewritten
+// atomically; the reports stay the quantizer's.
+void update_results(const std::string& path, const std::map<std::string, QuantResult>& tuned);
 // Merges per-block results files into one at `path` (from mapped views: no
 // copy of every layer's packed tensors in memory at once); returns the reports.
 std::vector<LayerReport> merge_results(const std::vector<std::string>& parts,
