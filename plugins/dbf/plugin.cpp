@@ -171,14 +171,35 @@ class SignLayer {
 
   // ---- qforge.layer.tunable: the scale vectors s_0 … s_L ----
   // ∂L/∂s_l from the chain's own backward (SignChain::backward_scales).
-  uint32_t param_count() const { return static_cast<uint32_t>(chain_.planes() + 1); }
+  // With the signs tuned (revision 3), plane l is sign(S⁰_l + V_l), V_l
+  // clipped to [−2, 2], with the straight-through gradient ∂L/∂V_l = ∂L/∂S_l:
+  // h_0 = s_0 ⊙ x, u_l = h_(l−1) S_lᵀ, h_l = s_l ⊙ u_l, y = h_L, so going
+  // back from g = grad_y: ∂L/∂S_l = (g ⊙ s_l)ᵀ h_(l−1), g ← (g ⊙ s_l) S_l.
+  uint32_t param_count() const {
+    const uint32_t scales = static_cast<uint32_t>(chain_.planes() + 1);
+    return tuning_ && !tuning_->offsets.empty() ? scales + static_cast<uint32_t>(chain_.planes()) : scales;
+  }
 
   void param(uint32_t i, const char** name, const DLTensor** value) {
     if (i >= param_count())
       qforge::invalid_argument("the layer has " + std::to_string(param_count()) + " tunable params");
     Tuning& t = tuning();
-    *name = row_->scale_names[i];
+    const uint32_t scales = static_cast<uint32_t>(chain_.planes() + 1);
+    *name = i < scales ? row_->scale_names[i] : t.offset_names[i - scales].c_str();
     *value = t.views[i]->get();
+  }
+
+  void tune_codes() {
+    Tuning& t = tuning();
+    if (!t.offsets.empty()) return;
+    if (row_->plane_names.size() != chain_.planes())
+      throw qforge::Error(QFORGE_STATUS_UNSUPPORTED, std::string(row_->id) + " names no plane tensors");
+    for (size_t l = 0; l < chain_.planes(); ++l) {
+      t.signs0.push_back(qk::aten::sign_unpacked(chain_, l));
+      t.offsets.push_back(at::zeros_like(t.signs0.back()));
+      t.offset_names.push_back(std::string("code_offsets.") + row_->plane_names[l]);
+      t.views.push_back(std::make_unique<qforge::DLView>(t.offsets.back()));
+    }
   }
 
   void backward_params(const DLTensor& xd, const DLTensor& gyd, const DLTensor* const* grads) {
@@ -186,8 +207,9 @@ class SignLayer {
     const at::Tensor gy = rows_of(gyd, "backward_params: grad_y", out_features());
     if (x.size(0) != gy.size(0))
       qforge::invalid_argument("backward_params: x and grad_y have different rows");
+    const uint32_t scales = static_cast<uint32_t>(chain_.planes() + 1);
     std::vector<float*> g;
-    for (uint32_t i = 0; i < param_count(); ++i) {
+    for (uint32_t i = 0; i < scales; ++i) {
       at::Tensor gi = qforge::borrow_float_cpu(*grads[i], "backward_params: grad");
       if (!gi.is_contiguous() || gi.numel() != static_cast<int64_t>(chain_.scale(i).size()))
         qforge::invalid_argument("backward_params: grad " + std::to_string(i) + " must be " +
@@ -196,16 +218,36 @@ class SignLayer {
     }
     chain_.backward_scales(x.data_ptr<float>(), in_features(), gy.data_ptr<float>(),
                            out_features(), x.size(0), g.data(), qk::aten::parallel());
+    if (param_count() == scales) return;
+    std::vector<at::Tensor> h = {x * qk::aten::sign_scale(chain_, 0)};  // h_0 … h_(L−1)
+    for (size_t l = 0; l + 1 < chain_.planes(); ++l)
+      h.push_back(qk::aten::sign_times_plane(chain_, h.back(), l, false) * qk::aten::sign_scale(chain_, l + 1));
+    at::Tensor back = gy;
+    for (size_t l = chain_.planes(); l-- > 0;) {
+      const at::Tensor gu = back * qk::aten::sign_scale(chain_, l + 1);
+      qforge::borrow_float_cpu(*grads[scales + l], "backward_params: grad offsets").add_(gu.t().mm(h[l]));
+      if (l > 0) back = qk::aten::sign_times_plane(chain_, gu, l, true);
+    }
   }
 
   void update() {
     Tuning& t = tuning();
-    for (uint32_t i = 0; i < param_count(); ++i) chain_.set_scale(i, t.scales[i].data_ptr<float>());
+    for (uint32_t i = 0; i < chain_.planes() + 1; ++i) chain_.set_scale(i, t.scales[i].data_ptr<float>());
+    if (t.offsets.empty()) return;
+    std::vector<qk::SignPlane> planes;
+    std::vector<std::vector<float>> scales;
+    for (size_t l = 0; l < chain_.planes(); ++l) {
+      t.offsets[l].clamp_(-2.0, 2.0);
+      planes.push_back(plane_of((t.signs0[l] + t.offsets[l]) > 0));
+    }
+    for (size_t l = 0; l <= chain_.planes(); ++l) scales.push_back(chain_.scale(l));
+    chain_ = qk::SignChain(std::move(planes), std::move(scales), chain_.bias());
   }
 
   // Revision 2: each scale vector rounded to the dtype its tensor has in the
   // format (float16 for dbf/1), the layer switched to them, and the format's
-  // tensors with them written in (the sign planes copied).
+  // tensors with them written in (the sign planes copied, or with tuned
+  // signs written as they now are).
   void store(const std::vector<const qforge_named_tensor*>& original,
              const qforge::QuantizeOutput& out) {
     Tuning& t = tuning();
@@ -215,15 +257,25 @@ class SignLayer {
         qforge::invalid_argument("store: a tensor without name or data");
       named[nt->name] = qforge::borrow(*nt->tensor).clone();
     }
-    for (uint32_t i = 0; i < param_count(); ++i) {
-      auto it = named.find(row_->scale_names[i]);
+    auto held = [&](const char* name) -> at::Tensor& {
+      auto it = named.find(name);
       if (it == named.end())
-        qforge::invalid_argument(std::string("store: the original tensors lack '") +
-                                 row_->scale_names[i] + "'");
-      it->second = t.scales[i].to(it->second.scalar_type());
-      t.scales[i].copy_(it->second.to(at::kFloat));
+        qforge::invalid_argument(std::string("store: the original tensors lack '") + name + "'");
+      return it->second;
+    };
+    for (uint32_t i = 0; i < chain_.planes() + 1; ++i) {
+      at::Tensor& stored = held(row_->scale_names[i]);
+      stored = t.scales[i].to(stored.scalar_type());
+      t.scales[i].copy_(stored.to(at::kFloat));
     }
     update();
+    for (size_t l = 0; !t.offsets.empty() && l < chain_.planes(); ++l) {
+      at::Tensor& stored = held(row_->plane_names[l]);
+      const std::vector<uint8_t> rows = chain_.plane(l).msb_rows();
+      if (static_cast<int64_t>(rows.size()) != stored.numel() || stored.scalar_type() != at::kByte)
+        qforge::invalid_argument(std::string("store: '") + row_->plane_names[l] + "' is not the plane's uint8 rows");
+      std::memcpy(stored.data_ptr<uint8_t>(), rows.data(), rows.size());
+    }
     out.set_format(row_->id, metadata_);
     for (const auto& [name, tensor] : named) out.add_tensor(name, tensor);
     out.set_dequantized(qk::aten::sign_dequantize(chain_));
@@ -241,13 +293,24 @@ class SignLayer {
 
   struct Tuning {
     std::vector<at::Tensor> scales;  // float32 copies the host updates in place
-    std::vector<std::unique_ptr<qforge::DLView>> views;
+    std::vector<at::Tensor> signs0, offsets;  // with tuned signs: S⁰_l (±1) and V_l, float32
+    std::vector<std::string> offset_names;
+    std::vector<std::unique_ptr<qforge::DLView>> views;  // scales, then offsets
   };
+  // A plane from a bool [rows, cols] (true = +1).
+  static qk::SignPlane plane_of(const at::Tensor& positive) {
+    const int64_t rows = positive.size(0), cols = positive.size(1), bytes = (cols + 7) / 8;
+    at::Tensor padded = at::ones({rows, bytes * 8}, at::kByte);  // tails 1, as msb_rows
+    padded.narrow(1, 0, cols).copy_(positive);
+    const at::Tensor weights = at::tensor({128, 64, 32, 16, 8, 4, 2, 1}, at::kInt);
+    const at::Tensor packed = (padded.view({rows, bytes, 8}).to(at::kInt) * weights).sum(-1).to(at::kByte).contiguous();
+    return qk::SignPlane(packed.data_ptr<uint8_t>(), rows, cols);
+  }
   // Made on first use: inference alone never pays for it.
   Tuning& tuning() {
     if (tuning_) return *tuning_;
     auto t = std::make_unique<Tuning>();
-    for (uint32_t i = 0; i < param_count(); ++i) {
+    for (uint32_t i = 0; i < chain_.planes() + 1; ++i) {
       t->scales.push_back(qk::aten::sign_scale(chain_, i).clone());
       t->views.push_back(std::make_unique<qforge::DLView>(t->scales.back()));
     }
@@ -288,7 +351,7 @@ void describe(qforge::Plugin& plugin) {
           {"org.qforge.dbf.layer", "DBF layer", "0.2.0", "qforge", "MIT",
            "Runs org.qforge.dbf/1, y = s4 (S_A (s2 (S_B (s0 x)))), from its 1-bit sign planes: "
            "packed sign kernels (AVX-512 / AVX2 / portable) for small batches, unpack + LibTorch "
-           "GEMM for large ones; its scale vectors are tunable."})
+           "GEMM for large ones; its scale vectors and (straight-through) signs are tunable."})
       .get_extension(&qforge::tunable_extension<SignLayer>);
 }
 

@@ -97,7 +97,7 @@ TEST(TunedStore, EveryFormatKeepsItsLayoutAndComputesWhatWasTuned) {
 // their gradient is scale · ∂L/∂W where the clamp does not hold; store
 // writes the moved codes into the format's own code tensor (a fresh layer
 // computes what the tuned one does) and the unpacked codes are those
-// expected. DBF has no integer grid: no codes to tune.
+// expected.
 TEST(TunedStore, GridCodesMoveByStraightThroughOffsetsAndAreStored) {
   const std::vector<Case> cases = {
       {"org.qforge.rtn", {{"bits", "3"}, {"group_size", "16"}, {"sym", "false"}}, ""},
@@ -181,6 +181,67 @@ TEST(TunedStore, GridCodesMoveByStraightThroughOffsetsAndAreStored) {
       EXPECT_TRUE(at::equal(unpack(s).to(at::kFloat), want));
     }
   }
+}
+
+// DBF's sign planes tuned straight through (revision 3): one offset tensor
+// per plane; flipping one sign changes L = Σ grad_y·y by exactly −2·S₀ times
+// its gradient (L is linear in each plane); store writes the flipped planes
+// into sign_a / sign_b, and a fresh layer computes what the tuned one does.
+TEST(TunedStore, DbfSignsMoveByStraightThroughOffsetsAndAreStored) {
+  at::manual_seed(9);
+  const at::Tensor w = at::randn({40, 64}) * 0.05, x = at::randn({256, 64});
+  const qh::Component* q = qforge::test::plugin_registry().find("org.qforge.dbf");
+  ASSERT_NE(q, nullptr) << qforge::test::plugin_refusals();
+  const qh::QuantResult r = qforge::test::quantize(*q, w, x.t().mm(x) / 128,
+                                                   {{"target_bits", "1.5"}, {"iters", "20"}}, at::Tensor());
+  const qh::Component& inference = *qforge::test::plugin_registry().find_inference_layer(r.format);
+  qh::PackedLayer layer(inference, r);
+  ASSERT_TRUE(layer.codes_tunable());
+  layer.tune_codes();
+  auto params = layer.tunable_params();
+  ASSERT_EQ(params.size(), 5u);  // s0, s2, s4, then the offsets of S_B and S_A
+  EXPECT_EQ(params[3].first, "code_offsets.sign_b");
+  EXPECT_EQ(params[4].first, "code_offsets.sign_a");
+  const int64_t k = params[1].second.size(0);
+  EXPECT_EQ(params[3].second.sizes(), at::IntArrayRef({k, 64}));
+  EXPECT_EQ(params[4].second.sizes(), at::IntArrayRef({40, k}));
+
+  const at::Tensor xs = at::randn({7, 64}), gy = at::randn({7, 40});
+  std::vector<at::Tensor> grads;
+  for (const auto& [name, p] : params) grads.push_back(at::zeros_like(p));
+  layer.backward_params(xs, gy, grads);
+  const at::Tensor y0 = layer.forward(xs);
+  for (int plane : {3, 4}) {
+    SCOPED_TRACE(params[plane].first);
+    at::Tensor v = params[plane].second;
+    const int64_t a = 3, b = 5;
+    // Which sign is there: the dense weight moves when it flips.
+    const at::Tensor w0 = layer.dequantize();
+    v[a][b] = 2.0;
+    layer.update_params();
+    double sign0 = at::equal(layer.dequantize(), w0) ? 1.0 : -1.0;  // +2 left it: it was +1
+    v[a][b] = -2.0 * sign0;  // flip it
+    layer.update_params();
+    const double dL = (gy * (layer.forward(xs) - y0)).sum().item<double>();
+    const double want = -2.0 * sign0 * grads[plane][a][b].item<double>();
+    EXPECT_NEAR(dL, want, 1e-4 * std::max(1.0, std::abs(want)));
+    v[a][b] = 0.0;
+    layer.update_params();
+    EXPECT_TRUE(at::allclose(layer.forward(xs), y0, 1e-6, 1e-6));
+  }
+  for (int plane : {3, 4}) params[plane].second.copy_(at::randn_like(params[plane].second) * 1.5);
+  layer.update_params();
+  EXPECT_LE(params[3].second.abs().max().item<double>(), 2.0);
+  const qh::QuantResult s = layer.store(r);
+  EXPECT_FALSE(at::equal(s.tensors.at("sign_a"), r.tensors.at("sign_a")));
+  EXPECT_FALSE(at::equal(s.tensors.at("sign_b"), r.tensors.at("sign_b")));
+  for (const auto& [name, t] : r.tensors) {
+    EXPECT_EQ(s.tensors.at(name).scalar_type(), t.scalar_type()) << name;
+    EXPECT_EQ(s.tensors.at(name).sizes(), t.sizes()) << name;
+  }
+  const qh::PackedLayer fresh(inference, s);
+  EXPECT_TRUE(at::allclose(fresh.forward(xs), layer.forward(xs), 1e-5, 1e-6));
+  EXPECT_TRUE(at::allclose(fresh.dequantize(), s.dequantized, 1e-5, 1e-6));
 }
 
 }  // namespace

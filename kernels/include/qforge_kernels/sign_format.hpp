@@ -31,6 +31,9 @@ struct SignFormat {
                         const std::vector<std::pair<std::string, TensorData>>& tensors);
   // The name of each scale vector of the chain, scales[0..L].
   std::vector<const char*> scale_names;
+  // The name of each plane's tensor, planes[0..L−1]: uint8 [rows,
+  // ceil(cols / 8)], MSB first, 1 = +1 (SignPlane::msb_rows).
+  std::vector<const char*> plane_names;
 };
 
 // Every row, in the table's order.

@@ -43,6 +43,7 @@ SignChain describe(const nlohmann::json& m,
 
 }  // namespace
 
-const SignFormat dbf_v1 = {kId, &describe, {QFORGE_DBF_V1_S0, QFORGE_DBF_V1_S2, QFORGE_DBF_V1_S4}};
+const SignFormat dbf_v1 = {kId, &describe, {QFORGE_DBF_V1_S0, QFORGE_DBF_V1_S2, QFORGE_DBF_V1_S4},
+                           {QFORGE_DBF_V1_SIGN_B, QFORGE_DBF_V1_SIGN_A}};
 
 }  // namespace qforge::kernels::formats

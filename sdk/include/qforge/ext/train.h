@@ -184,16 +184,19 @@ typedef struct qforge_layer_tunable {
   qforge_status* (*store)(struct qforge_layer* layer, const qforge_named_tensor* const* original,
                           uint32_t original_count, const qforge_quantize_output* out);
 
-  /* Revision 3 (present when struct_size covers it; NULL when the format has
-   * no integer grid). Makes the integer codes tunable too, by straight-
-   * through rounding offsets (AutoRound's signed-offset form of AdaRound:
-   * Cheng et al. 2023, "Optimize Weight Rounding via Signed Gradient
-   * Descent", eq. 2): from here the layer has one more param,
-   * "code_offsets" [out, in], 0 at first, in steps of the grid; it computes
-   * with codes clamp(q₀ + round(v), 0, maxq), q₀ the codes it was created
-   * from; backward_params passes ∂L/∂W · scale through the rounding (zero
-   * where the clamp holds); update clips v to [−1, 1] (a code moves by at
-   * most one step); store writes the codes as they are into the format. */
+  /* Revision 3 (present when struct_size covers it; NULL or UNSUPPORTED when
+   * the format has no codes to tune). Makes the format's discrete codes
+   * tunable too, by straight-through offsets: from here the layer has more
+   * params, named "code_offsets…", 0 at first, through which the host's
+   * optimizer moves the codes; backward_params passes ∂L/∂code through the
+   * rounding; store writes the codes as they are into the format. An affine
+   * grid (AutoRound's signed offsets, Cheng et al. 2023, "Optimize Weight
+   * Rounding via Signed Gradient Descent", eq. 2): "code_offsets" [out, in]
+   * in grid steps, codes clamp(q₀ + round(v), 0, maxq), ∂L/∂v = scale ·
+   * ∂L/∂W where the clamp does not hold, v clipped to [−1, 1] by update (a
+   * code moves at most one step). A sign plane S (BinaryConnect's straight-
+   * through sign, Courbariaux et al. 2015): "code_offsets.<plane>" shaped
+   * like it, S = sign(S₀ + V), ∂L/∂V = ∂L/∂S, V clipped to [−2, 2]. */
   qforge_status* (*tune_codes)(struct qforge_layer* layer);
 } qforge_layer_tunable;
 
