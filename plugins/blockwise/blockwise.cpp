@@ -42,6 +42,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <deque>
 #include <string>
 #include <vector>
 
@@ -206,15 +207,23 @@ void common_params(qforge::ComponentBuilder& b, int64_t epochs, double lr) {
       .param_float("max_grad_norm", 1.0, 0, 1e9, "global gradient-norm clipping (0: none)")
       .param_int("seed", 0, 0, (1LL << 53), "order of the sequences")
       .param_bool("codes", false,
-                  "also tune the integer codes of grid formats (straight-through rounding "
-                  "offsets, a code moves at most one step; rounded back into the format)")
-      .param_float("code_lr", 5e-3, 0, 1, "Adam learning rate of the code offsets (in grid steps)");
+                  "also tune the formats' discrete codes straight through (a grid's codes by at "
+                  "most one step, DBF's signs), written back into the format")
+      .param_float("code_lr", 5e-3, 0, 1, "Adam learning rate of the code offsets (grid steps; signs)");
 }
 
-void window_params(qforge::ComponentBuilder& b) {
-  b.param_int("max_length", 0, 0, 1 << 20, "tokens per training sequence (0: the model's positions, at most 1024)")
-      .param_int("max_samples", 128, 0, 1 << 30, "training sequences (0: all)")
-      .param_int("holdout", 8, 1, 1 << 20, "of them held out to pick each window's best epoch");
+// The training data of a whole-model run; `when` says when they apply.
+void window_params(qforge::ComponentBuilder& b, const std::string& when) {
+  static std::deque<std::string> help;  // the builder keeps the pointers: they must stay
+  help.push_back(when + "tokens per training sequence (0: the model's positions, at most 1024)");
+  const char* length = help.back().c_str();
+  help.push_back(when + "training sequences (0: all)");
+  const char* samples = help.back().c_str();
+  help.push_back(when + "of them held out to pick the best state");
+  const char* holdout = help.back().c_str();
+  b.param_int("max_length", 0, 0, 1 << 20, length)
+      .param_int("max_samples", 128, 0, 1 << 30, samples)
+      .param_int("holdout", 8, 1, 1 << 20, holdout);
 }
 
 struct BlockwisePtq {
@@ -325,7 +334,7 @@ void describe(qforge::Plugin& plugin) {
                  "checkpoint on --train-data against --teacher."})
           .min_host_minor(1);
   common_params(blockwise, 20, 1e-3);
-  window_params(blockwise);
+  window_params(blockwise, "on a saved checkpoint: ");
 
   auto& cbq = plugin.postprocess<Cbq>(
                         {"org.qforge.cbq", "Cross-block reconstruction (CBQ)", "0.2.0", "qforge", "MIT",
@@ -336,7 +345,7 @@ void describe(qforge::Plugin& plugin) {
                          "--postprocess org.qforge.cbq`) or on a saved checkpoint."})
                   .min_host_minor(1);
   common_params(cbq, 10, 5e-4);
-  window_params(cbq);
+  window_params(cbq, "");
   cbq.param_int("window", 2, 1, 1 << 16, "blocks per window");
 
   auto& global = plugin.postprocess<GlobalPtq>(
@@ -348,7 +357,7 @@ void describe(qforge::Plugin& plugin) {
                             "stay in their formats."})
                      .min_host_minor(1);
   common_params(global, 5, 1e-3);
-  window_params(global);
+  window_params(global, "");
   global.param_float("temperature", 1.0, 1e-3, 1e3, "τ of the KL loss")
       .param_float("warmup_ratio", 0.1, 0, 1, "share of the steps warming up")
       .param_int("evals_per_epoch", 4, 1, 1 << 20, "held-out evaluations per epoch")

@@ -249,9 +249,12 @@ typedef struct qforge_host_train {
    * *position receives where to continue (0: from the start). */
   qforge_status* (*restore_state)(qforge_trainer* trainer, uint64_t* position);
 
-  /* Makes the tunable parameters of packed linear `layer` trainable (its
-   * inference layer must offer QFORGE_EXT_LAYER_TUNABLE); the optimizer
-   * updates them with the adapters' tensors. */
+  /* Makes the tunable parameters of packed linear `layer` trainable by this
+   * trainer (its inference layer must offer QFORGE_EXT_LAYER_TUNABLE); the
+   * optimizer updates them with the adapters' tensors. A later trainer of the
+   * same post-process trains only the layers it is given; when the
+   * post-process returns, the host writes every layer tuned by any of its
+   * trainers back into its format. */
   qforge_status* (*tune_layer)(qforge_trainer* trainer, const char* layer);
 
   /* ---- revision 2 (present when struct_size covers it) ---- */
