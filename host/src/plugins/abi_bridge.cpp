@@ -189,8 +189,10 @@ PackedLayer::PackedLayer(const Component& component, const QuantResult& result)
   vt_->shape(layer_, &out_, &in_);
   if (component.desc->get_extension != nullptr) {
     const auto* t = static_cast<const qforge_layer_tunable*>(
-        component.desc->get_extension(QFORGE_EXT_LAYER_TUNABLE, QFORGE_EXT_LAYER_TUNABLE_REVISION));
-    // Revision 1 ends with `update`; `store` is revision 2.
+        component.desc->get_extension(QFORGE_EXT_LAYER_TUNABLE, 1));
+    // Asked for revision 1, the least the host can use (a layer built
+    // against an older header answers only up to its own revision); what is
+    // newer is found by struct_size: `store` is revision 2, `tune_codes` 3.
     if (t != nullptr && t->struct_size >= offsetof(qforge_layer_tunable, store) && t->param_count &&
         t->param && t->backward_params && t->update)
       tunable_ = t;
