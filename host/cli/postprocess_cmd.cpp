@@ -258,7 +258,7 @@ json run_postprocess_plan(host::Registry& registry, const PostprocessPlan& plan)
       if (packed == nullptr || !packed->storable())
         throw host::UsageError(fmt::format("{}: its inference layer cannot write its tuned "
                                            "parameters back", name));
-      tuned_results[name] = packed->store(packed->origin());
+      tuned_results[name] = packed->store();
     }
     host::apply_adapters(model, adapters);
     all_adapters.insert(all_adapters.end(), adapters.begin(), adapters.end());

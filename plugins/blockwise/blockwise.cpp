@@ -74,30 +74,43 @@ qforge_train_config adam(const qforge::Params& p) {
   return cfg;
 }
 
-// The model's packed linears whose block is accepted by `in_scope`, made
-// trainable (with their codes when `codes`); returns how many.
+// The model's packed linears (a format set), with their blocks.
+struct PackedLinear {
+  const char* name;
+  const char* format;
+  uint32_t block;
+};
+std::vector<PackedLinear> packed_linears(const qforge::Host& host, const qforge_model_services& model) {
+  std::vector<PackedLinear> out;
+  for (uint32_t i = 0, n = model.layer_count(&model); i < n; ++i) {
+    int64_t rows = 0, cols = 0;
+    uint32_t b = 0;
+    const char* format = nullptr;
+    qforge::check(host.get(), model.layer_info(&model, i, &rows, &cols, &b, &format));
+    if (format != nullptr && *format != '\0') out.push_back({model.layer_name(&model, i), format, b});
+  }
+  return out;
+}
+
+// The packed linears whose block is accepted by `in_scope`, made trainable
+// (with their codes when `codes`); returns how many.
 template <class InScope>
 int tune_layers(const qforge::Host& host, const qforge_model_services& model,
                 qforge::Trainer& trainer, InScope in_scope, bool codes, double code_lr,
                 bool quiet) {
   int tuned = 0;
-  for (uint32_t i = 0, n = model.layer_count(&model); i < n; ++i) {
-    int64_t out = 0, in = 0;
-    uint32_t b = 0;
-    const char* format = nullptr;
-    qforge::check(host.get(), model.layer_info(&model, i, &out, &in, &b, &format));
-    const char* name = model.layer_name(&model, i);
-    if (!in_scope(b) || format == nullptr || *format == '\0') continue;
+  for (const PackedLinear& l : packed_linears(host, model)) {
+    if (!in_scope(l.block)) continue;
     std::string why;
-    if (!trainer.tune(name, &why)) {
+    if (!trainer.tune(l.name, &why)) {
       if (!quiet)
-        host.log(QFORGE_LOG_INFO, std::string("reconstruction: ") + name + " (" + format +
+        host.log(QFORGE_LOG_INFO, std::string("reconstruction: ") + l.name + " (" + l.format +
                                       ") has nothing to tune: skipped (" + why + ")");
       continue;
     }
     ++tuned;
-    if (codes && !trainer.tune_codes(name, code_lr, &why) && !quiet)
-      host.log(QFORGE_LOG_INFO, std::string("reconstruction: ") + name + " (" + format +
+    if (codes && !trainer.tune_codes(l.name, code_lr, &why) && !quiet)
+      host.log(QFORGE_LOG_INFO, std::string("reconstruction: ") + l.name + " (" + l.format +
                                     "): its scales only (" + why + ")");
   }
   return tuned;
@@ -182,13 +195,7 @@ void reconstruct_windows(const qforge::Host& host, const qforge_model_services& 
     const Clock::time_point tw = Clock::now();
     const Fit f = fit(host, trainer, {term}, epochs);
     int in_window = 0;  // packed linears of the window
-    for (uint32_t i = 0, n = model.layer_count(&model); i < n; ++i) {
-      int64_t out = 0, in = 0;
-      uint32_t b = 0;
-      const char* format = nullptr;
-      qforge::check(host.get(), model.layer_info(&model, i, &out, &in, &b, &format));
-      in_window += b >= w && b < w + width && format != nullptr && *format != '\0';
-    }
+    for (const PackedLinear& l : packed_linears(host, model)) in_window += l.block >= w && l.block < w + width;
     trainer.save_state(w + 1, /*force=*/true);
     const double per = seconds_since(t0) / static_cast<double>(w + 1 - done);
     const std::string what = width == 1 ? "block " + std::to_string(w + 1) + "/" + std::to_string(blocks)

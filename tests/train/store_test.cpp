@@ -54,7 +54,7 @@ TEST(TunedStore, EveryFormatKeepsItsLayoutAndComputesWhatWasTuned) {
     ASSERT_TRUE(layer.storable());
     for (auto& [name, p] : layer.tunable_params()) p.mul_(1.0 + 0.03 * at::randn_like(p)).add_(0.01);
     layer.update_params();
-    const qh::QuantResult s = layer.store(r);
+    const qh::QuantResult s = layer.store();
     EXPECT_EQ(s.format, r.format);
     EXPECT_EQ(s.metadata, r.metadata);
     ASSERT_EQ(s.tensors.size(), r.tensors.size());
@@ -160,7 +160,7 @@ TEST(TunedStore, GridCodesMoveByStraightThroughOffsetsAndAreStored) {
     v.copy_(at::randn_like(v) * 0.8);
     layer.update_params();
     EXPECT_LE(v.abs().max().item<double>(), 1.0);
-    const qh::QuantResult s = layer.store(r);
+    const qh::QuantResult s = layer.store();
     ASSERT_EQ(s.tensors.size(), r.tensors.size());
     for (const auto& [name, t] : r.tensors) {
       ASSERT_TRUE(s.tensors.count(name)) << name;
@@ -232,7 +232,7 @@ TEST(TunedStore, DbfSignsMoveByStraightThroughOffsetsAndAreStored) {
   for (int plane : {3, 4}) params[plane].second.copy_(at::randn_like(params[plane].second) * 1.5);
   layer.update_params();
   EXPECT_LE(params[3].second.abs().max().item<double>(), 2.0);
-  const qh::QuantResult s = layer.store(r);
+  const qh::QuantResult s = layer.store();
   EXPECT_FALSE(at::equal(s.tensors.at("sign_a"), r.tensors.at("sign_a")));
   EXPECT_FALSE(at::equal(s.tensors.at("sign_b"), r.tensors.at("sign_b")));
   for (const auto& [name, t] : r.tensors) {

@@ -334,7 +334,7 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
         // Tuned parameters go back into the results, in their own formats.
         for (const auto& name : tuned) {
           SavedLayer& saved = *results.at(name);
-          saved.result = attached.at(name)->store(saved.result);
+          saved.result = attached.at(name)->store();
           Linear* l = b.find(name.substr(layout.prefix(i).size()));
           l->weight = saved.result.dequantized.to(l->weight.scalar_type());
           log(LogLevel::info, "{}: tuned parameters stored in {}", name, saved.result.format);

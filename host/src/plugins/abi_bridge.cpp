@@ -251,10 +251,10 @@ void PackedLayer::tune_codes() {
   throw_if_error(tunable_->tune_codes(layer_), fmt::format("tuning the codes of the {} layer", format_));
 }
 
-QuantResult PackedLayer::store(const QuantResult& original) {
+QuantResult PackedLayer::store() {
   if (!storable())
     throw UsageError(fmt::format("the {} layer cannot write its tuned parameters back", format_));
-  const NamedViews named(original);
+  const NamedViews named(origin_);
   Sink sink;
   throw_if_error(tunable_->store(layer_, named.pointers.data(), named.count(), &sink.table),
                  fmt::format("storing the tuned {} layer", format_));
@@ -264,7 +264,7 @@ QuantResult PackedLayer::store(const QuantResult& original) {
   require(r.dequantized.defined() && r.dequantized.size(0) == out_ && r.dequantized.size(1) == in_,
           fmt::format("store: the {} layer wrote no dequantized [{}, {}] weight", format_, out_, in_));
   r.dequantized = r.dequantized.to(at::kFloat);
-  r.metrics = original.metrics;
+  r.metrics = origin_.metrics;
   origin_ = r;
   origin_.dequantized = at::Tensor();
   return r;

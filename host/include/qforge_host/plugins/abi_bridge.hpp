@@ -66,15 +66,12 @@ class PackedLayer final : public LinearKernel {
                        const std::vector<at::Tensor>& grads);
   void update_params();
   // Whether the layer can write its tuned parameters back into its format
-  // (qforge.layer.tunable revision 2), and doing so: `original` is the result
-  // the layer was created from; the returned one is the same format with the
-  // parameters as tuned, rounded to what the format stores (the layer
-  // computes with the rounded values from here).
+  // (qforge.layer.tunable revision 2), and doing so from the result it was
+  // created from (or last stored): the same format with the parameters as
+  // tuned, rounded to what the format stores (the layer computes with the
+  // rounded values from here).
   bool storable() const;
-  QuantResult store(const QuantResult& original);
-  // The result the layer was created from (its dequantized weight dropped),
-  // or, after store(), the one it stored last.
-  const QuantResult& origin() const { return origin_; }
+  QuantResult store();
   // Whether the format's integer codes can be tuned too (revision 3), and
   // making them so: one more tunable param, "code_offsets".
   bool codes_tunable() const;
@@ -84,7 +81,7 @@ class PackedLayer final : public LinearKernel {
   const qforge_inference_layer* vt_;
   const qforge_layer_tunable* tunable_ = nullptr;
   std::string format_;
-  QuantResult origin_;
+  QuantResult origin_;  // created from, or last stored (its dequantized weight dropped)
   qforge_layer* layer_ = nullptr;
   int64_t out_ = 0, in_ = 0;
 };
