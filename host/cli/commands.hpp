@@ -56,6 +56,9 @@ nlohmann::json run_postprocess_plan(host::Registry& registry, const PostprocessP
 // "--postprocess ID --pp-set k=v ..." in command-line order: each --pp-set
 // belongs to the --postprocess before it.
 std::vector<PostprocessStep> postprocess_steps(const Args& args);
+// The same for any pair of flags, e.g. "--preprocess ID --pre-set k=v".
+std::vector<PostprocessStep> component_steps(const Args& args, const std::string& id_flag,
+                                             const std::string& set_flag);
 // The options saying what to post-process with (--postprocess, --pp-set,
 // --teacher, --train-data, ...), shared by quantize and postprocess, and
 // their values into a plan.

@@ -9,6 +9,7 @@
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/base/log.hpp"
 #include "qforge_host/plugins/params.hpp"
+#include "qforge_host/plugins/schemes.hpp"
 
 namespace po = boost::program_options;
 using nlohmann::json;
@@ -66,6 +67,10 @@ json component_json(const host::Component& c, bool with_params) {
   if (with_params) {
     j["parameters"] = json::array();
     for (uint32_t k = 0; k < d.param_count; ++k) j["parameters"].push_back(param_json(*d.params[k]));
+    j["schemes"] = json::array();
+    for (const auto& s : host::schemes_of(c))
+      j["schemes"].push_back({{"name", s.name}, {"params", s.params},
+                              {"description", s.description}, {"default", s.is_default}});
   }
   return j;
 }
@@ -125,8 +130,20 @@ int show(host::Registry& registry, const std::string& id, bool as_json) {
   if (!features(d).empty()) fmt::print("  features: {}\n", fmt::join(features(d), ", "));
   if (!formats(*c).empty()) fmt::print("  formats:  {}\n", fmt::join(formats(*c), ", "));
   if (d.description) fmt::print("\n  {}\n", d.description);
+  const std::vector<host::Scheme> schemes = host::schemes_of(*c);
+  if (!schemes.empty()) {
+    fmt::print("\nSchemes (quantize --scheme NAME; * = the default implementation):\n");
+    for (const auto& s : schemes) {
+      std::vector<std::string> kv;
+      for (const auto& [k, v] : s.params) kv.push_back(k + "=" + v);
+      fmt::print("  {:<12}{} {}  ({})\n", s.name, s.is_default ? "*" : " ", s.description,
+                 fmt::join(kv, " "));
+    }
+  }
   fmt::print("\nParameters (set with {} name=value):\n",
-             d.kind == QFORGE_COMPONENT_POSTPROCESS ? "--pp-set" : "--set");
+             d.kind == QFORGE_COMPONENT_POSTPROCESS  ? "--pp-set"
+             : d.kind == QFORGE_COMPONENT_PREPROCESS ? "--pre-set"
+                                                     : "--set");
   if (d.param_count == 0) fmt::print("  (none)\n");
   for (uint32_t k = 0; k < d.param_count; ++k) {
     const qforge_param_desc& p = *d.params[k];

@@ -72,6 +72,11 @@ host::Linear& find_linear(host::Model& model, const std::string& name) {
 }  // namespace
 
 std::vector<PostprocessStep> postprocess_steps(const Args& args) {
+  return component_steps(args, "--postprocess", "--pp-set");
+}
+
+std::vector<PostprocessStep> component_steps(const Args& args, const std::string& id_flag,
+                                             const std::string& set_flag) {
   std::vector<PostprocessStep> steps;
   std::vector<std::vector<std::string>> sets;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -84,11 +89,12 @@ std::vector<PostprocessStep> postprocess_steps(const Args& args) {
       if (a.rfind(name + "=", 0) == 0) return a.substr(name.size() + 1);
       return std::nullopt;
     };
-    if (auto id = value("--postprocess")) {
+    if (auto id = value(id_flag)) {
       steps.push_back({*id, {}});
       sets.emplace_back();
-    } else if (auto kv = value("--pp-set")) {
-      if (steps.empty()) throw host::UsageError("--pp-set " + *kv + " comes before any --postprocess");
+    } else if (auto kv = value(set_flag)) {
+      if (steps.empty())
+        throw host::UsageError(fmt::format("{} {} comes before any {}", set_flag, *kv, id_flag));
       sets.back().push_back(*kv);
     }
   }

@@ -25,6 +25,7 @@
 #include "qforge_host/model/model.hpp"
 #include "qforge_host/pipeline/pipeline.hpp"
 #include "qforge_host/plugins/params.hpp"
+#include "qforge_host/plugins/schemes.hpp"
 #include "qforge_host/results/apply.hpp"
 #include "qforge_host/base/progress.hpp"
 #include "qforge_host/tokenizer/tokenizer.hpp"
@@ -57,7 +58,8 @@ JsonKind kind_of(const po::option_description& o) {
 // both is taken from the command line, a --set name replaces the recipe's,
 // and command-line --override patterns come after the recipe's (later wins).
 void apply_recipe(const std::string& path, const po::options_description& opts,
-                  po::variables_map& vm, std::vector<PostprocessStep>& steps) {
+                  po::variables_map& vm, std::vector<PostprocessStep>& pre_steps,
+                  std::vector<PostprocessStep>& steps) {
   json r = json::parse(host::read_file(path, "recipe"), nullptr, false);
   if (r.is_discarded() || !r.is_object())
     throw host::UsageError(fmt::format("{}: a recipe must be a JSON object", path));
@@ -71,7 +73,7 @@ void apply_recipe(const std::string& path, const po::options_description& opts,
   std::vector<std::string> args;
   for (const auto& [key, value] : r.items()) {
     if (key == "recipe") throw host::UsageError(fmt::format("{}: a recipe cannot include another", path));
-    if (key == "postprocess") {  // [{"id": ..., "set": {...}}, ...]
+    if (key == "postprocess" || key == "preprocess") {  // [{"id": ..., "set": {...}}, ...]
       if (!value.is_array()) throw bad(key, "an array of {\"id\": ..., \"set\": {...}}");
       for (const auto& step : value) {
         if (!step.is_object() || !step.contains("id") || !step["id"].is_string())
@@ -81,11 +83,12 @@ void apply_recipe(const std::string& path, const po::options_description& opts,
           if (k == "id") continue;
           if (k != "set" || !v.is_object()) throw bad(key + "[].set", "an object of parameter values");
           for (const auto& [name, x] : v.items()) {
-            if (!x.is_primitive() || x.is_null()) throw bad("postprocess[].set." + name, "a string, number or boolean");
+            if (!x.is_primitive() || x.is_null()) throw bad(key + "[].set." + name, "a string, number or boolean");
             sets.push_back(name + "=" + (x.is_string() ? x.get<std::string>() : x.dump()));
           }
         }
-        steps.push_back({step["id"].get<std::string>(), parse_sets(sets)});
+        (key == "preprocess" ? pre_steps : steps)
+            .push_back({step["id"].get<std::string>(), parse_sets(sets)});
       }
       continue;
     }
@@ -136,6 +139,12 @@ bool runs_packed(host::Model& m) {
   return false;
 }
 
+std::string describe_sets(const std::map<std::string, std::string>& sets) {
+  std::string out;
+  for (const auto& [k, v] : sets) out += (out.empty() ? "" : " ") + k + "=" + v;
+  return out.empty() ? "its defaults" : out;
+}
+
 double perplexity_of(const host::Model& m, const std::vector<int32_t>& stream, int64_t seqlen,
                      const std::string& label) {
   host::ProgressLine p("perplexity " + label, "windows");
@@ -147,6 +156,7 @@ double perplexity_of(const host::Model& m, const std::vector<int32_t>& stream, i
 int quantize_command(const Args& args, host::Registry& registry) {
   po::options_description opts(
       "Usage: qforge quantize --model DIR --method ID [--set k=v ...] [--calib FILE] --out DIR [options]\n"
+      "       qforge quantize --model DIR --scheme W8A8 [--preprocess ID [--pre-set k=v ...]] --calib FILE --out DIR\n"
       "       qforge quantize --recipe FILE.json [options]\n"
       "       qforge quantize --model DIR --from-results FILE --out DIR\n\n"
       "Quantizes every selected linear layer block by block through the quantizer plugin,\n"
@@ -158,6 +168,15 @@ int quantize_command(const Args& args, host::Registry& registry) {
       ("recipe", po::value<std::string>(), "JSON file whose keys are these long options")
       ("model", po::value<std::string>(), "Hugging Face model directory")
       ("method", po::value<std::string>(), "quantizer component id (see `qforge plugins`)")
+      ("scheme", po::value<std::string>(), "a named scheme as llm-compressor users know them "
+       "(W4A16, W4A16_ASYM, W8A16, W8A8, FP8, FP8_DYNAMIC; `qforge plugins show ID` lists each "
+       "quantizer's): the --method's parameters for it (--set still wins), or the quantizer "
+       "that implements it by default; saves compressed-tensors unless --save-format is given")
+      ("preprocess", po::value<std::vector<std::string>>()->composing(),
+       "pre-process component id (e.g. org.qforge.smoothquant), run on each block before it is "
+       "quantized, in the order given (repeatable)")
+      ("pre-set", po::value<std::vector<std::string>>()->composing(),
+       "parameter name=value of the --preprocess before it (repeatable)")
       ("set", po::value<std::vector<std::string>>()->composing(), "method parameter name=value (repeatable)")
       ("override", po::value<std::vector<std::string>>()->composing(),
        "per-layer parameters PATTERN:name=value[,name=value] (glob or substring; repeatable, later wins)")
@@ -208,10 +227,14 @@ int quantize_command(const Args& args, host::Registry& registry) {
     std::cout << opts << "\n";
     return host::kExitOk;
   }
-  // Post-processes: the command line's, else the recipe's ("postprocess").
-  std::vector<PostprocessStep> recipe_steps, steps = postprocess_steps(args);
-  if (vm.count("recipe")) apply_recipe(vm["recipe"].as<std::string>(), opts, vm, recipe_steps);
+  // Pre- and post-processes: the command line's, else the recipe's
+  // ("preprocess", "postprocess").
+  std::vector<PostprocessStep> recipe_pre, recipe_steps, steps = postprocess_steps(args);
+  std::vector<PostprocessStep> pre_steps = component_steps(args, "--preprocess", "--pre-set");
+  if (vm.count("recipe"))
+    apply_recipe(vm["recipe"].as<std::string>(), opts, vm, recipe_pre, recipe_steps);
   if (steps.empty()) steps = recipe_steps;
+  if (pre_steps.empty()) pre_steps = recipe_pre;
   po::notify(vm);
   if (!vm.count("model")) throw host::UsageError("--model DIR is required");
   if (!vm.count("out")) throw host::UsageError("--out DIR is required");
@@ -249,7 +272,10 @@ int quantize_command(const Args& args, host::Registry& registry) {
     throw host::UsageError(fmt::format(
         "{} is already quantized (its config.json has a quantization_config); quantize the "
         "unquantized model (eval and generate read quantized checkpoints)", model_dir));
-  const std::string save_format = vm["save-format"].as<std::string>();
+  // A scheme is stored the way llm-compressor stores it, unless told otherwise.
+  const std::string save_format = vm.count("scheme") && vm["save-format"].defaulted()
+                                      ? "compressed-tensors"
+                                      : vm["save-format"].as<std::string>();
   host::WriterOptions wo;
   wo.resume = vm.count("resume") > 0;
   wo.force = vm.count("force") > 0;
@@ -259,7 +285,7 @@ int quantize_command(const Args& args, host::Registry& registry) {
   // Post-processes are checked now, not after a long quantization. Those
   // with a per-block hook run inside the pipeline, the others at the end.
   check_postprocess_steps(registry, steps);
-  std::vector<host::BlockPostprocess> block_steps;
+  std::vector<host::ComponentRun> block_steps;
   std::vector<PostprocessStep> model_steps;
   for (const auto& step : steps) {
     if (host::has_run_block(*registry.find(step.id)))
@@ -281,9 +307,19 @@ int quantize_command(const Args& args, host::Registry& registry) {
     host::QuantizeOptions o;
     o.model_dir = model_dir;
     o.out_dir = out;
-    if (!vm.count("method")) throw host::UsageError("--method ID is required");
-    o.method = vm["method"].as<std::string>();
-    o.params = parse_sets(list(vm, "set"));
+    if (vm.count("scheme")) {
+      const std::string method = vm.count("method") ? vm["method"].as<std::string>() : "";
+      o.method = host::find_scheme(registry, vm["scheme"].as<std::string>(), method, &o.params)
+                     .desc->id;
+      host::log(host::LogLevel::info, "--scheme {}: {} with {}", vm["scheme"].as<std::string>(),
+                o.method, describe_sets(o.params));
+    } else if (vm.count("method")) {
+      o.method = vm["method"].as<std::string>();
+    } else {
+      throw host::UsageError("--method ID (or --scheme NAME) is required");
+    }
+    for (const auto& [k, v] : parse_sets(list(vm, "set"))) o.params[k] = v;
+    for (const auto& step : pre_steps) o.preprocesses.push_back({step.id, step.set});
     for (const auto& text : list(vm, "override")) o.overrides.push_back(host::parse_override(text));
     if (vm.count("calib")) o.calibration.file = vm["calib"].as<std::string>();
     o.calibration.format = vm["calib-format"].as<std::string>();
@@ -401,16 +437,18 @@ int quantize_command(const Args& args, host::Registry& registry) {
       host::apply_peft_adapter(written, adapter.string());
       ppl[saved_as + "+adapter"] = perplexity_of(written, stream, seqlen, saved_as + "+adapter");
     }
-    // The packed model in memory (the original with each quantized layer run
-    // by its inference layer), when the written checkpoint is not itself run
-    // packed: then it is the only packed figure.
+    // The packed model in memory (the written checkpoint, whose other
+    // parameters are the run's — a pre-process may have changed norms — with
+    // each quantized layer run by its inference layer), when the written
+    // checkpoint is not itself run packed: then it is the only packed figure.
     const bool written_packed = runs_packed(written);
     bool packed = false;
     if (!written_packed) {
       std::string results = (fs::path(out) / "quant_results.safetensors").string();
       if (vm.count("from-results")) results = vm["from-results"].as<std::string>();
-      packed = host::attach_packed_layers(registry, original, host::load_results(results));
-      if (packed) ppl["packed"] = perplexity_of(original, stream, seqlen, "packed");
+      host::Model base = host::load_model(registry, out, at::kFloat);
+      packed = host::attach_packed_layers(registry, base, host::load_results(results));
+      if (packed) ppl["packed"] = perplexity_of(base, stream, seqlen, "packed");
     }
     summary["perplexity"] = ppl;
     summary["perplexity_protocol"] = fmt::format(

@@ -141,6 +141,29 @@ struct GptqQuantizer {
   }
 };
 
+// llm-compressor's weight-only presets as its GPTQModifier runs them
+// (research/llm-compressor.md §6.3, §6.5): actorder "static" (columns by
+// decreasing diag H, natural groups) and scales fixed from the original
+// weight before the loop (static groups).
+const qforge_scheme_desc kW4A16 = {
+    sizeof(qforge_scheme_desc), 0, "W4A16",
+    "bits=4;group_size=128;sym=true;desc_act=true;static_groups=true",
+    "int4 weights, groups of 128, symmetric, actorder static"};
+const qforge_scheme_desc kW4A16Asym = {
+    sizeof(qforge_scheme_desc), 0, "W4A16_ASYM",
+    "bits=4;group_size=128;sym=false;desc_act=true;static_groups=true",
+    "int4 weights, groups of 128, asymmetric, actorder static"};
+const qforge_scheme_desc kW8A16 = {
+    sizeof(qforge_scheme_desc), 0, "W8A16",
+    "bits=8;group_size=128;sym=true;desc_act=true;static_groups=true",
+    "int8 weights, groups of 128, actorder static"};
+const qforge_scheme_desc* const kSchemeList[] = {&kW4A16, &kW4A16Asym, &kW8A16};
+const qforge_quantizer_schemes kSchemes = {sizeof(qforge_quantizer_schemes), 3, kSchemeList};
+
+const void* extension(const char* id, uint32_t revision) {
+  return qforge::offer_schemes(id, revision, &kSchemes);
+}
+
 const qforge::ComponentList& components() {
   static const qforge::ComponentList list = [] {
     static const char* const features[] = {"weight-only", "needs-hessian", "per-group",
@@ -184,6 +207,7 @@ const qforge::ComponentList& components() {
         "AutoGPTQ v1 packed tensors.",
         features, params, static_cast<uint32_t>(sizeof params / sizeof params[0]),
         qforge::quantizer_vtable<GptqQuantizer>()));
+    l.back().get_extension = &extension;
     return l;
   }();
   return list;

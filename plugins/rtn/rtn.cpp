@@ -95,6 +95,25 @@ struct RtnQuantizer {
   }
 };
 
+// llm-compressor's weight-only presets (compressed-tensors quant_scheme.py,
+// research/llm-compressor.md §6.3): its QuantizationModifier is RTN, so RTN
+// is their default implementation.
+const qforge_scheme_desc kW4A16 = {sizeof(qforge_scheme_desc), 1, "W4A16",
+                                   "bits=4;group_size=128;sym=true",
+                                   "int4 weights, groups of 128, symmetric"};
+const qforge_scheme_desc kW4A16Asym = {sizeof(qforge_scheme_desc), 1, "W4A16_ASYM",
+                                       "bits=4;group_size=128;sym=false",
+                                       "int4 weights, groups of 128, asymmetric"};
+const qforge_scheme_desc kW8A16 = {sizeof(qforge_scheme_desc), 1, "W8A16",
+                                   "bits=8;group_size=128;sym=true",
+                                   "int8 weights, groups of 128 (compressed-tensors >= 0.16)"};
+const qforge_scheme_desc* const kSchemeList[] = {&kW4A16, &kW4A16Asym, &kW8A16};
+const qforge_quantizer_schemes kSchemes = {sizeof(qforge_quantizer_schemes), 3, kSchemeList};
+
+const void* extension(const char* id, uint32_t revision) {
+  return qforge::offer_schemes(id, revision, &kSchemes);
+}
+
 const qforge::ComponentList& components() {
   static const qforge::ComponentList list = [] {
     static const char* const features[] = {"weight-only", "calibration-free", "per-group",
@@ -110,6 +129,7 @@ const qforge::ComponentList& components() {
         "the RTN baseline of GPTQ (Frantar et al., 2022, quant.py). Needs no calibration data.",
         features, params, static_cast<uint32_t>(sizeof params / sizeof params[0]),
         qforge::quantizer_vtable<RtnQuantizer>()));
+    l.back().get_extension = &extension;
     return l;
   }();
   return list;

@@ -15,6 +15,7 @@
  * The same file is also compiled as C++ (layout_test_cxx.cpp) so that the
  * host's compiler sees the same layout as a plugin's C compiler. */
 #include <qforge/qforge.h>
+#include <qforge/ext/schemes.h>
 #include <qforge/ext/train.h>
 
 #include <stddef.h>
@@ -82,6 +83,7 @@ QF_ENUM(QFORGE_PARAM_FLAG_REQUIRED, 4);
 QF_ENUM(QFORGE_COMPONENT_QUANTIZER, 1);
 QF_ENUM(QFORGE_COMPONENT_INFERENCE_LAYER, 2);
 QF_ENUM(QFORGE_COMPONENT_POSTPROCESS, 3);
+QF_ENUM(QFORGE_COMPONENT_PREPROCESS, 4); /* 1.2 */
 
 QF_ENUM(QFORGE_LOG_TRACE, 0);
 QF_ENUM(QFORGE_LOG_DEBUG, 1);
@@ -214,7 +216,7 @@ QF_FIELD(qforge_named_tensor, name, 8, P);
 QF_FIELD(qforge_named_tensor, tensor, 16, P);
 
 /* ---- quantizer.h ---- */
-QF_SIZE(qforge_quantize_input, 88);
+QF_SIZE(qforge_quantize_input, 96); /* 88 in 1.0 and 1.1 */
 QF_STRUCT_SIZE_FIRST(qforge_quantize_input);
 QF_FIELD(qforge_quantize_input, reserved, 4, 4);
 QF_FIELD(qforge_quantize_input, layer_name, 8, P);
@@ -228,6 +230,7 @@ QF_FIELD(qforge_quantize_input, act_stats, 64, P);
 QF_FIELD(qforge_quantize_input, params, 72, P);
 QF_FIELD(qforge_quantize_input, param_count, 80, 4);
 QF_FIELD(qforge_quantize_input, reserved2, 84, 4);
+QF_FIELD(qforge_quantize_input, act_absmax, 88, P); /* 1.2 */
 
 QF_SIZE(qforge_quantize_output, 48);
 QF_STRUCT_SIZE_FIRST(qforge_quantize_output);
@@ -257,7 +260,7 @@ QF_FIELD(qforge_inference_layer, backward_input, 48, P);
 QF_FIELD(qforge_inference_layer, dequantize, 56, P);
 
 /* ---- postprocess.h ---- */
-QF_SIZE(qforge_model_services, 64); /* 48 in 1.0 */
+QF_SIZE(qforge_model_services, 80); /* 48 in 1.0, 64 in 1.1 */
 QF_STRUCT_SIZE_FIRST(qforge_model_services);
 QF_FIELD(qforge_model_services, reserved, 4, 4);
 QF_FIELD(qforge_model_services, host_data, 8, P);
@@ -268,6 +271,8 @@ QF_FIELD(qforge_model_services, set_parameter, 40, P);
 /* appended in 1.1 */
 QF_FIELD(qforge_model_services, block_count, 48, P);
 QF_FIELD(qforge_model_services, layer_info, 56, P);
+QF_FIELD(qforge_model_services, input_source, 64, P); /* 1.2 */
+QF_FIELD(qforge_model_services, input_stats, 72, P);  /* 1.2 */
 
 /* ---- ext/train.h (1.1) ---- */
 QF_SIZE(qforge_loss_term, 40);
@@ -343,6 +348,24 @@ QF_FIELD(qforge_postprocess, reserved, 4, 4);
 QF_FIELD(qforge_postprocess, run, 8, P);
 QF_FIELD(qforge_postprocess, run_block, 16, P); /* 1.1 */
 
+/* ---- preprocess.h (1.2) ---- */
+QF_SIZE(qforge_preprocess, 16);
+QF_STRUCT_SIZE_FIRST(qforge_preprocess);
+QF_FIELD(qforge_preprocess, reserved, 4, 4);
+QF_FIELD(qforge_preprocess, run_block, 8, P);
+
+/* ---- ext/schemes.h (1.2) ---- */
+QF_SIZE(qforge_scheme_desc, 32);
+QF_STRUCT_SIZE_FIRST(qforge_scheme_desc);
+QF_FIELD(qforge_scheme_desc, is_default, 4, 4);
+QF_FIELD(qforge_scheme_desc, name, 8, P);
+QF_FIELD(qforge_scheme_desc, params, 16, P);
+QF_FIELD(qforge_scheme_desc, description, 24, P);
+QF_SIZE(qforge_quantizer_schemes, 16);
+QF_STRUCT_SIZE_FIRST(qforge_quantizer_schemes);
+QF_FIELD(qforge_quantizer_schemes, count, 4, 4);
+QF_FIELD(qforge_quantizer_schemes, schemes, 8, P);
+
 /* ---- entry.h ---- */
 QF_SIZE(qforge_plugin_entry, 64);
 QF_STRUCT_SIZE_FIRST(qforge_plugin_entry);
@@ -372,6 +395,9 @@ QF_STRUCT_SIZE_FIRST(qforge_quantizer);
 QF_STRUCT_SIZE_FIRST(qforge_inference_layer);
 QF_STRUCT_SIZE_FIRST(qforge_model_services);
 QF_STRUCT_SIZE_FIRST(qforge_postprocess);
+QF_STRUCT_SIZE_FIRST(qforge_preprocess);
+QF_STRUCT_SIZE_FIRST(qforge_scheme_desc);
+QF_STRUCT_SIZE_FIRST(qforge_quantizer_schemes);
 QF_STRUCT_SIZE_FIRST(qforge_plugin_entry);
 QF_STRUCT_SIZE_FIRST(qforge_loss_term);
 QF_STRUCT_SIZE_FIRST(qforge_train_config);

@@ -24,6 +24,13 @@ std::vector<std::string> BlockLayout::linears() const {
   return out;
 }
 
+std::optional<size_t> BlockLayout::stage_of(std::string_view suffix) const {
+  for (size_t k = 0; k < stages.size(); ++k)
+    for (const auto& s : stages[k])
+      if (s == suffix) return k;
+  return std::nullopt;
+}
+
 std::vector<std::string> BlockLayout::linear_names(int64_t block) const {
   std::vector<std::string> out;
   for (const auto& s : linears()) out.push_back(prefix(block) + s);
@@ -36,7 +43,8 @@ const BlockLayout& llama_block_layout() {
       {{"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"},
        {"self_attn.o_proj"},
        {"mlp.gate_proj", "mlp.up_proj"},
-       {"mlp.down_proj"}}};
+       {"mlp.down_proj"}},
+      {"input_layernorm", "self_attn.v_proj", "post_attention_layernorm", "mlp.up_proj"}};
   return layout;
 }
 

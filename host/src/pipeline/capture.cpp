@@ -15,8 +15,10 @@ void accumulate(GramAccumulator& acc, const CaptureWants& wants, const at::Tenso
                 std::vector<at::Tensor>& rows_fp, at::Tensor& abs_sum) {
   for (int64_t s = 0; s < x.size(0); ++s) {
     at::Tensor xs = x[s].to(at::kFloat);
-    if (!acc.gram.defined()) acc.gram = at::zeros({xs.size(1), xs.size(1)}, at::kFloat);
-    acc.gram.addmm_(xs.t(), xs);
+    if (wants.gram) {
+      if (!acc.gram.defined()) acc.gram = at::zeros({xs.size(1), xs.size(1)}, at::kFloat);
+      acc.gram.addmm_(xs.t(), xs);
+    }
     if (wants.delta) {
       if (!acc.delta.defined()) acc.delta = at::zeros_like(acc.gram);
       acc.delta.addmm_((x_fp[s].to(at::kFloat) - xs).t(), xs);
@@ -24,6 +26,11 @@ void accumulate(GramAccumulator& acc, const CaptureWants& wants, const at::Tenso
     if (wants.act_stats) {
       at::Tensor a = xs.abs().sum(0, false, at::kDouble);
       abs_sum = abs_sum.defined() ? abs_sum.add_(a) : a;
+    }
+    if (wants.act_range) {
+      at::Tensor mn = std::get<0>(xs.min(0)), mx = std::get<0>(xs.max(0));
+      acc.act_min = acc.act_min.defined() ? at::minimum(acc.act_min, mn) : mn;
+      acc.act_max = acc.act_max.defined() ? at::maximum(acc.act_max, mx) : mx;
     }
     if (wants.inputs_q) rows_q.push_back(xs.clone());
     if (wants.inputs_fp) rows_fp.push_back(x_fp[s].to(at::kFloat).clone());

@@ -58,6 +58,8 @@ Needs needs_of(const Component& q, const QuantizeOptions& o) {
   if (!n.calibration && !o.block_postprocesses.empty())
     throw UsageError("a per-block post-process trains on the block's calibration inputs: "
                      "give --calib FILE");
+  if (!n.calibration && !o.preprocesses.empty())
+    throw UsageError("a pre-process works on the block's calibration inputs: give --calib FILE");
   if (!n.calibration && !free)
     throw UsageError(fmt::format("--calib FILE is required: {} is not calibration-free", o.method));
   if (!n.calibration && o.qep) throw UsageError("--qep needs calibration data (--calib FILE)");
@@ -65,6 +67,7 @@ Needs needs_of(const Component& q, const QuantizeOptions& o) {
   n.capture.inputs_q = q.has_feature(QFORGE_FEATURE_NEEDS_INPUTS_Q);
   n.capture.inputs_fp = q.has_feature(QFORGE_FEATURE_NEEDS_INPUTS_FP);
   n.capture.act_stats = q.has_feature(QFORGE_FEATURE_NEEDS_ACT_STATS);
+  n.capture.act_range = q.has_feature(QFORGE_FEATURE_NEEDS_ACT_ABSMAX);
   n.fp_stream = n.calibration && (o.qep || n.capture.inputs_fp);
   return n;
 }
@@ -135,6 +138,7 @@ SavedLayer quantize_one(const Registry& registry, const Component& q, const Quan
   req.inputs_q = acc.inputs_q;
   req.inputs_fp = acc.inputs_fp;
   req.act_stats = acc.act_stats;
+  if (acc.act_min.defined()) req.act_absmax = at::maximum(acc.act_min.neg(), acc.act_max);
   SavedLayer saved;
   saved.result = quantize_layer(q, req, params);
   saved.report = {l.name, saved.result.format, saved.result.metadata,
@@ -148,6 +152,28 @@ SavedLayer quantize_one(const Registry& registry, const Component& q, const Quan
   log(LogLevel::debug, "{}: relative weight error {:.3e}", l.name,
       saved.report.metrics["relative_weight_error"]);
   return saved;
+}
+
+// The pre-processes on block `i` (before anything of it is quantized): they
+// see its linears and norms through model services, and the statistics of
+// its linears' inputs on the calibration inputs `x`, computed on demand.
+void preprocess_block(Model& model, int64_t i,
+                      const std::vector<std::pair<const Component*, std::unique_ptr<ParamValues>>>& pres,
+                      const at::Tensor& x, int64_t chunk) {
+  BlockScope scope{static_cast<size_t>(i), x, at::Tensor(), {}};
+  scope.input_stats = [&](const std::string& probe) {
+    CaptureWants wants;
+    wants.gram = false;
+    wants.act_stats = wants.act_range = true;
+    Block& b = model.blocks()[i];
+    GramAccumulator acc = capture_inputs(model, i, b, probe, x, at::Tensor(), chunk, wants);
+    return at::stack({acc.act_min, acc.act_max, acc.act_stats});
+  };
+  ModelServices services(model, PostprocessContext{}, &scope);
+  for (const auto& [component, params] : pres) {
+    if (cancel_requested()) throw Cancelled("stopped by the user");
+    run_preprocess_block(*component, *params, services);
+  }
 }
 
 // The state to start from: the checkpoint's with --resume, else the
@@ -240,6 +266,14 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
     block_pps.emplace_back(c, std::make_unique<ParamValues>(pp.id, c->desc->params,
                                                             c->desc->param_count, pp.params));
   }
+  std::vector<std::pair<const Component*, std::unique_ptr<ParamValues>>> pres;
+  for (const auto& pre : o.preprocesses) {
+    const Component* c = registry.find(pre.id);
+    if (c == nullptr || c->preprocess() == nullptr)
+      throw UsageError(fmt::format("'{}' is not a pre-process (see `qforge plugins`)", pre.id));
+    pres.emplace_back(c, std::make_unique<ParamValues>(pre.id, c->desc->params,
+                                                       c->desc->param_count, pre.params));
+  }
   std::vector<std::string> formats;
   for (const char* const* f = q->quantizer()->output_formats; f != nullptr && *f != nullptr; ++f)
     formats.emplace_back(*f);
@@ -270,6 +304,7 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
   for (int64_t i = state.next_block; i < cfg.num_layers; ++i) {
     model.load_block(i);
     Block& b = model.blocks()[i];
+    if (!pres.empty()) preprocess_block(model, i, pres, state.x, o.chunk);
     Block original = b;  // shares the original weights (never modified in place)
     std::vector<SavedLayer> block_results;
     for (const auto& stage : layout.stages) {
@@ -298,7 +333,7 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
     std::vector<AdapterExport> adapters;
     if (!block_pps.empty()) {
       std::swap(model.blocks()[i], original);
-      BlockScope scope{static_cast<size_t>(i), state.x, forward_block(model, i, state.x, o.chunk)};
+      BlockScope scope{static_cast<size_t>(i), state.x, forward_block(model, i, state.x, o.chunk), {}};
       std::swap(model.blocks()[i], original);
       // The quantized linears run packed during the hooks, so that their
       // format's parameters can be tuned (qforge.layer.tunable).

@@ -40,9 +40,9 @@ json inputs_identity(const QuantizeOptions& o, const std::string& plugin_library
 }  // namespace
 
 namespace {
-json block_postprocesses_identity(const QuantizeOptions& o) {
+json runs_identity(const std::vector<ComponentRun>& runs) {
   json out = json::array();
-  for (const auto& pp : o.block_postprocesses) out.push_back({pp.id, pp.params});
+  for (const auto& r : runs) out.push_back({r.id, r.params});
   return out;
 }
 }  // namespace
@@ -63,7 +63,8 @@ std::string options_fingerprint(const QuantizeOptions& o, const std::string& sav
               {"qep", {o.qep, o.qep_percdamp, o.qep_perccorr}},
               {"act_dtype", std::string(at::toString(o.act_dtype))},
               {"save_format", save_format},
-              {"block_postprocesses", block_postprocesses_identity(o)},
+              {"preprocesses", runs_identity(o.preprocesses)},
+              {"block_postprocesses", runs_identity(o.block_postprocesses)},
               {"inputs", inputs_identity(o, plugin_library)}}
       .dump();
 }

@@ -116,6 +116,7 @@ QuantResult quantize_layer(const Component& component, const QuantizeRequest& re
   in.inputs_q = view_of(req.inputs_q);
   in.inputs_fp = view_of(req.inputs_fp);
   in.act_stats = view_of(req.act_stats);
+  in.act_absmax = view_of(req.act_absmax);
   in.params = params.data();
   in.param_count = params.size();
 

@@ -76,6 +76,13 @@ const char* kSuffix =
     ".so";
 #endif
 
+// The highest component kind these headers know.
+#if QFORGE_ABI_MINOR >= 2
+constexpr int32_t kLastKind = QFORGE_COMPONENT_PREPROCESS;
+#else
+constexpr int32_t kLastKind = QFORGE_COMPONENT_POSTPROCESS;
+#endif
+
 // Returns "" when the kind-specific function table is usable.
 std::string check_vtable(const qforge_component_desc& d) {
   if (d.vtable == nullptr) return "has no function table (vtable is NULL)";
@@ -106,6 +113,15 @@ std::string check_vtable(const qforge_component_desc& d) {
       if (!p->run) return "post-process table has no run function";
       return {};
     }
+#if QFORGE_ABI_MINOR >= 2
+    case QFORGE_COMPONENT_PREPROCESS: {
+      auto* p = static_cast<const qforge_preprocess*>(d.vtable);
+      if (size < sizeof(qforge_preprocess)) return "pre-process table is smaller than ABI 1.2's";
+      if (!p->run_block) return "pre-process table has no run_block function";
+      if (d.min_host_minor < 2) return "is a pre-process (ABI 1.2) but declares min_host_minor < 2";
+      return {};
+    }
+#endif
     default:
       return fmt::format("has unknown kind {}", d.kind);
   }
@@ -120,7 +136,7 @@ std::string check_descriptor(const qforge_component_desc* d) {
   if (!nonempty(d->id)) return "descriptor has no id";
   if (!valid_id(d->id))
     return fmt::format("id '{}' is not a reverse-DNS id ([a-z0-9._-], with a dot)", d->id);
-  if (d->kind < QFORGE_COMPONENT_QUANTIZER || d->kind > QFORGE_COMPONENT_POSTPROCESS)
+  if (d->kind < QFORGE_COMPONENT_QUANTIZER || d->kind > kLastKind)
     return fmt::format("'{}' has unknown kind {}", d->id, d->kind);
   if (d->min_host_minor > QFORGE_ABI_MINOR)
     return fmt::format("'{}' requires host ABI minor {} or newer (this host speaks {}.{})",
@@ -199,6 +215,9 @@ const char* kind_name(int32_t kind) {
     case QFORGE_COMPONENT_QUANTIZER: return "quantizer";
     case QFORGE_COMPONENT_INFERENCE_LAYER: return "inference-layer";
     case QFORGE_COMPONENT_POSTPROCESS: return "post-process";
+#if QFORGE_ABI_MINOR >= 2
+    case QFORGE_COMPONENT_PREPROCESS: return "pre-process";
+#endif
     default: return "unknown";
   }
 }
@@ -215,6 +234,13 @@ const qforge_postprocess* Component::postprocess() const {
   return desc->kind == QFORGE_COMPONENT_POSTPROCESS
              ? static_cast<const qforge_postprocess*>(desc->vtable) : nullptr;
 }
+
+#if QFORGE_ABI_MINOR >= 2  // (tests/abi builds this file against the v1.0 headers too)
+const qforge_preprocess* Component::preprocess() const {
+  return desc->kind == QFORGE_COMPONENT_PREPROCESS
+             ? static_cast<const qforge_preprocess*>(desc->vtable) : nullptr;
+}
+#endif
 
 bool Component::has_feature(const char* tag) const {
   if (desc->features == nullptr) return false;

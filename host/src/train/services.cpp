@@ -299,6 +299,69 @@ qforge_status* set_parameter(const qforge_model_services* m, const char* name,
   });
 }
 
+// The stage of linear `l` in block `b`'s layout, and that block's prefix.
+std::pair<size_t, std::string> stage_of(const ModelServices::Impl& s, size_t i) {
+  const BlockLayout& layout = *s.model.config().arch.layout;
+  const std::string prefix = layout.prefix(s.block_of[i]);
+  const std::string& name = s.linears[i]->name;
+  auto stage = layout.stage_of(std::string_view(name).substr(prefix.size()));
+  if (name.compare(0, prefix.size(), prefix) != 0 || !stage)
+    throw UsageError(fmt::format("{} is not a linear of the architecture table", name));
+  return {*stage, prefix};
+}
+
+qforge_status* input_source(const qforge_model_services* m, uint32_t i, const char** weight,
+                            const char** bias) {
+  return guard(services(), [&] {
+    auto& s = impl_of(m);
+    if (i >= s.linears.size()) invalid_argument(fmt::format("input_source: no layer {}", i));
+    if (weight == nullptr || bias == nullptr) invalid_argument("input_source: NULL argument");
+    *weight = *bias = "";
+    const BlockLayout& layout = *s.model.config().arch.layout;
+    auto [stage, prefix] = stage_of(s, i);
+    if (stage >= layout.stage_sources.size() || layout.stage_sources[stage].empty()) return;
+    const std::string source = prefix + layout.stage_sources[stage];
+    const int64_t in = s.linears[i]->packed ? s.linears[i]->packed->in_features()
+                                            : s.linears[i]->weight.size(1);
+    std::string w = source + ".weight", b;
+    const Linear* packed = nullptr;
+    const at::Tensor* t = nullptr;
+    try {
+      t = find_parameter(s, w, &packed);
+    } catch (const UsageError&) {
+      return;  // not in this scope (another block) or absent from the model
+    }
+    if (packed) return;  // a packed source's rows can't be rescaled
+    if (t->size(0) != in) return;  // e.g. v_proj -> o_proj under grouped-query attention
+    for (const Linear* l : s.linears)
+      if (l->name == source && l->bias.defined()) b = source + ".bias";
+    s.names.push_back(w);
+    *weight = s.names.back().c_str();
+    if (!b.empty()) {
+      s.names.push_back(b);
+      *bias = s.names.back().c_str();
+    }
+  });
+}
+
+qforge_status* input_stats(const qforge_model_services* m, uint32_t i, DLManagedTensor** stats) {
+  auto& s = impl_of(m);
+  if (s.scope == nullptr || !s.scope->input_stats)
+    return fail(QFORGE_STATUS_UNSUPPORTED,
+                "input_stats: activation statistics are given to pre-processes in the pipeline, "
+                "with calibration data (--calib FILE)");
+  return guard(services(), [&] {
+    if (i >= s.linears.size()) invalid_argument(fmt::format("input_stats: no layer {}", i));
+    if (stats == nullptr) invalid_argument("input_stats: NULL argument");
+    const BlockLayout& layout = *s.model.config().arch.layout;
+    auto [stage, prefix] = stage_of(s, i);
+    const std::string probe = prefix + layout.stages[stage].front();
+    auto it = s.input_stats.find(probe);
+    if (it == s.input_stats.end()) it = s.input_stats.emplace(probe, s.scope->input_stats(probe)).first;
+    *stats = export_tensor(it->second.clone());
+  });
+}
+
 }  // namespace
 
 size_t ModelServices::Impl::index_of(const std::string& name) const {
@@ -359,6 +422,8 @@ ModelServices::ModelServices(Model& model, PostprocessContext context, const Blo
   t.set_parameter = &set_parameter;
   t.block_count = &block_count;
   t.layer_info = &layer_info;
+  t.input_source = &input_source;
+  t.input_stats = &input_stats;
 }
 
 ModelServices::~ModelServices() {
@@ -442,6 +507,23 @@ void run_postprocess_block(const Component& component, const ParamValues& params
                                                     static_cast<uint32_t>(scope->block),
                                                     params.data(), params.size()),
                  component.desc->id);
+}
+
+void run_preprocess_block(const Component& component, const ParamValues& params,
+                          ModelServices& model) {
+  const BlockScope* scope = model.impl().scope;
+  const qforge_preprocess* pre = component.preprocess();
+  if (scope == nullptr || pre == nullptr)
+    throw UsageError(fmt::format("'{}' is not a pre-process", component.desc->id));
+  PluginActivity activity(fmt::format("{} (pre-process) on block {}", component.desc->id, scope->block));
+  try {
+    throw_if_error(pre->run_block(services(), model.table(), static_cast<uint32_t>(scope->block),
+                                  params.data(), params.size()),
+                   component.desc->id);
+  } catch (const PluginError& e) {
+    if (e.code() == QFORGE_STATUS_INVALID_ARGUMENT) throw UsageError(e.what());
+    throw;
+  }
 }
 
 void run_postprocess(const Component& component, const ParamValues& params, ModelServices& model) {

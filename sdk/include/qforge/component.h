@@ -22,7 +22,9 @@ extern "C" {
 enum {
   QFORGE_COMPONENT_QUANTIZER = 1,       /* vtable: const qforge_quantizer* */
   QFORGE_COMPONENT_INFERENCE_LAYER = 2, /* vtable: const qforge_inference_layer* */
-  QFORGE_COMPONENT_POSTPROCESS = 3      /* vtable: const qforge_postprocess* */
+  QFORGE_COMPONENT_POSTPROCESS = 3,     /* vtable: const qforge_postprocess* */
+  QFORGE_COMPONENT_PREPROCESS = 4       /* ABI 1.2; vtable: const qforge_preprocess*
+                                           (qforge/preprocess.h); set min_host_minor 2 */
 };
 
 typedef struct qforge_component_desc {
@@ -66,14 +68,20 @@ typedef struct qforge_component_desc {
  *                   it, as under --qep).
  * needs-act-stats   `act_stats` = mean |x| per input channel over the
  *                   quantized stream's n tokens, [in] float32.
- * calibration-free  the quantizer uses no calibration data: `quantize` runs
- *                   without --calib (`hessian` NULL, `nsamples` 0). Excludes
- *                   the needs-* tags.
+ * needs-act-absmax  (ABI 1.2) `act_absmax` = max |x| per input channel over
+ *                   the same tokens, [in] float32 (static activation scales).
+ * calibration-free  the quantizer can do without calibration data: `quantize`
+ *                   runs without --calib (`hessian` NULL, `nsamples` 0 and
+ *                   every needs-* input NULL). With --calib the inputs of its
+ *                   needs-* tags are computed as usual (e.g. a quantizer whose
+ *                   dynamic mode needs nothing and whose static mode needs
+ *                   act_absmax declares both tags).
  * Inputs a quantizer does not ask for are NULL and never computed. */
 #define QFORGE_FEATURE_NEEDS_HESSIAN "needs-hessian"
 #define QFORGE_FEATURE_NEEDS_INPUTS_Q "needs-inputs-q"
 #define QFORGE_FEATURE_NEEDS_INPUTS_FP "needs-inputs-fp"
 #define QFORGE_FEATURE_NEEDS_ACT_STATS "needs-act-stats"
+#define QFORGE_FEATURE_NEEDS_ACT_ABSMAX "needs-act-absmax"
 #define QFORGE_FEATURE_CALIBRATION_FREE "calibration-free"
 
 /* A named tensor, borrowed for the duration of a call. */

@@ -46,6 +46,26 @@ typedef struct qforge_model_services {
   qforge_status* (*layer_info)(const struct qforge_model_services* model, uint32_t index,
                                int64_t* out_features, int64_t* in_features, uint32_t* block,
                                const char** format_id);
+
+  /* ---- ABI 1.2 (read them only when host->abi_minor >= 2) ---- */
+  /* The parameters whose output channels are linear `index`'s input channels
+   * one to one (from the architecture table): `*weight` names a norm's weight
+   * [in] or a linear's weight [in, k] (its rows), `*bias` that linear's bias
+   * [in] or "". Dividing them by s (per channel) and multiplying the input
+   * columns of every linear with the same source by s leaves the model's
+   * function unchanged (SmoothQuant, AWQ). Both "" when there is none (e.g.
+   * o_proj under grouped-query attention, where v_proj's rows are fewer than
+   * o_proj's inputs). Strings are owned by the host, valid during `run`. */
+  qforge_status* (*input_source)(const struct qforge_model_services* model, uint32_t index,
+                                 const char** weight, const char** bias);
+  /* Statistics of linear `index`'s inputs over the calibration tokens, per
+   * input channel: a new float32 tensor [3, in] (rows: min x, max x, mean |x|)
+   * owned by the caller. Available to pre-processes in the pipeline (the
+   * block's calibration inputs as the block is now); elsewhere, or without
+   * calibration data, QFORGE_STATUS_UNSUPPORTED. Linears with one source
+   * share their inputs; the host computes each input once per block. */
+  qforge_status* (*input_stats)(const struct qforge_model_services* model, uint32_t index,
+                                DLManagedTensor** stats);
 } qforge_model_services;
 
 typedef struct qforge_postprocess {

@@ -28,6 +28,7 @@
 #include "quantizer.h"
 #include "inference_layer.h"
 #include "postprocess.h"
+#include "preprocess.h"
 #include "entry.h"
 
 #endif /* QFORGE_QFORGE_H */

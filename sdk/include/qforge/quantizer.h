@@ -48,6 +48,9 @@ typedef struct qforge_quantize_input {
   const qforge_param_value* const* params; /* effective parameters, in schema order */
   uint32_t param_count;
   uint32_t reserved2;             /* 0 */
+
+  /* ---- ABI 1.2 (read it only when struct_size covers it) ---- */
+  const DLTensor* act_absmax;     /* [in] per-channel max |x|; NULL unless needs-act-absmax */
 } qforge_quantize_input;
 
 /* Where a quantizer puts its result. Every function may be called from the

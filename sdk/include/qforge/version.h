@@ -6,14 +6,18 @@
  * and refuses a component that declares it needs a host minor greater than M.
  *
  * Minors: 1.0 the first; 1.1 qforge_model_services.block_count/layer_info and
- * the host extension "qforge.host.train" (qforge/ext/train.h). */
+ * the host extension "qforge.host.train" (qforge/ext/train.h); 1.2 the
+ * pre-process component kind (qforge/preprocess.h), model services
+ * input_source/input_stats, qforge_quantize_input.act_absmax (feature
+ * "needs-act-absmax") and the quantizer extension "qforge.quantizer.schemes"
+ * (qforge/ext/schemes.h). */
 #ifndef QFORGE_VERSION_H
 #define QFORGE_VERSION_H
 
 #include <stdint.h>
 
 #define QFORGE_ABI_MAJOR 1
-#define QFORGE_ABI_MINOR 1
+#define QFORGE_ABI_MINOR 2
 
 #if defined(_WIN32)
 #define QFORGE_EXPORT __declspec(dllexport)

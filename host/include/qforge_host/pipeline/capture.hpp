@@ -15,10 +15,12 @@ namespace qforge::host {
 // What a stage's capture keeps besides G: what QEP and the quantizer asked
 // for (its QFORGE_FEATURE_NEEDS_* tags). Nothing else is computed.
 struct CaptureWants {
+  bool gram = true;        // G itself (false: statistics only, for pre-processes)
   bool delta = false;      // QEP's cross term (needs the full-precision stream)
   bool inputs_q = false;   // the quantized stream's inputs, row for row
   bool inputs_fp = false;  // the full-precision stream's inputs (needs that stream)
   bool act_stats = false;  // mean |x| per channel of the quantized stream
+  bool act_range = false;  // min and max x per channel of the quantized stream
 };
 
 // G = Σ xᵀx over every calibration sequence and, for QEP, Δ = Σ (x̃ − x)ᵀx,
@@ -28,6 +30,7 @@ struct GramAccumulator {
   at::Tensor gram, delta;  // [in, in] float32 (delta undefined without QEP)
   at::Tensor inputs_q, inputs_fp;  // [rows, in] float32 when wanted
   at::Tensor act_stats;    // [in] float32 when wanted
+  at::Tensor act_min, act_max;  // [in] float32 when act_range is wanted
   int64_t rows = 0;        // calibration tokens seen
 };
 

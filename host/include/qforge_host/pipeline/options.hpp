@@ -13,9 +13,8 @@
 
 namespace qforge::host {
 
-// A post-process with a per-block hook (run_block), called after each block
-// is quantized and before its output feeds the next one.
-struct BlockPostprocess {
+// A component the pipeline runs on every block, with its parameters.
+struct ComponentRun {
   std::string id;
   std::map<std::string, std::string> params;
 };
@@ -34,7 +33,11 @@ struct QuantizeOptions {
   bool resume = false;
   int64_t chunk = 4;            // calibration sequences per forward pass
   at::ScalarType act_dtype = at::kFloat;  // storage of calibration activations
-  std::vector<BlockPostprocess> block_postprocesses;  // in order
+  // Pre-processes (ABI 1.2), in order, on each block before its linears are
+  // quantized; post-processes with a per-block hook (run_block), in order,
+  // after they are and before the block's output feeds the next one.
+  std::vector<ComponentRun> preprocesses;
+  std::vector<ComponentRun> block_postprocesses;
 };
 
 }  // namespace qforge::host

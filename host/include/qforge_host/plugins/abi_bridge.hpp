@@ -34,6 +34,7 @@ struct QuantizeRequest {
   uint64_t nsamples = 0;
   at::Tensor inputs_q, inputs_fp;  // optional [n, in] float32 (needs-inputs-q / -fp)
   at::Tensor act_stats;            // optional [in] float32 (needs-act-stats)
+  at::Tensor act_absmax;           // optional [in] float32 (needs-act-absmax)
 };
 
 // Runs `quantizer` on one layer; checks that the result is complete and well

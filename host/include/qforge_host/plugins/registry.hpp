@@ -24,6 +24,9 @@ struct Component {
   const qforge_quantizer* quantizer() const;               // NULL unless kind matches
   const qforge_inference_layer* inference_layer() const;   // NULL unless kind matches
   const qforge_postprocess* postprocess() const;           // NULL unless kind matches
+#if QFORGE_ABI_MINOR >= 2
+  const qforge_preprocess* preprocess() const;             // NULL unless kind matches
+#endif
   bool has_feature(const char* tag) const;                 // a tag of desc->features
 };
 
@@ -32,7 +35,7 @@ struct Refusal {
   std::string reason;   // one line
 };
 
-const char* kind_name(int32_t kind);  // "quantizer", "inference-layer", "post-process"
+const char* kind_name(int32_t kind);  // "quantizer", "inference-layer", "post-process", "pre-process"
 
 class Registry {
  public:

@@ -11,6 +11,7 @@
 
 #include <ATen/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -52,6 +53,11 @@ struct AdapterExport {
 struct BlockScope {
   size_t block = 0;
   at::Tensor inputs, targets;  // [n, T, hidden]
+  // For pre-processes (qforge_model_services.input_stats): the statistics
+  // [3, in] (min, max, mean |x| per channel) of the inputs of the block's
+  // linear named `probe` over the calibration inputs, the block as it is now.
+  // Empty when there are none.
+  std::function<at::Tensor(const std::string& probe)> input_stats;
 };
 
 class ModelServices {
@@ -88,6 +94,11 @@ void run_postprocess(const Component& component, const ParamValues& params, Mode
 // naming the file for one qforge did not write.
 void save_adapter_exports(const std::string& path, const std::vector<AdapterExport>& adapters);
 std::vector<AdapterExport> load_adapter_exports(const std::string& path);
+
+// Runs pre-process `component` (ABI 1.2) on the block `model` was made for
+// (a BlockScope). Throws PluginError, UsageError, Cancelled.
+void run_preprocess_block(const Component& component, const ParamValues& params,
+                          ModelServices& model);
 
 // Whether the post-process has the per-block hook (ABI 1.1 run_block).
 bool has_run_block(const Component& component);

@@ -8,6 +8,7 @@
 //               the host passed none
 //   in.inputs_q, in.inputs_fp  float32 [n, in] views (needs-inputs-q / -fp)
 //   in.act_stats               float32 [in] view (needs-act-stats)
+//   in.act_absmax              float32 [in] view (needs-act-absmax; ABI 1.2)
 //               each undefined unless the component declared the tag
 #ifndef QFORGE_CPP_LAYER_INPUT_HPP
 #define QFORGE_CPP_LAYER_INPUT_HPP
@@ -16,6 +17,7 @@
 #include <qforge/cpp/plugin.hpp>
 #include <qforge/cpp/torch.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -24,7 +26,7 @@ namespace qforge {
 
 struct LayerInput {
   at::Tensor weight, bias, hessian;
-  at::Tensor inputs_q, inputs_fp, act_stats;
+  at::Tensor inputs_q, inputs_fp, act_stats, act_absmax;
 
   int64_t out_features() const { return weight.size(0); }
   int64_t in_features() const { return weight.size(1); }
@@ -65,12 +67,18 @@ struct LayerInput {
     };
     in.inputs_q = rows(input.inputs_q, "inputs_q");
     in.inputs_fp = rows(input.inputs_fp, "inputs_fp");
-    if (input.act_stats != nullptr) {
-      in.act_stats = borrow_float_cpu(*input.act_stats, "act_stats");
-      if (in.act_stats.dim() != 1 || in.act_stats.size(0) != in_f)
-        invalid_argument("act_stats must be [" + std::to_string(in_f) + "], got " +
-                         shape_str(in.act_stats.sizes()));
-    }
+    auto channels = [&](const DLTensor* t, const char* what) {
+      if (t == nullptr) return at::Tensor();
+      at::Tensor x = borrow_float_cpu(*t, what);
+      if (x.dim() != 1 || x.size(0) != in_f)
+        invalid_argument(std::string(what) + " must be [" + std::to_string(in_f) + "], got " +
+                         shape_str(x.sizes()));
+      return x;
+    };
+    in.act_stats = channels(input.act_stats, "act_stats");
+    // A field of ABI 1.2: absent from the struct of an older host.
+    if (input.struct_size >= offsetof(qforge_quantize_input, act_absmax) + sizeof input.act_absmax)
+      in.act_absmax = channels(input.act_absmax, "act_absmax");
 
     if (input.bias != nullptr) {
       const at::Tensor bias = borrow_float_cpu(*input.bias, "bias");

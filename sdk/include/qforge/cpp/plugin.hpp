@@ -16,6 +16,7 @@
 #ifndef QFORGE_CPP_PLUGIN_HPP
 #define QFORGE_CPP_PLUGIN_HPP
 
+#include <qforge/ext/schemes.h>
 #include <qforge/qforge.h>
 
 #include <cstdio>
@@ -306,6 +307,34 @@ const qforge_postprocess* postprocess_vtable() {
   static const qforge_postprocess table = {sizeof(qforge_postprocess), 0, &Thunk::run,
                                            HasRunBlock<T>::value ? &Thunk::run_block : nullptr};
   return &table;
+}
+
+// A pre-process class T (ABI 1.2) provides
+//   static void run_block(const Host&, const qforge_model_services&, uint32_t block, const Params&);
+template <class T>
+const qforge_preprocess* preprocess_vtable() {
+  struct Thunk {
+    static qforge_status* run_block(const qforge_host* host, const qforge_model_services* model,
+                                    uint32_t block, const qforge_param_value* const* params,
+                                    uint32_t count) {
+      return guard(host, [&] { T::run_block(Host(host), *model, block, Params(params, count)); });
+    }
+  };
+  static const qforge_preprocess table = {sizeof(qforge_preprocess), 0, &Thunk::run_block};
+  return &table;
+}
+
+// A quantizer's get_extension answer for its named schemes
+// (qforge/ext/schemes.h):
+//   const void* extension(const char* id, uint32_t revision) {
+//     return qforge::offer_schemes(id, revision, &kSchemes);
+//   }
+inline const void* offer_schemes(const char* id, uint32_t revision,
+                                 const qforge_quantizer_schemes* schemes) {
+  return id != nullptr && std::strcmp(id, QFORGE_EXT_SCHEMES) == 0 &&
+                 revision <= QFORGE_EXT_SCHEMES_REVISION
+             ? schemes
+             : nullptr;
 }
 
 // Fills the fields every component description shares.
@@ -602,6 +631,12 @@ class Plugin {
   template <class T>
   ComponentBuilder& postprocess(const About& about) {
     return parts_.emplace_back(QFORGE_COMPONENT_POSTPROCESS, about, postprocess_vtable<T>());
+  }
+  // A pre-process needs a host of ABI 1.2 (set here).
+  template <class T>
+  ComponentBuilder& preprocess(const About& about) {
+    return parts_.emplace_back(QFORGE_COMPONENT_PREPROCESS, about, preprocess_vtable<T>())
+        .min_host_minor(2);
   }
   const ComponentList& components() {
     if (list_.empty())
