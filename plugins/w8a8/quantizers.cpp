@@ -1,0 +1,265 @@
+// The quantizers of qforge-w8a8: weights on an 8-bit grid, activations
+// quantized at run time — llm-compressor's W8A8-INT8 and FP8 schemes
+// (research/llm-compressor.md §3, §6.3), stored in
+// org.qforge.ct-naive-quantized/1 (qforge/formats/ct_naive_quantized_v1.h).
+//
+// org.qforge.w8a8  INT8 weights, symmetric, per output channel (or one scale
+//                  for the tensor): round to nearest on the grid
+//                  s = max|w| / 127.5, q = clamp(round(w / s), -128, 127)
+//                  (compressed-tensors' calculate_qparams), or GPTQ (Frantar
+//                  et al., 2023, Algorithm 1) on the same grid; activations
+//                  int8 per token, dynamic (default) or one static scale per
+//                  tensor from the calibration maximum.
+// org.qforge.fp8   FP8 E4M3 weights, s = max|w| / 448 per channel or tensor,
+//                  w ↦ e4m3(w / s); activations e4m3 per token (dynamic) or
+//                  with one static scale per tensor.
+// Scales are rounded to float16 before the codes are chosen, so the float16
+// scales of a compressed-tensors checkpoint decode to exactly these weights.
+#include <qforge/cpp/grid.hpp>
+#include <qforge/cpp/layer_input.hpp>
+#include <qforge/cpp/plugin.hpp>
+#include <qforge/cpp/torch.hpp>
+#include <qforge/formats/ct_naive_quantized_v1.h>
+#include <qforge/formats/ct_pack_quantized_v1.h>
+#include <qforge_kernels/fp8.hpp>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "gptq.hpp"
+#include "w8a8.hpp"
+
+namespace qforge::w8a8 {
+namespace {
+
+using nlohmann::json;
+
+// x rounded to the nearest float16 (saturating; 0 stays 0).
+float to_half(float x) { return at::tensor(x).to(at::kHalf).to(at::kFloat).item<float>(); }
+
+// What the format's metadata and the schema share.
+struct Settings {
+  bool per_tensor = false;       // weight_strategy=tensor
+  bool static_inputs = false;    // activations=static
+};
+
+Settings settings_of(const Params& p) {
+  return {p.get_enum("weight_strategy") == "tensor", p.get_enum("activations") == "static"};
+}
+
+json args(const char* type, const char* strategy) {
+  return {{QFORGE_CT_META_NUM_BITS, 8}, {QFORGE_CT_META_TYPE, type},
+          {QFORGE_CT_META_SYMMETRIC, true}, {QFORGE_CT_META_STRATEGY, strategy}};
+}
+
+std::string metadata(const char* type, const Settings& s, int64_t in, int64_t out) {
+  json input = args(type, s.static_inputs ? "tensor" : "token");
+  input[QFORGE_CT_META_DYNAMIC] = !s.static_inputs;
+  return json{{QFORGE_CT_META_WEIGHTS, args(type, s.per_tensor ? "tensor" : "channel")},
+              {QFORGE_CT_META_INPUT_ACTIVATIONS, input},
+              {QFORGE_CT_META_IN_FEATURES, in},
+              {QFORGE_CT_META_OUT_FEATURES, out}}
+      .dump();
+}
+
+// The static input scale: the calibration maximum over every channel mapped
+// to the largest code (127 for int8, 448 for e4m3), rounded to float16.
+at::Tensor input_scale(const LayerInput& in, float largest) {
+  if (!in.act_absmax.defined())
+    invalid_argument("activations=static takes its scale from calibration data: give --calib FILE");
+  const float t = in.act_absmax.max().item<float>();
+  return at::full({1}, t > 0 ? to_half(t / largest) : 1.f, at::kFloat);
+}
+
+// The scale of each weight row (or one for the tensor): max |w| / largest,
+// float16, never 0.
+at::Tensor weight_scales(const at::Tensor& w, bool per_tensor, float largest) {
+  at::Tensor t = per_tensor ? w.abs().max().reshape({1}) : std::get<0>(w.abs().max(1));
+  t = (t / largest).to(at::kHalf).to(at::kFloat);
+  return at::where(t > 0, t, at::ones_like(t));
+}
+
+void finish(const QuantizeOutput& out, const LayerInput& in, const std::string& meta,
+            const at::Tensor& codes, const at::Tensor& scales, const at::Tensor& static_scale,
+            const at::Tensor& dequantized) {
+  out.set_format(QFORGE_FORMAT_CT_NAIVE_QUANTIZED_V1, meta);
+  out.add_tensor(QFORGE_CT_WEIGHT, export_tensor(codes));
+  out.add_tensor(QFORGE_CT_NAIVE_WEIGHT_SCALE, export_tensor(scales));
+  if (static_scale.defined()) out.add_tensor(QFORGE_CT_INPUT_SCALE, export_tensor(static_scale));
+  if (in.bias.defined()) out.add_tensor(QFORGE_CT_NAIVE_BIAS, export_tensor(in.bias));
+  out.set_metric("max_abs_error", (dequantized - in.weight).abs().max().item<double>());
+  out.set_dequantized(export_tensor(dequantized));
+}
+
+// ---------------------------------------------------------------- INT8 --
+
+// Round to nearest on the symmetric grid of each row (or of the tensor):
+// grid.hpp's symmetric min/max grid is s = 2 max|w| / 255 with zero 128,
+// i.e. compressed-tensors' s = max|w| / 127.5 and q ∈ [-128, 127].
+void int8_rtn(const at::Tensor& w, bool per_tensor, at::Tensor& codes, at::Tensor& scales) {
+  const int64_t out = w.size(0), in = w.size(1);
+  grid::Spec spec;
+  spec.bits = 8;
+  spec.sym = true;
+  spec.half_scales = true;
+  const float* x = w.data_ptr<float>();
+  const grid::Grid whole = per_tensor ? grid::find_params(x, out * in, spec) : grid::Grid{};
+  codes = at::empty({out, in}, at::kChar);
+  scales = at::empty({per_tensor ? 1 : out}, at::kFloat);
+  at::parallel_for(0, out, std::max<int64_t>(1, 65536 / in), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const grid::Grid g = per_tensor ? whole : grid::find_params(x + r * in, in, spec);
+      if (!per_tensor || r == 0) scales.data_ptr<float>()[per_tensor ? 0 : r] = g.scale;
+      int8_t* q = codes.data_ptr<int8_t>() + r * in;
+      for (int64_t j = 0; j < in; ++j)
+        q[j] = static_cast<int8_t>(grid::code_of(x[r * in + j], g, spec.maxq()) - g.zero);
+    }
+  });
+}
+
+// GPTQ on the same per-channel grid; llm-compressor's defaults: columns in
+// decreasing diag H order ("static" act-order), damping 0.01 mean(diag H).
+void int8_gptq(const Host& host, const LayerInput& in, const Params& p, at::Tensor& codes,
+               at::Tensor& scales) {
+  if (!in.hessian.defined())
+    invalid_argument("weights=gptq needs calibration data (a Hessian): give --calib FILE");
+  gptq::Settings s;
+  s.grid.bits = 8;
+  s.grid.sym = true;
+  s.grid.half_scales = true;
+  s.group_size = in.in_features();
+  s.desc_act = p.get_bool("desc_act");
+  s.percdamp = p.get_float("percdamp");
+  s.block_size = std::min<int64_t>(p.get_int("block_size"), in.in_features());
+  const gptq::Result r = gptq::gptq(host, s, in.weight.clone(at::MemoryFormat::Contiguous),
+                                    in.hessian.clone(at::MemoryFormat::Contiguous));
+  codes = (r.codes.to(at::kInt) - 128).to(at::kChar);  // zero 128: symmetric 8-bit grid
+  scales = at::empty({in.out_features()}, at::kFloat);
+  for (int64_t o = 0; o < in.out_features(); ++o) scales.data_ptr<float>()[o] = r.grids[o].scale;
+}
+
+struct Int8Quantizer {
+  static const char* const* formats() {
+    static const char* const list[] = {QFORGE_FORMAT_CT_NAIVE_QUANTIZED_V1, nullptr};
+    return list;
+  }
+  static void quantize(const Host& host, const qforge_quantize_input& input, const Params& p,
+                       const QuantizeOutput& out) {
+    host.check_cancelled();
+    const LayerInput in = LayerInput::from(input);
+    const Settings s = settings_of(p);
+    const bool gptq = p.get_enum("weights") == "gptq";
+    if (gptq && s.per_tensor) invalid_argument("weights=gptq takes weight_strategy=channel");
+    at::Tensor codes, scales;
+    if (gptq)
+      int8_gptq(host, in, p, codes, scales);
+    else
+      int8_rtn(in.weight.contiguous(), s.per_tensor, codes, scales);
+    const at::Tensor static_scale = s.static_inputs ? input_scale(in, 127.f) : at::Tensor();
+    const at::Tensor dequantized =
+        codes.to(at::kFloat) * (s.per_tensor ? scales : scales.unsqueeze(1));
+    finish(out, in, metadata("int", s, in.in_features(), in.out_features()), codes,
+           s.per_tensor ? scales : scales.unsqueeze(1), static_scale, dequantized);
+  }
+};
+
+// ----------------------------------------------------------------- FP8 --
+
+struct Fp8Quantizer {
+  static const char* const* formats() { return Int8Quantizer::formats(); }
+  static void quantize(const Host& host, const qforge_quantize_input& input, const Params& p,
+                       const QuantizeOutput& out) {
+    host.check_cancelled();
+    const LayerInput in = LayerInput::from(input);
+    const Settings s = settings_of(p);
+    const at::Tensor w = in.weight.contiguous();
+    const int64_t rows = w.size(0), cols = w.size(1);
+    const at::Tensor scales = weight_scales(w, s.per_tensor, kernels::kFp8E4m3Max);
+    at::Tensor codes = at::empty({rows, cols}, at::kByte);
+    at::Tensor dequantized = at::empty({rows, cols}, at::kFloat);
+    at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / cols), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float sc = scales.data_ptr<float>()[s.per_tensor ? 0 : r];
+        for (int64_t j = 0; j < cols; ++j) {
+          const uint8_t c = kernels::fp8_e4m3_from_float(w.data_ptr<float>()[r * cols + j] / sc);
+          codes.data_ptr<uint8_t>()[r * cols + j] = c;
+          dequantized.data_ptr<float>()[r * cols + j] = sc * kernels::fp8_e4m3_to_float(c);
+        }
+      }
+    });
+    const at::Tensor static_scale =
+        s.static_inputs ? input_scale(in, kernels::kFp8E4m3Max) : at::Tensor();
+    finish(out, in, metadata("float", s, cols, rows), codes,
+           s.per_tensor ? scales : scales.unsqueeze(1), static_scale, dequantized);
+  }
+};
+
+// --------------------------------------------------------------- schemes --
+
+const qforge_scheme_desc kW8A8 = {sizeof(qforge_scheme_desc), 1, "W8A8",
+                                  "weight_strategy=channel;activations=dynamic",
+                                  "int8 weights per channel, int8 activations per token (dynamic)"};
+const qforge_scheme_desc* const kInt8List[] = {&kW8A8};
+const qforge_quantizer_schemes kInt8Schemes = {sizeof(qforge_quantizer_schemes), 1, kInt8List};
+
+const qforge_scheme_desc kFp8 = {sizeof(qforge_scheme_desc), 1, "FP8",
+                                 "weight_strategy=tensor;activations=static",
+                                 "e4m3 weights per tensor, e4m3 activations per tensor (static)"};
+const qforge_scheme_desc kFp8Dynamic = {
+    sizeof(qforge_scheme_desc), 1, "FP8_DYNAMIC", "weight_strategy=channel;activations=dynamic",
+    "e4m3 weights per channel, e4m3 activations per token (dynamic)"};
+const qforge_scheme_desc* const kFp8List[] = {&kFp8, &kFp8Dynamic};
+const qforge_quantizer_schemes kFp8Schemes = {sizeof(qforge_quantizer_schemes), 2, kFp8List};
+
+const void* int8_extension(const char* id, uint32_t revision) {
+  return offer_schemes(id, revision, &kInt8Schemes);
+}
+const void* fp8_extension(const char* id, uint32_t revision) {
+  return offer_schemes(id, revision, &kFp8Schemes);
+}
+
+void common_params(ComponentBuilder& c) {
+  c.formats({QFORGE_FORMAT_CT_NAIVE_QUANTIZED_V1})
+      .param_enum("weight_strategy", "channel", {"channel", "tensor"},
+                  "one weight scale per output channel, or one for the tensor")
+      .param_enum("activations", "dynamic", {"dynamic", "static"},
+                  "input activations quantized per token at run time (dynamic), or with one "
+                  "scale per tensor from the calibration maximum (static: needs --calib)");
+}
+
+}  // namespace
+
+void describe_quantizers(Plugin& plugin) {
+  auto& int8 = plugin.quantizer<Int8Quantizer>(
+      {"org.qforge.w8a8", "W8A8 INT8", "1.0.0", "qforge", "MIT",
+       "INT8 weights (symmetric, per channel or tensor; round-to-nearest, or GPTQ with "
+       "weights=gptq) and int8 input activations (per token dynamic, or per tensor static), "
+       "multiplied in int8 with int32 sums by org.qforge.w8a8.layer: llm-compressor's W8A8 "
+       "(compressed-tensors int-quantized). Pair it with --preprocess org.qforge.smoothquant."});
+  common_params(int8);
+  int8.features({QFORGE_FEATURE_CALIBRATION_FREE, QFORGE_FEATURE_NEEDS_ACT_ABSMAX,
+                 QFORGE_FEATURE_NEEDS_HESSIAN, "per-channel", "activations"})
+      .param_enum("weights", "rtn", {"rtn", "gptq"},
+                  "weight codes by round-to-nearest, or by GPTQ (needs --calib)")
+      .param_bool("desc_act", true,
+                  "GPTQ: columns by decreasing Hessian diagonal (llm-compressor's actorder static)")
+      .param_float("percdamp", 0.01, 0, 1, "GPTQ: dampening, a fraction of mean(diag H)")
+      .param_int("block_size", 128, 1, 1 << 20, "GPTQ: columns per lazy batch update")
+      .get_extension(&int8_extension);
+  auto& fp8 = plugin.quantizer<Fp8Quantizer>(
+      {"org.qforge.fp8", "FP8 E4M3", "1.0.0", "qforge", "MIT",
+       "FP8 E4M3 weights (scale max|w|/448 per channel or tensor) and e4m3 input activations "
+       "(per token dynamic, or per tensor static), run by org.qforge.w8a8.layer: "
+       "llm-compressor's FP8 and FP8_DYNAMIC (compressed-tensors float-quantized)."});
+  common_params(fp8);
+  fp8.features({QFORGE_FEATURE_CALIBRATION_FREE, QFORGE_FEATURE_NEEDS_ACT_ABSMAX, "per-channel",
+                "activations"})
+      .get_extension(&fp8_extension);
+}
+
+}  // namespace qforge::w8a8
