@@ -22,10 +22,12 @@
 #include "gptq.hpp"
 
 #include <qforge/cpp/hessian.hpp>
+#include <qforge_kernels/fp8.hpp>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 
 // The column loop is compiled for AVX-512, AVX2 and the baseline, picked at
@@ -74,8 +76,7 @@ class Gptq {
     at::parallel_for(0, out_, std::max<int64_t>(1, 65536 / in_), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t g = 0; g < r_.groups; ++g)
-          r_.grids[g * out_ + r] =
-              grid::find_params(W + r * in_ + g * gs_, width(g * gs_), s_.grid);
+          r_.grids[g * out_ + r] = find_grid(W + r * in_ + g * gs_, width(g * gs_));
     });
   }
 
@@ -128,11 +129,18 @@ class Gptq {
     for (int64_t j = i1; j < i2; ++j) {
       const int64_t g = group_of(j);
       if (!s_.static_groups && j % gs_ == 0)
-        r_.grids[g * out_ + r] = grid::find_params(
-            group_at_block_start(W, j, i1, i2, block_start, group), width(j), s_.grid);
+        r_.grids[g * out_ + r] =
+            find_grid(group_at_block_start(W, j, i1, i2, block_start, group), width(j));
       const grid::Grid& grid = r_.grids[g * out_ + r];
-      const float q = grid::code_of(W[j], grid, maxq);
-      const float Q = grid::value_of(q, grid);
+      float q, Q;
+      if (s_.codebook == Settings::Codebook::fp8_e4m3) {
+        const uint8_t c = kernels::fp8_e4m3_from_float(W[j] / grid.scale);
+        q = c;
+        Q = grid.scale * kernels::fp8_e4m3_to_float(c);
+      } else {
+        q = grid::code_of(W[j], grid, maxq);
+        Q = grid::value_of(q, grid);
+      }
       const float* h = Hinv + j * in_;  // row j of Hinv
       const float e = (W[j] - Q) / h[j];
       loss += 0.5 * static_cast<double>(e) * e;
@@ -142,6 +150,15 @@ class Gptq {
       code[j] = static_cast<uint8_t>(q);
     }
     return loss;
+  }
+
+  // The grid of one row's group x[0, n) (Settings::codebook).
+  grid::Grid find_grid(const float* x, int64_t n) const {
+    if (s_.codebook == Settings::Codebook::uniform) return grid::find_params(x, n, s_.grid);
+    float absmax = 0.f;
+    for (int64_t k = 0; k < n; ++k) absmax = std::max(absmax, std::fabs(x[k]));
+    const float scale = static_cast<float>(c10::Half(absmax / kernels::kFp8E4m3Max));
+    return grid::Grid{scale > 0.f ? scale : 1.f, 0.f};
   }
 
   // The weights of the group starting at column j, as they were when the

@@ -14,6 +14,11 @@
 namespace qforge::gptq {
 
 struct Settings {
+  // The values a group's weights are rounded to: the uniform grid of `grid`
+  // (code q in [0, maxq], W = s·(q − z)), or FP8 E4M3 (the code is the e4m3
+  // byte, W = s·e4m3(code), s = max|w| / 448 over the group in float16,
+  // never 0; `grid` is then unused).
+  enum class Codebook { uniform, fp8_e4m3 } codebook = Codebook::uniform;
   grid::Spec grid;           // bits, sym, mse, and what the packed format can store
   int64_t group_size = 128;  // effective: in_features for one group per row
   bool desc_act = false;     // act-order: columns by decreasing H_jj

@@ -11,8 +11,9 @@
 //                  int8 per token, dynamic (default) or one static scale per
 //                  tensor from the calibration maximum.
 // org.qforge.fp8   FP8 E4M3 weights, s = max|w| / 448 per channel or tensor,
-//                  w ↦ e4m3(w / s); activations e4m3 per token (dynamic) or
-//                  with one static scale per tensor.
+//                  w ↦ e4m3(w / s) (or GPTQ choosing among the e4m3 values
+//                  with the same scales); activations e4m3 per token
+//                  (dynamic) or with one static scale per tensor.
 // Scales are rounded to float16 before the codes are chosen, so the float16
 // scales of a compressed-tensors checkpoint decode to exactly these weights.
 #include <qforge/cpp/grid.hpp>
@@ -122,13 +123,16 @@ void int8_rtn(const at::Tensor& w, bool per_tensor, at::Tensor& codes, at::Tenso
   });
 }
 
-// GPTQ on the same per-channel grid; llm-compressor's defaults: columns in
-// decreasing diag H order ("static" act-order), damping 0.01 mean(diag H).
-void int8_gptq(const Host& host, const LayerInput& in, const Params& p, at::Tensor& codes,
-               at::Tensor& scales) {
+// GPTQ (Frantar et al., 2023, Algorithm 1) on the same per-channel grid, or
+// on e4m3 values with the same scales: columns in decreasing diag H order
+// (llm-compressor's "static" act-order), damping 0.01 mean(diag H). The
+// codes are the grid's (0..255, zero 128) or the e4m3 bytes; one scale per row.
+gptq::Result gptq_rows(const Host& host, const LayerInput& in, const Params& p,
+                       gptq::Settings::Codebook codebook, at::Tensor& scales) {
   if (!in.hessian.defined())
     invalid_argument("weights=gptq needs calibration data (a Hessian): give --calib FILE");
   gptq::Settings s;
+  s.codebook = codebook;
   s.grid.bits = 8;
   s.grid.sym = true;
   s.grid.half_scales = true;
@@ -136,11 +140,20 @@ void int8_gptq(const Host& host, const LayerInput& in, const Params& p, at::Tens
   s.desc_act = p.get_bool("desc_act");
   s.percdamp = p.get_float("percdamp");
   s.block_size = std::min<int64_t>(p.get_int("block_size"), in.in_features());
-  const gptq::Result r = gptq::gptq(host, s, in.weight.clone(at::MemoryFormat::Contiguous),
-                                    in.hessian.clone(at::MemoryFormat::Contiguous));
-  codes = (r.codes.to(at::kInt) - 128).to(at::kChar);  // zero 128: symmetric 8-bit grid
+  gptq::Result r = gptq::gptq(host, s, in.weight.clone(at::MemoryFormat::Contiguous),
+                              in.hessian.clone(at::MemoryFormat::Contiguous));
   scales = at::empty({in.out_features()}, at::kFloat);
   for (int64_t o = 0; o < in.out_features(); ++o) scales.data_ptr<float>()[o] = r.grids[o].scale;
+  return r;
+}
+
+void gptq_params(ComponentBuilder& c) {
+  c.param_enum("weights", "rtn", {"rtn", "gptq"},
+               "weight codes by round-to-nearest, or by GPTQ with the same scales (needs --calib)")
+      .param_bool("desc_act", true,
+                  "GPTQ: columns by decreasing Hessian diagonal (llm-compressor's actorder static)")
+      .param_float("percdamp", 0.01, 0, 1, "GPTQ: dampening, a fraction of mean(diag H)")
+      .param_int("block_size", 128, 1, 1 << 20, "GPTQ: columns per lazy batch update");
 }
 
 struct Int8Quantizer {
@@ -156,8 +169,9 @@ struct Int8Quantizer {
     const bool gptq = p.get_enum("weights") == "gptq";
     if (gptq && s.per_tensor) invalid_argument("weights=gptq takes weight_strategy=channel");
     at::Tensor codes, scales;
-    if (gptq)
-      int8_gptq(host, in, p, codes, scales);
+    if (gptq)  // the grid's codes, zero 128: the symmetric 8-bit grid
+      codes = (gptq_rows(host, in, p, gptq::Settings::Codebook::uniform, scales).codes.to(at::kInt) -
+               128).to(at::kChar);
     else
       int8_rtn(in.weight.contiguous(), s.per_tensor, codes, scales);
     const at::Tensor static_scale = s.static_inputs ? input_scale(in, 127.f) : at::Tensor();
@@ -177,25 +191,35 @@ struct Fp8Quantizer {
     host.check_cancelled();
     const LayerInput in = LayerInput::from(input);
     const Settings s = settings_of(p);
-    const at::Tensor w = in.weight.contiguous();
-    const int64_t rows = w.size(0), cols = w.size(1);
-    const at::Tensor scales = weight_scales(w, s.per_tensor, kernels::kFp8E4m3Max);
-    at::Tensor codes = at::empty({rows, cols}, at::kByte);
-    at::Tensor dequantized = at::empty({rows, cols}, at::kFloat);
-    at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / cols), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const float sc = scales.data_ptr<float>()[s.per_tensor ? 0 : r];
-        for (int64_t j = 0; j < cols; ++j) {
-          const uint8_t c = kernels::fp8_e4m3_from_float(w.data_ptr<float>()[r * cols + j] / sc);
-          codes.data_ptr<uint8_t>()[r * cols + j] = c;
-          dequantized.data_ptr<float>()[r * cols + j] = sc * kernels::fp8_e4m3_to_float(c);
-        }
-      }
-    });
+    const bool gptq = p.get_enum("weights") == "gptq";
+    if (gptq && s.per_tensor) invalid_argument("weights=gptq takes weight_strategy=channel");
+    at::Tensor codes, scales;
+    if (gptq)
+      codes = gptq_rows(host, in, p, gptq::Settings::Codebook::fp8_e4m3, scales).codes;
+    else
+      fp8_rtn(in.weight.contiguous(), s.per_tensor, codes, scales);
+    at::Tensor dequantized = at::empty(codes.sizes(), at::kFloat);
+    const int64_t n = codes.numel(), cols = codes.size(1);
+    for (int64_t k = 0; k < n; ++k)
+      dequantized.data_ptr<float>()[k] =
+          scales.data_ptr<float>()[s.per_tensor ? 0 : k / cols] *
+          kernels::fp8_e4m3_to_float(codes.data_ptr<uint8_t>()[k]);
     const at::Tensor static_scale =
         s.static_inputs ? input_scale(in, kernels::kFp8E4m3Max) : at::Tensor();
-    finish(out, in, metadata("float", s, cols, rows), codes,
+    finish(out, in, metadata("float", s, cols, codes.size(0)), codes,
            s.per_tensor ? scales : scales.unsqueeze(1), static_scale, dequantized);
+  }
+
+  // w ↦ e4m3(w / s), s = max|w| / 448 per row (or for the tensor) in float16.
+  static void fp8_rtn(const at::Tensor& w, bool per_tensor, at::Tensor& codes, at::Tensor& scales) {
+    scales = weight_scales(w, per_tensor, kernels::kFp8E4m3Max);
+    codes = at::empty(w.sizes(), at::kByte);
+    const int64_t n = w.numel(), cols = w.size(1);
+    at::parallel_for(0, n, 65536, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k)
+        codes.data_ptr<uint8_t>()[k] = kernels::fp8_e4m3_from_float(
+            w.data_ptr<float>()[k] / scales.data_ptr<float>()[per_tensor ? 0 : k / cols]);
+    });
   }
 };
 
@@ -244,22 +268,20 @@ void describe_quantizers(Plugin& plugin) {
   common_params(int8);
   int8.features({QFORGE_FEATURE_CALIBRATION_FREE, QFORGE_FEATURE_NEEDS_ACT_ABSMAX,
                  QFORGE_FEATURE_NEEDS_HESSIAN, "per-channel", "activations"})
-      .param_enum("weights", "rtn", {"rtn", "gptq"},
-                  "weight codes by round-to-nearest, or by GPTQ (needs --calib)")
-      .param_bool("desc_act", true,
-                  "GPTQ: columns by decreasing Hessian diagonal (llm-compressor's actorder static)")
-      .param_float("percdamp", 0.01, 0, 1, "GPTQ: dampening, a fraction of mean(diag H)")
-      .param_int("block_size", 128, 1, 1 << 20, "GPTQ: columns per lazy batch update")
       .get_extension(&int8_extension);
+  gptq_params(int8);
   auto& fp8 = plugin.quantizer<Fp8Quantizer>(
       {"org.qforge.fp8", "FP8 E4M3", "1.0.0", "qforge", "MIT",
        "FP8 E4M3 weights (scale max|w|/448 per channel or tensor) and e4m3 input activations "
        "(per token dynamic, or per tensor static), run by org.qforge.w8a8.layer: "
-       "llm-compressor's FP8 and FP8_DYNAMIC (compressed-tensors float-quantized)."});
+       "llm-compressor's FP8 and FP8_DYNAMIC (compressed-tensors float-quantized). With "
+       "weights=gptq the e4m3 codes are chosen by GPTQ with the same scales (qforge's, not "
+       "llm-compressor's: it rounds FP8 weights to nearest)."});
   common_params(fp8);
-  fp8.features({QFORGE_FEATURE_CALIBRATION_FREE, QFORGE_FEATURE_NEEDS_ACT_ABSMAX, "per-channel",
-                "activations"})
+  fp8.features({QFORGE_FEATURE_CALIBRATION_FREE, QFORGE_FEATURE_NEEDS_ACT_ABSMAX,
+                QFORGE_FEATURE_NEEDS_HESSIAN, "per-channel", "activations"})
       .get_extension(&fp8_extension);
+  gptq_params(fp8);
 }
 
 }  // namespace qforge::w8a8

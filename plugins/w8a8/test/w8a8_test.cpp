@@ -114,6 +114,20 @@ TEST(Int8, GptqOnTheSameGridBeatsRoundToNearestOnOutputError) {
   EXPECT_THROW(quantize("org.qforge.w8a8", w, {{"weights", "gptq"}}), qh::PluginError);  // no H
 }
 
+TEST(Fp8, GptqAmongTheE4m3ValuesBeatsRoundToNearestOnOutputError) {
+  const at::Tensor w = weights(32, 64, 15), h = qforge::test::synthetic_hessian(64, 16);
+  const qh::QuantResult rtn = quantize("org.qforge.fp8", w, {}, {}, h);
+  const qh::QuantResult gptq = quantize("org.qforge.fp8", w, {{"weights", "gptq"}}, {}, h);
+  const at::Tensor c = gptq.tensors.at("weight"), s = gptq.tensors.at("weight_scale");
+  ASSERT_EQ(c.scalar_type(), at::kByte);
+  EXPECT_TRUE(at::equal(s, rtn.tensors.at("weight_scale")));  // the same scales
+  for (int64_t k = 0; k < c.numel(); ++k)  // W = s · e4m3(code), every code finite
+    ASSERT_EQ(gptq.dequantized.view(-1)[k].item<float>(),
+              s[k / 64][0].item<float>() *
+                  qforge::kernels::fp8_e4m3_to_float(c.view(-1)[k].item<uint8_t>()));
+  EXPECT_LT(hessian_error(w, gptq.dequantized, h), 0.8 * hessian_error(w, rtn.dequantized, h));
+}
+
 TEST(Fp8, WeightsAreTheNearestE4m3OfWOverScale) {
   const at::Tensor w = weights(16, 48, 6);
   for (const char* strategy : {"channel", "tensor"}) {
