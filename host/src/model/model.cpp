@@ -86,6 +86,20 @@ Linear* Block::find(const std::string& suffix) {
   return nullptr;
 }
 
+at::Tensor* Block::parameter(const std::string& prefix, const std::string& name) {
+  if (name.compare(0, prefix.size(), prefix) != 0) return nullptr;
+  const std::string suffix = name.substr(prefix.size());
+  if (suffix == "input_layernorm.weight") return &input_norm;
+  if (suffix == "post_attention_layernorm.weight") return &post_attention_norm;
+  if (q_norm.defined() && suffix == "self_attn.q_norm.weight") return &q_norm;
+  if (k_norm.defined() && suffix == "self_attn.k_norm.weight") return &k_norm;
+  for (Linear* l : linears()) {
+    if (name == l->name + ".weight" && !l->packed) return &l->weight;
+    if (name == l->name + ".bias" && l->bias.defined()) return &l->bias;
+  }
+  return nullptr;
+}
+
 Model::Model(ModelConfig config, at::ScalarType dtype) : config_(std::move(config)), dtype_(dtype) {
   inv_freq_ = rope_inv_freq();
 }

@@ -157,9 +157,10 @@ SavedLayer quantize_one(const Registry& registry, const Component& q, const Quan
 // The pre-processes on block `i` (before anything of it is quantized): they
 // see its linears and norms through model services, and the statistics of
 // its linears' inputs on the calibration inputs `x`, computed on demand.
-void preprocess_block(Model& model, int64_t i,
-                      const std::vector<std::pair<const Component*, std::unique_ptr<ParamValues>>>& pres,
-                      const at::Tensor& x, int64_t chunk) {
+// Returns the parameters they replaced (for the results file).
+ParamList preprocess_block(Model& model, int64_t i,
+                           const std::vector<std::pair<const Component*, std::unique_ptr<ParamValues>>>& pres,
+                           const at::Tensor& x, int64_t chunk) {
   BlockScope scope{static_cast<size_t>(i), x, at::Tensor(), {}};
   scope.input_stats = [&](const std::string& probe) {
     CaptureWants wants;
@@ -174,6 +175,7 @@ void preprocess_block(Model& model, int64_t i,
     if (cancel_requested()) throw Cancelled("stopped by the user");
     run_preprocess_block(*component, *params, services);
   }
+  return services.written_parameters();
 }
 
 // The state to start from: the checkpoint's with --resume, else the
@@ -304,7 +306,13 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
   for (int64_t i = state.next_block; i < cfg.num_layers; ++i) {
     model.load_block(i);
     Block& b = model.blocks()[i];
-    if (!pres.empty()) preprocess_block(model, i, pres, state.x, o.chunk);
+    // What the pre-processes changed, but the weights the quantizer replaces.
+    ParamList preprocessed;
+    if (!pres.empty())
+      for (auto& [name, t] : preprocess_block(model, i, pres, state.x, o.chunk))
+        if (!(name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 &&
+              chosen.count(name.substr(0, name.size() - 7))))
+          preprocessed.emplace_back(name, t);
     Block original = b;  // shares the original weights (never modified in place)
     std::vector<SavedLayer> block_results;
     for (const auto& stage : layout.stages) {
@@ -393,7 +401,7 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
     std::map<std::string, const QuantResult*> packed;
     for (const auto& r : block_results) packed[r.report.name] = &r.result;
     std::vector<std::string> written = sink.write_block(i, b, packed);
-    save_results(ckpt.results_path(i), o.method, block_results);
+    save_results(ckpt.results_path(i), o.method, block_results, preprocessed);
     written.push_back(ckpt.results_path(i));
     if (!block_pps.empty()) {
       save_adapter_exports(ckpt.adapters_path(i), adapters);

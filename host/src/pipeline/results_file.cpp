@@ -13,10 +13,18 @@ using nlohmann::json;
 
 namespace qforge::host {
 
+namespace {
+constexpr const char* kParams = "params/";
+}  // namespace
+
 void save_results(const std::string& path, const std::string& method,
-                  const std::vector<SavedLayer>& layers) {
-  json report = {{"method", method}, {"layers", json::array()}};
+                  const std::vector<SavedLayer>& layers, const ParamList& params) {
+  json report = {{"method", method}, {"layers", json::array()}, {"params", json::array()}};
   std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& [name, t] : params) {
+    tensors.emplace_back(kParams + name, t);
+    report["params"].push_back(name);
+  }
   for (const auto& l : layers) {
     json names = json::array();
     for (const auto& [name, t] : l.result.tensors) {
@@ -69,6 +77,22 @@ std::vector<SavedLayer> load_results(const std::string& path) {
   return out;
 }
 
+ParamList load_result_params(const std::string& path) {
+  SafetensorsFile file(path);
+  auto it = file.metadata().find("qforge.results");
+  const json report = it == file.metadata().end() ? json() : json::parse(it->second, nullptr, false);
+  ParamList out;
+  if (!report.is_object() || !report.contains("params")) return out;
+  if (!report["params"].is_array())
+    throw UsageError(fmt::format("{}: malformed qforge.results metadata (params)", path));
+  for (const auto& name : report["params"]) {
+    if (!name.is_string() || !file.contains(kParams + name.get<std::string>()))
+      throw UsageError(fmt::format("{}: malformed qforge.results metadata (params)", path));
+    out.emplace_back(name.get<std::string>(), file.load(kParams + name.get<std::string>(), at::kFloat));
+  }
+  return out;
+}
+
 void update_results(const std::string& path, const std::map<std::string, QuantResult>& tuned) {
   std::string method;
   {
@@ -89,7 +113,7 @@ void update_results(const std::string& path, const std::map<std::string, QuantRe
     l.result.tensors = it->second.tensors;
     l.result.dequantized = deq ? it->second.dequantized : at::Tensor();
   }
-  save_results(path, method, layers);
+  save_results(path, method, layers, load_result_params(path));
 }
 
 std::vector<LayerReport> merge_results(const std::vector<std::string>& paths,
@@ -97,7 +121,7 @@ std::vector<LayerReport> merge_results(const std::vector<std::string>& paths,
   std::vector<std::unique_ptr<SafetensorsFile>> parts;
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   std::vector<LayerReport> reports;
-  json merged = {{"method", method}, {"layers", json::array()}};
+  json merged = {{"method", method}, {"layers", json::array()}, {"params", json::array()}};
   for (const auto& p : paths) {
     parts.push_back(std::make_unique<SafetensorsFile>(p));
     for (const auto& [name, info] : parts.back()->tensors())
@@ -112,6 +136,7 @@ std::vector<LayerReport> merge_results(const std::vector<std::string>& paths,
       reports.push_back(r);
       merged["layers"].push_back(l);
     }
+    for (const auto& p : part.value("params", json::array())) merged["params"].push_back(p);
   }
   save_safetensors(path, tensors, {{"qforge.results", merged.dump()}});
   return reports;

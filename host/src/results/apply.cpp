@@ -36,6 +36,9 @@ void apply_results(const Registry& registry, const std::string& model_dir,
                                    results_file, l.result.format, l.report.name));
     weights[l.report.name] = PackedLayer(*c, l.result).dequantize();
   }
+  // What pre-processes changed besides the quantized linears (norms, ...).
+  std::map<std::string, at::Tensor> params;
+  for (auto& [name, t] : load_result_params(results_file)) params[name] = t;
   Model model = Model::load(model_dir, at::kFloat, false);
   const TensorStore& store = model.store();
   sink.check_plan(std::vector<std::string>(formats.begin(), formats.end()), names);
@@ -47,9 +50,17 @@ void apply_results(const Registry& registry, const std::string& model_dir,
       throw UsageError(fmt::format("{}: layer {} has the wrong shape for {}", results_file, name,
                                    model_dir));
   }
+  for (const auto& [name, value] : params)
+    if (!store.contains(name) || store.info(name).shape != value.sizes().vec() ||
+        !model.config().arch.layout->block_of(name))
+      throw UsageError(fmt::format("{}: parameter {} is not a block parameter of {} with that "
+                                   "shape", results_file, name, model_dir));
   for (int64_t i = 0; i < model.config().num_layers; ++i) {
     model.load_block(i);
     Block& b = model.blocks()[i];
+    const std::string prefix = model.config().arch.layout->prefix(i);
+    for (auto& [name, value] : params)
+      if (at::Tensor* t = b.parameter(prefix, name)) *t = value;
     for (Linear* l : b.linears())
       if (auto it = weights.find(l->name); it != weights.end()) l->weight = it->second;
     sink.write_block(i, b, packed);

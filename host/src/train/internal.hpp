@@ -114,6 +114,7 @@ struct ModelServices::Impl {
   std::shared_ptr<Model> teacher;  // loaded by the first trainer that needs it
   std::map<std::string, at::Tensor> input_stats;  // by probe linear (input_stats)
   std::vector<std::string> names;  // host-owned strings handed out (input_source)
+  std::vector<std::string> written;  // parameters set_parameter replaced, in order
 
   // Linear `name`'s index; UsageError naming it when there is none.
   size_t index_of(const std::string& name) const;

@@ -1,6 +1,7 @@
 // The model as a post-process sees it (sdk/include/qforge/postprocess.h), and
 // the autograd nodes that make packed layers and plugin adapters trainable.
 #include <ATen/ATen.h>
+#include <algorithm>
 #include <cstddef>
 #include <fmt/format.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -261,14 +262,11 @@ at::Tensor* find_parameter(ModelServices::Impl& s, const std::string& name, cons
     if (name == l->name + ".bias" && l->bias.defined()) return &l->bias;
   }
   const auto& c = s.model.config();
-  for (size_t i = 0; i < s.model.blocks().size(); ++i) {
-    Block& b = s.model.blocks()[i];
-    const std::string p = c.arch.layout->prefix(static_cast<int64_t>(i));
-    if (name == p + "input_layernorm.weight") return &b.input_norm;
-    if (name == p + "post_attention_layernorm.weight") return &b.post_attention_norm;
-    if (b.q_norm.defined() && name == p + "self_attn.q_norm.weight") return &b.q_norm;
-    if (b.k_norm.defined() && name == p + "self_attn.k_norm.weight") return &b.k_norm;
-  }
+  for (size_t i = 0; i < s.model.blocks().size(); ++i)
+    if (s.scope == nullptr || i == s.scope->block)
+      if (at::Tensor* t = s.model.blocks()[i].parameter(
+              c.arch.layout->prefix(static_cast<int64_t>(i)), name))
+        return t;
   throw UsageError(fmt::format("the model has no parameter named '{}'", name));
 }
 
@@ -296,6 +294,8 @@ qforge_status* set_parameter(const qforge_model_services* m, const char* name,
     at::Tensor v = borrow_float_cpu(*value, fmt::format("set_parameter {}", name));
     if (v.sizes() != t->sizes()) invalid_argument(fmt::format("set_parameter: {} has another shape", name));
     t->copy_(v);
+    auto& written = impl_of(m).written;
+    if (std::find(written.begin(), written.end(), name) == written.end()) written.push_back(name);
   });
 }
 
@@ -438,6 +438,15 @@ ModelServices::~ModelServices() {
 }
 
 const qforge_model_services* ModelServices::table() const { return &impl_->table; }
+
+std::vector<std::pair<std::string, at::Tensor>> ModelServices::written_parameters() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& name : impl_->written) {
+    const Linear* packed = nullptr;
+    out.emplace_back(name, find_parameter(*impl_, name, &packed)->clone());
+  }
+  return out;
+}
 
 std::vector<std::string> ModelServices::tuned_layers() const {
   std::vector<std::string> names;

@@ -66,6 +66,10 @@ struct Block {
   std::vector<const Linear*> linears() const;
   // The linear whose name ends with `suffix` (e.g. "mlp.up_proj"); null when none.
   Linear* find(const std::string& suffix);
+  // The tensor named `name` in this block, whose names start with `prefix`
+  // ("model.layers.3."): a norm's weight, a dense linear's weight, a bias;
+  // null when the block has none (a packed linear's weight included).
+  at::Tensor* parameter(const std::string& prefix, const std::string& name);
 };
 
 // Keys and values of past positions, per layer: [batch, kv_heads, capacity, head_dim].

@@ -76,6 +76,9 @@ class ModelServices {
   std::vector<AdapterExport> export_adapters() const;
   // The packed linears whose tunable parameters a trainer tuned, in order.
   std::vector<std::string> tuned_layers() const;
+  // The parameters set_parameter replaced, in order first written, with
+  // copies of their values now.
+  std::vector<std::pair<std::string, at::Tensor>> written_parameters() const;
 
   struct Impl;
   Impl& impl() const { return *impl_; }
