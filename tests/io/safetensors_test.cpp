@@ -143,6 +143,7 @@ std::vector<std::pair<std::string, at::Tensor>> every_dtype() {
       {"i16", at::randint(-30000, 30000, {9}, at::kShort)},
       {"i8", at::randint(-128, 128, {3, 3}, at::kChar)},
       {"u8", at::arange(0, 256, at::kByte)},
+      {"f8_e4m3", qforge::host::as_f8_e4m3(at::arange(0, 256, at::kByte).flip(0))},
       {"bool", at::randint(0, 2, {11}).to(at::kBool)},
       {"empty", at::empty({0, 3})},
       {"scalar", at::scalar_tensor(2.5)},
@@ -206,6 +207,70 @@ TEST(Safetensors, RoundTripEveryDtype) {
   const std::string header = bytes.substr(8, n);
   EXPECT_LT(header.find("\"f64\""), header.find("\"f32\""));
   EXPECT_LT(header.find("\"bool\""), header.find("\"empty\""));
+}
+
+// F8_E4M3 (no ATen dtype here) is uint8 bytes marked as such: read marked,
+// stored as F8_E4M3, re-stored as F8_E4M3 from a view (as a checkpoint's
+// untouched tensors are when tuned layers are written back).
+TEST(Safetensors, F8E4M3IsMarkedBytes) {
+  using qforge::host::as_f8_e4m3;
+  using qforge::host::is_f8_e4m3;
+  TempDir dir;
+  // Bytes written by hand: 1.0, -448, the smallest subnormal, NaN, 0.
+  const std::string path = dir / "f8.safetensors";
+  std::string header = R"({"e":{"dtype":"F8_E4M3","shape":[5],"data_offsets":[0,5]}})";
+  header.append((8 - header.size() % 8) % 8, ' ');
+  write_bytes(path, st_file(header, std::string("\x38\xfe\x01\x7f\x00", 5)));
+  const SafetensorsFile f(path);
+  EXPECT_EQ(f.info("e").dtype, StDtype::F8_E4M3);
+  EXPECT_STREQ(qforge::host::st_dtype_name(StDtype::F8_E4M3), "F8_E4M3");
+  EXPECT_EQ(qforge::host::st_dtype_size(StDtype::F8_E4M3), 1u);
+  const at::Tensor v = f.view("e");
+  EXPECT_EQ(v.scalar_type(), at::kByte);
+  EXPECT_TRUE(is_f8_e4m3(v));
+  EXPECT_TRUE(at::equal(v, at::tensor({0x38, 0xfe, 0x01, 0x7f, 0x00}, at::kByte)));
+  const at::Tensor bytes = f.load("e", at::kByte);  // a copy: plain bytes
+  EXPECT_TRUE(at::equal(bytes, v));
+  EXPECT_FALSE(is_f8_e4m3(bytes));
+  expect_model_error([&] { f.load("e", at::kFloat); }, {path, "'e'", "F8_E4M3"});
+
+  // Written back from the view (and from a slice of it, the mark's memory):
+  // F8_E4M3 again, the same bytes; plain uint8 stays U8.
+  const std::string out = dir / "out.safetensors";
+  save_safetensors(out, {{"e", v}, {"tail", v.narrow(0, 3, 2)}, {"u", bytes}});
+  const SafetensorsFile g(out);
+  EXPECT_EQ(g.info("e").dtype, StDtype::F8_E4M3);
+  EXPECT_EQ(g.info("tail").dtype, StDtype::F8_E4M3);
+  EXPECT_EQ(g.info("u").dtype, StDtype::U8);
+  EXPECT_TRUE(at::equal(g.view("e"), v));
+  EXPECT_TRUE(at::equal(g.view("tail"), v.narrow(0, 3, 2)));
+  EXPECT_NE(read_bytes(out).find(R"("e":{"dtype":"F8_E4M3","shape":[5],"data_offsets":[0,5]})"),
+            std::string::npos);
+  EXPECT_EQ(qforge::host::st_dtype_of(v), StDtype::F8_E4M3);
+  EXPECT_EQ(qforge::host::st_dtype_of(bytes), StDtype::U8);
+
+  // The mark shares memory and keeps it alive; views keep it, copies drop it.
+  at::Tensor marked;
+  {
+    const at::Tensor src = at::arange(0, 12, at::kByte).reshape({3, 4});
+    marked = as_f8_e4m3(src);
+    EXPECT_EQ(marked.data_ptr(), src.data_ptr());
+    EXPECT_EQ(marked.sizes(), src.sizes());
+    EXPECT_FALSE(is_f8_e4m3(src));
+  }
+  EXPECT_TRUE(at::equal(marked, at::arange(0, 12, at::kByte).reshape({3, 4})));
+  EXPECT_TRUE(is_f8_e4m3(marked.contiguous()));
+  EXPECT_TRUE(is_f8_e4m3(marked[1]));
+  EXPECT_TRUE(is_f8_e4m3(as_f8_e4m3(marked)));
+  EXPECT_FALSE(is_f8_e4m3(marked.clone()));
+  EXPECT_FALSE(is_f8_e4m3(marked.to(at::kChar)));
+  const at::Tensor t = as_f8_e4m3(marked.t());  // not contiguous: a marked contiguous copy
+  EXPECT_TRUE(is_f8_e4m3(t));
+  EXPECT_TRUE(t.is_contiguous());
+  EXPECT_TRUE(at::equal(t, marked.t()));
+  EXPECT_TRUE(is_f8_e4m3(as_f8_e4m3(at::empty({0, 4}, at::kByte))));
+  EXPECT_THROW(as_f8_e4m3(at::zeros({2}, at::kChar)), std::invalid_argument);
+  EXPECT_FALSE(is_f8_e4m3(at::Tensor()));
 }
 
 // The exact bytes of a small file: what any safetensors reader expects.
@@ -498,8 +563,8 @@ TEST(Safetensors, BadEntries) {
   bad("no dtype", R"({"shape":[1],"data_offsets":[0,1]})", {"'w'", "missing dtype"});
   bad("no shape", R"({"dtype":"U8","data_offsets":[0,1]})", {"'w'", "missing shape"});
   bad("no offsets", R"({"dtype":"U8","shape":[1]})", {"'w'", "missing data_offsets"});
-  bad("unknown dtype", R"({"dtype":"F8_E4M3","shape":[1],"data_offsets":[0,1]})",
-      {"'w'", "unknown dtype", "F8_E4M3"});
+  bad("unknown dtype", R"({"dtype":"F8_E5M2","shape":[1],"data_offsets":[0,1]})",
+      {"'w'", "unknown dtype", "'F8_E5M2'", "F8_E4M3"});
   bad("lower dtype", R"({"dtype":"f32","shape":[1],"data_offsets":[0,4]})", {"'w'", "unknown dtype"});
   bad("dtype number", R"({"dtype":4,"shape":[1],"data_offsets":[0,1]})", {"'w'", "dtype is not a string"});
   bad("dup field", R"({"dtype":"U8","dtype":"U8","shape":[1],"data_offsets":[0,1]})", {"'w'", "duplicate field"});

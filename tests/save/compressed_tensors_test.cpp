@@ -1,24 +1,33 @@
-// compressed-tensors pack-quantized codec (host/src/save/compressed_tensors_codec.*):
-// the §4.7 worked example, an independent decoder written here from
-// <qforge/formats/ct_pack_quantized_v1.h>, pack -> unpack round trips,
-// refusals of malformed tensors, the AutoGPTQ v1 fixtures converted (§4.8),
-// and quantization_config (the §2.8 example of
+// compressed-tensors codec (host/src/save/compressed_tensors_codec.*).
+// pack-quantized: the §4.7 worked example, an independent decoder written
+// here from <qforge/formats/ct_pack_quantized_v1.h>, pack -> unpack round
+// trips, refusals of malformed tensors, the AutoGPTQ v1 fixtures converted
+// (§4.8), and quantization_config (the §2.8 example of
 // ../shared/research/llm-compressor.md, per-layer overrides, fused shards).
+// int-/float-/naive-quantized (ct_naive_quantized_v1.h): W8A8, FP8,
+// FP8_DYNAMIC and FP8 weight-only written, decoded independently and read
+// back, their configs as written out by hand, malformed results, tensors and
+// args refused, mixed-precision with pack-quantized.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
+#include <qforge/formats/ct_naive_quantized_v1.h>
 #include <qforge/formats/ct_pack_quantized_v1.h>
 
 #include <algorithm>
+#include <cmath>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "../support/plugins.hpp"
 #include "../support/test_data.hpp"
 #include "compressed_tensors_codec.hpp"
 #include "ct_decoder.hpp"
@@ -582,9 +591,11 @@ TEST(CompressedTensors, ParseSchemeMatchingAndRefusals) {
   };
   auto w = [](json& c) -> json& { return c["config_groups"]["group_0"]["weights"]; };
   refused([](json& c) { c["quant_method"] = "gptq"; }, "quant_method");
-  refused([](json& c) { c["config_groups"]["group_0"]["format"] = "int-quantized"; }, "group_0.format");
-  refused([](json& c) { c["config_groups"]["group_0"].erase("format"); c["format"] = "float-quantized"; },
+  refused([](json& c) { c["config_groups"]["group_0"]["format"] = "marlin-24"; }, "group_0.format");
+  refused([](json& c) { c["config_groups"]["group_0"].erase("format"); c["format"] = "mixed-precision"; },
           "quantization_config.format");
+  // Unpacked formats hold 8-bit channel/tensor weights, not W4 g128.
+  refused([](json& c) { c["config_groups"]["group_0"]["format"] = "int-quantized"; }, "weights.num_bits");
   refused([](json& c) { c["config_groups"]["group_0"]["input_activations"] = {{"num_bits", 8}}; },
           "input_activations");
   refused([](json& c) { c["config_groups"]["group_0"]["output_activations"] = {{"num_bits", 8}}; },
@@ -622,4 +633,579 @@ TEST(CompressedTensors, HeaderNamesMatchCodec) {
   EXPECT_EQ(names, (std::vector<std::string>{"p." QFORGE_CT_WEIGHT_PACKED, "p." QFORGE_CT_WEIGHT_SCALE,
                                              "p." QFORGE_CT_WEIGHT_SHAPE, "p." QFORGE_CT_WEIGHT_ZERO_POINT,
                                              "p." QFORGE_CT_WEIGHT_G_IDX}));
+}
+
+// =========================================== int-/float-/naive-quantized layout --
+// <qforge/formats/ct_naive_quantized_v1.h>: W8A8 (int-quantized), FP8 and
+// FP8_DYNAMIC (float-quantized), FP8 weight-only (naive-quantized).
+namespace {
+
+using qforge::test::ct_decoder::decode_naive;
+using qforge::test::ct_decoder::e4m3;
+using Type = ct::Type;
+using Strategy = ct::Strategy;
+
+// A naive-layout scheme as qforge writes it (the format per §4.1).
+ct::Scheme naive_scheme(Type type, Strategy weights, std::optional<Strategy> input) {
+  ct::Scheme s;
+  s.type = type;
+  s.num_bits = 8;
+  s.strategy = weights;
+  s.group_size = -1;
+  if (input) s.input = ct::InputArgs{type, *input};
+  s.format = type == Type::integer ? ct::Format::int_quantized
+             : input               ? ct::Format::float_quantized
+                                   : ct::Format::naive_quantized;
+  return s;
+}
+
+// The E4M3 number with these fields, built from them (not by the decoder):
+// (8 + m) * 2^(e - 10) for e > 0, m * 2^-9 for e = 0.
+float e4m3_of_fields(int sign, int e, int m) {
+  const float v = e == 0 ? std::ldexp(static_cast<float>(m), -9) : std::ldexp(static_cast<float>(8 + m), e - 10);
+  return sign ? -v : v;
+}
+
+// A QuantResult of the naive format as a W8A8 / FP8 quantizer returns it
+// (metadata, tensors, dequantized = s·q in float32): random codes (every
+// finite E4M3 byte possible), float16-exact positive scales.
+struct NaiveResult {
+  std::string metadata;
+  std::map<std::string, at::Tensor> tensors;
+  at::Tensor dequantized;
+};
+
+NaiveResult make_naive(const ct::Scheme& s, int64_t n, int64_t k, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const bool fp = s.type == Type::floating;
+  NaiveResult r;
+  at::Tensor q = at::empty({n, k}, at::kFloat);  // the code's value
+  at::Tensor w = at::empty({n, k}, fp ? at::kByte : at::kChar);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (int64_t i = 0; i < n * k; ++i) {
+    if (fp) {
+      int b = byte(rng);
+      if ((b & 0x7F) == 0x7F) b ^= 1;  // no NaN
+      w.data_ptr<uint8_t>()[i] = static_cast<uint8_t>(b);
+      q.data_ptr<float>()[i] = e4m3_of_fields(b >> 7, (b >> 3) & 0xF, b & 7);
+    } else {
+      const int v = byte(rng) - 128;
+      w.data_ptr<int8_t>()[i] = static_cast<int8_t>(v);
+      q.data_ptr<float>()[i] = static_cast<float>(v);
+    }
+  }
+  std::uniform_real_distribution<float> scale(1e-4f, 5e-2f);
+  at::Tensor ws = at::empty(s.strategy == Strategy::channel ? std::vector<int64_t>{n, 1} : std::vector<int64_t>{1});
+  for (int64_t i = 0; i < ws.numel(); ++i) ws.data_ptr<float>()[i] = scale(rng);
+  ws = ws.to(at::kHalf).to(at::kFloat);
+  r.tensors = {{"weight", w}, {"weight_scale", ws}};
+  if (s.input && s.input->strategy == Strategy::tensor)
+    r.tensors["input_scale"] = at::full({1}, 0.021484375f);  // a float16 number
+  r.dequantized = ws * q;
+  json input = nullptr;
+  if (s.input)
+    input = {{"num_bits", 8}, {"type", fp ? "float" : "int"}, {"symmetric", true},
+             {"strategy", s.input->strategy == Strategy::token ? "token" : "tensor"},
+             {"dynamic", s.input->strategy == Strategy::token}};
+  r.metadata = json{{"weights", {{"num_bits", 8}, {"type", fp ? "float" : "int"}, {"symmetric", true},
+                                 {"strategy", s.strategy == Strategy::channel ? "channel" : "tensor"}}},
+                    {"input_activations", input},
+                    {"in_features", k},
+                    {"out_features", n}}
+                   .dump();
+  return r;
+}
+
+struct NaiveCase {
+  const char* name;
+  Type type;
+  Strategy weights;
+  std::optional<Strategy> input;
+  const char* format;
+};
+
+const NaiveCase kNaiveCases[] = {
+    {"W8A8", Type::integer, Strategy::channel, Strategy::token, "int-quantized"},
+    {"W8A8_static", Type::integer, Strategy::tensor, Strategy::tensor, "int-quantized"},
+    {"FP8", Type::floating, Strategy::tensor, Strategy::tensor, "float-quantized"},
+    {"FP8_DYNAMIC", Type::floating, Strategy::channel, Strategy::token, "float-quantized"},
+    {"FP8_weight_only", Type::floating, Strategy::channel, std::nullopt, "naive-quantized"},
+    {"FP8_weight_only_tensor", Type::floating, Strategy::tensor, std::nullopt, "naive-quantized"},
+};
+
+std::map<std::string, at::Tensor> views_by_suffix(const qforge::host::SafetensorsFile& f,
+                                                  const std::string& prefix) {
+  std::map<std::string, at::Tensor> m;
+  for (const auto& [name, info] : f.tensors()) m[name.substr(prefix.size() + 1)] = f.view(name);
+  return m;
+}
+
+}  // namespace
+
+TEST(CompressedTensorsNaive, HeaderNames) {
+  EXPECT_STREQ(QFORGE_FORMAT_CT_NAIVE_QUANTIZED_V1, "org.qforge.ct-naive-quantized/1");
+  EXPECT_STREQ(ct::format_name(ct::Format::int_quantized), QFORGE_CT_FORMAT_INT_QUANTIZED);
+  EXPECT_STREQ(ct::format_name(ct::Format::float_quantized), QFORGE_CT_FORMAT_FLOAT_QUANTIZED);
+  EXPECT_STREQ(ct::format_name(ct::Format::naive_quantized), QFORGE_CT_FORMAT_NAIVE_QUANTIZED);
+}
+
+// The decoder against E4M3FN values known by heart.
+TEST(CompressedTensorsNaive, DecoderKnownE4M3Values) {
+  EXPECT_EQ(e4m3(0x38), 1.0f);
+  EXPECT_EQ(e4m3(0xB8), -1.0f);
+  EXPECT_EQ(e4m3(0x7E), 448.0f);
+  EXPECT_EQ(e4m3(0xFE), -448.0f);
+  EXPECT_EQ(e4m3(0x08), 0.015625f);       // 2^-6, the smallest normal
+  EXPECT_EQ(e4m3(0x07), 0.013671875f);    // 7/8 * 2^-6, the largest subnormal
+  EXPECT_EQ(e4m3(0x01), 0.001953125f);    // 2^-9
+  EXPECT_EQ(e4m3(0x00), 0.0f);
+  EXPECT_TRUE(std::signbit(e4m3(0x80)));
+  EXPECT_EQ(e4m3(0x3D), 1.625f);
+  EXPECT_TRUE(std::isnan(e4m3(0x7F)));
+  EXPECT_TRUE(std::isnan(e4m3(0xFF)));
+  for (int b = 0; b < 256; ++b) {
+    if ((b & 0x7F) == 0x7F) continue;
+    EXPECT_EQ(e4m3(static_cast<uint8_t>(b)), e4m3_of_fields(b >> 7, (b >> 3) & 0xF, b & 7)) << b;
+  }
+}
+
+class NaiveLayout : public ::testing::TestWithParam<NaiveCase> {};
+
+// A QuantResult -> the tensors of a safetensors file (dtypes and shapes as in
+// the header) -> the independent decoder (the result's dequantized weight
+// exactly) and the reader (the same codes, scales and metadata).
+TEST_P(NaiveLayout, WriteDecodeRead) {
+  const NaiveCase& c = GetParam();
+  const ct::Scheme scheme = naive_scheme(c.type, c.weights, c.input);
+  const bool fp = c.type == Type::floating;
+  const bool static_input = c.input == Strategy::tensor;
+  const int64_t n = 24, k = 40;
+  const NaiveResult r = make_naive(scheme, n, k, 11);
+  const ct::NaiveLinear l = ct::naive_linear(r.metadata, r.tensors);
+  EXPECT_EQ(l.scheme, scheme);
+  EXPECT_STREQ(ct::format_name(l.scheme.format), c.format);
+  EXPECT_EQ(ct::naive_metadata(l), json::parse(r.metadata));
+
+  const std::string prefix = "model.layers.0.self_attn.o_proj";
+  const Tensors t = ct::pack(prefix, l);
+  std::vector<std::string> names;
+  for (const auto& [name, v] : t) names.push_back(name.substr(prefix.size() + 1));
+  std::vector<std::string> want_names = {"weight", "weight_scale"};
+  if (static_input) want_names.push_back("input_scale");
+  EXPECT_EQ(names, want_names);
+
+  const std::string path = qforge::test::temp_path("qforge_ct_naive", c.name) + ".safetensors";
+  qforge::host::save_safetensors(path, t);
+  {
+    const qforge::host::SafetensorsFile f(path);
+    using qforge::host::StDtype;
+    EXPECT_EQ(f.info(prefix + ".weight").dtype, fp ? StDtype::F8_E4M3 : StDtype::I8);
+    EXPECT_EQ(f.info(prefix + ".weight").shape, (std::vector<int64_t>{n, k}));
+    EXPECT_EQ(f.info(prefix + ".weight_scale").dtype, StDtype::F16);
+    const std::vector<int64_t> scale_shape =
+        c.weights == Strategy::channel ? std::vector<int64_t>{n, 1} : std::vector<int64_t>{1};
+    EXPECT_EQ(f.info(prefix + ".weight_scale").shape, scale_shape);
+    if (static_input) {
+      EXPECT_EQ(f.info(prefix + ".input_scale").dtype, StDtype::F16);
+      EXPECT_EQ(f.info(prefix + ".input_scale").shape, std::vector<int64_t>{1});
+    }
+
+    Tensors stored;
+    for (const auto& [name, info] : f.tensors()) stored.emplace_back(name, f.view(name));
+    EXPECT_TRUE(at::equal(decode_naive(stored, prefix, fp), r.dequantized));
+
+    const ct::NaiveLinear u = ct::unpack_naive(views_by_suffix(f, prefix), scheme);
+    EXPECT_EQ(u.scheme, scheme);
+    EXPECT_TRUE(at::equal(u.weight, r.tensors.at("weight")));
+    EXPECT_TRUE(at::equal(u.weight_scale, r.tensors.at("weight_scale")));
+    EXPECT_EQ(u.weight_scale.scalar_type(), at::kFloat);
+    EXPECT_EQ(u.input_scale.defined(), static_input);
+    if (static_input) {
+      EXPECT_TRUE(at::equal(u.input_scale, r.tensors.at("input_scale")));
+    }
+    EXPECT_EQ(ct::naive_metadata(u), json::parse(r.metadata));
+  }
+  std::filesystem::remove(path);
+}
+
+INSTANTIATE_TEST_SUITE_P(Schemes, NaiveLayout, ::testing::ValuesIn(kNaiveCases),
+                         [](const ::testing::TestParamInfo<NaiveCase>& i) { return std::string(i.param.name); });
+
+// The metadata of the format's header, written out by hand.
+TEST(CompressedTensorsNaive, MetadataAsTheHeaderWritesIt) {
+  const NaiveResult r = make_naive(naive_scheme(Type::integer, Strategy::channel, Strategy::token), 3, 5, 1);
+  const json want = json::parse(R"({
+    "weights": {"num_bits": 8, "type": "int", "symmetric": true, "strategy": "channel"},
+    "input_activations": {"num_bits": 8, "type": "int", "symmetric": true, "strategy": "token",
+                          "dynamic": true},
+    "in_features": 5, "out_features": 3})");
+  EXPECT_EQ(json::parse(r.metadata), want);
+  EXPECT_EQ(ct::naive_metadata(ct::naive_linear(want.dump(), r.tensors)), want);
+}
+
+// int weights alone are what compressed-tensors stores as pack-quantized
+// (W8A16): to_affine gives W8 channel sym, whose pack-quantized tensors the
+// pack decoder reads as the same weights.
+TEST(CompressedTensorsNaive, IntWeightsAloneArePackQuantized) {
+  for (Strategy st : {Strategy::channel, Strategy::tensor}) {
+    const ct::Scheme scheme = naive_scheme(Type::integer, st, std::nullopt);
+    const NaiveResult r = make_naive(scheme, 9, 70, 5);
+    const ct::NaiveLinear l = ct::naive_linear(r.metadata, r.tensors);
+    EXPECT_EQ(l.scheme.format, ct::Format::int_quantized);
+    const ct::AffineLinear a = ct::to_affine(l);
+    const ct::Scheme s = ct::scheme_of(a);
+    EXPECT_EQ(s.format, ct::Format::pack_quantized);
+    EXPECT_EQ(s.num_bits, 8);
+    EXPECT_EQ(s.strategy, Strategy::channel);
+    EXPECT_TRUE(s.symmetric);
+    const Decoded d = decode(ct::pack("p", a), "p", 8, true, -1, false);
+    EXPECT_TRUE(at::equal(qforge::test::ct_decoder::weight(d), r.dequantized));
+  }
+  const NaiveResult fp8 = make_naive(naive_scheme(Type::floating, Strategy::channel, std::nullopt), 2, 3, 5);
+  EXPECT_NE(refusal([&] { ct::to_affine(ct::naive_linear(fp8.metadata, fp8.tensors)); }).find("int weights alone"),
+            std::string::npos);
+}
+
+// A result that breaks the header is refused, naming the key or tensor.
+TEST(CompressedTensorsNaive, ResultRefusals) {
+  const ct::Scheme fp8 = naive_scheme(Type::floating, Strategy::tensor, Strategy::tensor);
+  const NaiveResult good = make_naive(fp8, 4, 6, 3);
+  ASSERT_NO_THROW(ct::naive_linear(good.metadata, good.tensors));
+  auto meta = [&](const std::function<void(json&)>& edit, const std::string& key) {
+    json m = json::parse(good.metadata);
+    edit(m);
+    const std::string msg = refusal([&] { ct::naive_linear(m.dump(), good.tensors); });
+    EXPECT_NE(msg.find(key), std::string::npos) << msg;
+  };
+  meta([](json& m) { m["weights"]["num_bits"] = 4; }, "metadata.weights.num_bits");
+  meta([](json& m) { m["weights"]["symmetric"] = false; }, "metadata.weights.symmetric");
+  meta([](json& m) { m["weights"]["strategy"] = "group"; }, "metadata.weights.strategy");
+  meta([](json& m) { m["weights"]["type"] = "fp8"; }, "metadata.weights.type");
+  meta([](json& m) { m["weights"] = nullptr; }, "metadata.weights");
+  meta([](json& m) { m["input_activations"]["type"] = "int"; }, "metadata.input_activations.type");
+  meta([](json& m) { m["input_activations"]["dynamic"] = true; }, "metadata.input_activations.dynamic");
+  meta([](json& m) { m["input_activations"]["strategy"] = "token"; m["input_activations"]["dynamic"] = false; },
+       "metadata.input_activations.dynamic");
+  meta([](json& m) { m["input_activations"]["strategy"] = "group"; }, "metadata.input_activations.strategy");
+  meta([](json& m) { m["input_activations"]["symmetric"] = false; }, "metadata.input_activations.symmetric");
+  meta([](json& m) { m["in_features"] = 7; }, "in_features");
+  meta([](json& m) { m["in_features"] = 0; }, "metadata.in_features");
+  meta([](json& m) { m.erase("out_features"); }, "metadata.out_features");
+  meta([](json& m) { m = json::array(); }, "metadata");
+  // Dynamic inputs: no input_scale.
+  meta([](json& m) { m["input_activations"]["strategy"] = "token"; m["input_activations"]["dynamic"] = true; },
+       "input_scale");
+
+  auto tensors = [&](const std::function<void(std::map<std::string, at::Tensor>&)>& edit, const std::string& name) {
+    auto t = good.tensors;
+    for (auto& [k, v] : t) v = v.clone();
+    edit(t);
+    const std::string msg = refusal([&] { ct::naive_linear(good.metadata, t); });
+    EXPECT_EQ(msg.rfind(name + ":", 0), 0u) << msg;
+  };
+  tensors([](auto& t) { t["weight"] = t["weight"].to(at::kChar); }, "weight");
+  tensors([](auto& t) { t["weight"] = t["weight"].narrow(1, 0, 5); }, "weight");
+  tensors([](auto& t) { t["weight"][1][2] = 0x7F; }, "weight");  // NaN
+  tensors([](auto& t) { t["weight"][0][0] = 0xFF; }, "weight");  // -NaN
+  tensors([](auto& t) { t.erase("weight"); }, "weight");
+  tensors([](auto& t) { t["weight_scale"] = t["weight_scale"].to(at::kHalf); }, "weight_scale");
+  tensors([](auto& t) { t["weight_scale"] = at::full({4, 1}, 0.5f); }, "weight_scale");
+  tensors([](auto& t) { t["weight_scale"].fill_(-0.5f); }, "weight_scale");
+  tensors([](auto& t) { t["weight_scale"].fill_(0.0f); }, "weight_scale");
+  tensors([](auto& t) { t["weight_scale"].fill_(NAN); }, "weight_scale");
+  tensors([](auto& t) { t["weight_scale"].fill_(INFINITY); }, "weight_scale");
+  tensors([](auto& t) { t.erase("input_scale"); }, "input_scale");
+  tensors([](auto& t) { t["input_scale"].fill_(-1.0f); }, "input_scale");
+  tensors([](auto& t) { t["input_scale"] = at::full({1, 1}, 0.5f); }, "input_scale");
+
+  // Scales the file cannot hold exactly (float16) are refused when written.
+  auto t = good.tensors;
+  t["weight_scale"] = at::full({1}, 0.1f);
+  EXPECT_NE(refusal([&] { ct::pack("p", ct::naive_linear(good.metadata, t)); }).find("float16"), std::string::npos);
+  t = good.tensors;
+  t["input_scale"] = at::full({1}, 1e-9f);
+  EXPECT_NE(refusal([&] { ct::pack("p", ct::naive_linear(good.metadata, t)); }).find("input_scale"),
+            std::string::npos);
+}
+
+// Checkpoint tensors: liberal about scale dtypes and shapes as vLLM is,
+// strict about the rest.
+TEST(CompressedTensorsNaive, UnpackRefusesMalformedTensors) {
+  const ct::Scheme fp8 = naive_scheme(Type::floating, Strategy::tensor, Strategy::tensor);
+  const NaiveResult r = make_naive(fp8, 5, 8, 4);
+  const auto packed = by_suffix(ct::pack("m", ct::naive_linear(r.metadata, r.tensors)), "m");
+  ASSERT_TRUE(qforge::host::is_f8_e4m3(packed.at("weight")));
+  ASSERT_NO_THROW(ct::unpack_naive(packed, fp8));
+  auto with = [&](const ct::Scheme& s, const std::function<void(std::map<std::string, at::Tensor>&)>& edit) {
+    auto m = packed;
+    edit(m);
+    return refusal([&] { ct::unpack_naive(m, s); });
+  };
+  auto names = [](const std::string& msg, const std::string& tensor) { return msg.rfind(tensor + ":", 0) == 0; };
+  // weight: plain U8 (not F8_E4M3), I8, F16, 1-D, NaN code, missing.
+  const std::string u8 = with(fp8, [](auto& m) { m["weight"] = m["weight"].clone(); });
+  EXPECT_TRUE(names(u8, "weight"));
+  EXPECT_NE(u8.find("expected F8_E4M3"), std::string::npos) << u8;
+  EXPECT_NE(u8.find("got U8"), std::string::npos) << u8;
+  EXPECT_TRUE(names(with(fp8, [](auto& m) { m["weight"] = m["weight"].to(at::kChar); }), "weight"));
+  EXPECT_TRUE(names(with(fp8, [](auto& m) { m["weight"] = m["weight"].to(at::kHalf); }), "weight"));
+  EXPECT_TRUE(names(with(fp8, [](auto& m) { m["weight"] = qforge::host::as_f8_e4m3(m["weight"].reshape({-1})); }),
+                    "weight"));
+  EXPECT_TRUE(names(with(fp8, [](auto& m) {
+                      at::Tensor w = m["weight"].clone();
+                      w[0][0] = 0x7F;
+                      m["weight"] = qforge::host::as_f8_e4m3(w);
+                    }),
+                    "weight"));
+  EXPECT_TRUE(names(with(fp8, [](auto& m) { m.erase("weight"); }), "weight"));
+  // weight_scale: dtype, shape, values, missing.
+  EXPECT_TRUE(names(with(fp8, [](auto& m) { m["weight_scale"] = m["weight_scale"].to(at::kInt); }), "weight_scale"));
+  EXPECT_TRUE(names(with(fp8, [](auto& m) { m["weight_scale"] = at::full({5, 1}, 0.5f); }), "weight_scale"));
+  EXPECT_TRUE(names(with(fp8, [](auto& m) { m["weight_scale"] = at::full({1}, -0.5f, at::kHalf); }), "weight_scale"));
+  EXPECT_TRUE(names(with(fp8, [](auto& m) { m["weight_scale"] = at::full({1}, NAN, at::kHalf); }), "weight_scale"));
+  EXPECT_TRUE(names(with(fp8, [](auto& m) { m.erase("weight_scale"); }), "weight_scale"));
+  // input_scale: missing (static), shape, value; stray zero points and g_idx.
+  EXPECT_TRUE(names(with(fp8, [](auto& m) { m.erase("input_scale"); }), "input_scale"));
+  EXPECT_TRUE(names(with(fp8, [](auto& m) { m["input_scale"] = at::full({2}, 0.5f); }), "input_scale"));
+  EXPECT_TRUE(names(with(fp8, [](auto& m) { m["input_scale"] = at::full({1}, 0.0f); }), "input_scale"));
+  EXPECT_TRUE(names(with(fp8, [](auto& m) { m["weight_zero_point"] = at::zeros({1}, at::kChar); }),
+                    "weight_zero_point"));
+  EXPECT_TRUE(names(with(fp8, [](auto& m) { m["input_zero_point"] = at::zeros({1}, at::kChar); }),
+                    "input_zero_point"));
+  EXPECT_TRUE(names(with(fp8, [](auto& m) { m["weight_g_idx"] = at::zeros({8}, at::kInt); }), "weight_g_idx"));
+  // Dynamic inputs: a stray input_scale.
+  const ct::Scheme dyn = naive_scheme(Type::floating, Strategy::tensor, Strategy::token);
+  EXPECT_TRUE(names(with(dyn, [](auto&) {}), "input_scale"));
+  // int weights want I8, not F8_E4M3.
+  const ct::Scheme w8a8 = naive_scheme(Type::integer, Strategy::tensor, Strategy::tensor);
+  const std::string i8 = with(w8a8, [](auto&) {});
+  EXPECT_TRUE(names(i8, "weight"));
+  EXPECT_NE(i8.find("expected I8"), std::string::npos) << i8;
+  // A pack-quantized scheme is not this layout.
+  EXPECT_FALSE(with(w4g128(), [](auto&) {}).empty());
+
+  // Liberal: bfloat16 / float32 scales, [] for a tensor scale, [N] for channel.
+  auto m = packed;
+  m["weight_scale"] = m["weight_scale"].to(at::kBFloat16).reshape({});
+  m["input_scale"] = m["input_scale"].to(at::kFloat).reshape({});
+  const ct::NaiveLinear u = ct::unpack_naive(m, fp8);
+  EXPECT_EQ(u.weight_scale.sizes(), at::IntArrayRef({1}));
+  EXPECT_EQ(u.input_scale.sizes(), at::IntArrayRef({1}));
+  const ct::Scheme channel = naive_scheme(Type::floating, Strategy::channel, Strategy::tensor);
+  m = packed;
+  m["weight_scale"] = at::full({5}, 0.25f, at::kHalf);
+  const ct::NaiveLinear v = ct::unpack_naive(m, channel);
+  EXPECT_EQ(v.weight_scale.sizes(), at::IntArrayRef({5, 1}));
+  EXPECT_TRUE(at::equal(v.weight_scale, at::full({5, 1}, 0.25f)));
+}
+
+// quantization_config for the presets of §2.8 / §6.3, written out by hand in
+// the shape of §2.8 (json.dumps(indent=2, sort_keys=True)).
+namespace {
+
+// One QuantizationArgs as compressed-tensors writes it.
+std::string args_text(const std::string& indent, bool dynamic, const std::string& observer,
+                      const std::string& strategy, const std::string& type) {
+  return "{\n" + indent + "  \"actorder\": null,\n" + indent + "  \"block_structure\": null,\n" + indent +
+         "  \"dynamic\": " + (dynamic ? "true" : "false") + ",\n" + indent + "  \"group_size\": null,\n" + indent +
+         "  \"num_bits\": 8,\n" + indent + "  \"observer\": " + observer + ",\n" + indent +
+         "  \"observer_kwargs\": {},\n" + indent + "  \"scale_dtype\": null,\n" + indent + "  \"strategy\": \"" +
+         strategy + "\",\n" + indent + "  \"symmetric\": true,\n" + indent + "  \"type\": \"" + type + "\",\n" +
+         indent + "  \"zp_dtype\": null\n" + indent + "}";
+}
+
+}  // namespace
+
+TEST(CompressedTensorsNaive, ConfigW8A8MatchesHandWritten) {
+  // §2.8's last paragraph: the W8A8-INT8 preset, int-quantized.
+  const std::string expected = R"({
+  "config_groups": {
+    "group_0": {
+      "format": "int-quantized",
+      "input_activations": {
+        "actorder": null,
+        "block_structure": null,
+        "dynamic": true,
+        "group_size": null,
+        "num_bits": 8,
+        "observer": null,
+        "observer_kwargs": {},
+        "scale_dtype": null,
+        "strategy": "token",
+        "symmetric": true,
+        "type": "int",
+        "zp_dtype": null
+      },
+      "output_activations": null,
+      "targets": [
+        "Linear"
+      ],
+      "weights": {
+        "actorder": null,
+        "block_structure": null,
+        "dynamic": false,
+        "group_size": null,
+        "num_bits": 8,
+        "observer": "memoryless_minmax",
+        "observer_kwargs": {},
+        "scale_dtype": null,
+        "strategy": "channel",
+        "symmetric": true,
+        "type": "int",
+        "zp_dtype": null
+      }
+    }
+  },
+  "format": "int-quantized",
+  "global_compression_ratio": null,
+  "ignore": [
+    "lm_head"
+  ],
+  "kv_cache_scheme": null,
+  "quant_method": "compressed-tensors",
+  "quantization_status": "compressed",
+  "sparsity_config": {},
+  "transform_config": {},
+  "version": "0.18.0"
+})";
+  const ct::Scheme w8a8 = naive_scheme(Type::integer, Strategy::channel, Strategy::token);
+  std::vector<std::pair<std::string, ct::Scheme>> layers;
+  for (const auto& n : llama_linears(2)) layers.emplace_back(n, w8a8);
+  const ordered_json q = ct::quantization_config(layers, {"lm_head"});
+  EXPECT_EQ(q.dump(2), expected);
+  expect_sorted(q);
+  const json parsed = json::parse(q.dump());
+  for (const auto& [name, s] : layers) EXPECT_EQ(ct::parse_scheme(parsed, name), s) << name;
+  EXPECT_EQ(ct::group_schemes(parsed), std::vector<ct::Scheme>{w8a8});
+}
+
+TEST(CompressedTensorsNaive, ConfigFp8PresetsMatchHandWritten) {
+  // §6.3: FP8 = float tensor weights, static tensor inputs observed by
+  // static_minmax; FP8_DYNAMIC = float channel weights, dynamic token inputs;
+  // FP8 weight-only: naive-quantized.
+  const std::string w = "      ", tail = R"(,
+  "global_compression_ratio": null,
+  "ignore": [
+    "lm_head"
+  ],
+  "kv_cache_scheme": null,
+  "quant_method": "compressed-tensors",
+  "quantization_status": "compressed",
+  "sparsity_config": {},
+  "transform_config": {},
+  "version": "0.18.0"
+})";
+  auto config = [&](const std::string& format, const std::string& input, const std::string& weights) {
+    return "{\n  \"config_groups\": {\n    \"group_0\": {\n      \"format\": \"" + format +
+           "\",\n      \"input_activations\": " + input +
+           ",\n      \"output_activations\": null,\n      \"targets\": [\n        \"Linear\"\n      ],\n"
+           "      \"weights\": " + weights + "\n    }\n  },\n  \"format\": \"" + format + "\"" + tail;
+  };
+  const std::string memoryless = "\"memoryless_minmax\"";
+  const std::vector<std::tuple<std::string, ct::Scheme, std::string>> presets = {
+      {"FP8", naive_scheme(Type::floating, Strategy::tensor, Strategy::tensor),
+       config("float-quantized", args_text(w, false, "\"static_minmax\"", "tensor", "float"),
+              args_text(w, false, memoryless, "tensor", "float"))},
+      {"FP8_DYNAMIC", naive_scheme(Type::floating, Strategy::channel, Strategy::token),
+       config("float-quantized", args_text(w, true, "null", "token", "float"),
+              args_text(w, false, memoryless, "channel", "float"))},
+      {"FP8 weight-only", naive_scheme(Type::floating, Strategy::channel, std::nullopt),
+       config("naive-quantized", "null", args_text(w, false, memoryless, "channel", "float"))},
+  };
+  for (const auto& [name, scheme, expected] : presets) {
+    SCOPED_TRACE(name);
+    std::vector<std::pair<std::string, ct::Scheme>> layers;
+    for (const auto& n : llama_linears(1)) layers.emplace_back(n, scheme);
+    const ordered_json q = ct::quantization_config(layers, {"lm_head"});
+    EXPECT_EQ(q.dump(2), expected);
+    expect_sorted(q);
+    for (const auto& [n, s] : layers) EXPECT_EQ(ct::parse_scheme(json::parse(q.dump()), n), s) << n;
+  }
+  // The W8A8 text of the other test, by the same helper.
+  const std::string int_weights = args_text(w, false, memoryless, "channel", "int");
+  std::vector<std::pair<std::string, ct::Scheme>> layers;
+  for (const auto& n : llama_linears(1))
+    layers.emplace_back(n, naive_scheme(Type::integer, Strategy::channel, Strategy::token));
+  EXPECT_EQ(ct::quantization_config(layers, {"lm_head"}).dump(2),
+            config("int-quantized", args_text(w, true, "null", "token", "int"), int_weights));
+}
+
+// Some layers pack-quantized, some int-quantized: one group each, global
+// format mixed-precision, every layer parsed back to its scheme.
+TEST(CompressedTensorsNaive, ConfigMixedPrecision) {
+  const ct::Scheme w8a8 = naive_scheme(Type::integer, Strategy::channel, Strategy::token);
+  std::vector<std::pair<std::string, ct::Scheme>> layers;
+  for (const auto& n : llama_linears(2))
+    layers.emplace_back(n, n.find("down_proj") != std::string::npos ? w4g128() : w8a8);
+  const ordered_json q = ct::quantization_config(layers, {"lm_head"});
+  expect_sorted(q);
+  EXPECT_EQ(q["format"], "mixed-precision");
+  ASSERT_EQ(q["config_groups"].size(), 2u);
+  EXPECT_EQ(q["config_groups"]["group_0"]["format"], "int-quantized");
+  EXPECT_EQ(q["config_groups"]["group_1"]["format"], "pack-quantized");
+  EXPECT_TRUE(q["config_groups"]["group_1"]["input_activations"].is_null());
+  EXPECT_EQ(q["config_groups"]["group_1"]["targets"], ordered_json::parse(R"(["re:.*\\.mlp\\.down_proj$"])"));
+  const json parsed = json::parse(q.dump());
+  for (const auto& [name, s] : layers) EXPECT_EQ(ct::parse_scheme(parsed, name), s) << name;
+  EXPECT_EQ(ct::group_schemes(parsed), (std::vector<ct::Scheme>{w8a8, w4g128()}));
+  // Fused shards in two formats are refused as for two pack-quantized schemes.
+  layers.clear();
+  for (const auto& n : llama_linears(1))
+    layers.emplace_back(n, n.find("k_proj") != std::string::npos ? w4g128() : w8a8);
+  EXPECT_NE(refusal([&] { ct::quantization_config(layers, {}); }).find("vLLM"), std::string::npos);
+}
+
+// What qforge can't run is refused, naming the key.
+TEST(CompressedTensorsNaive, ParseSchemeRefusals) {
+  const ct::Scheme fp8 = naive_scheme(Type::floating, Strategy::tensor, Strategy::tensor);
+  const json base = json::parse(ct::quantization_config({{"a.q_proj", fp8}}, {"lm_head"}).dump());
+  ASSERT_EQ(ct::parse_scheme(base, "a.q_proj"), fp8);
+  auto refused = [&](const std::function<void(json&)>& edit, const std::string& key) {
+    json c = base;
+    edit(c);
+    const std::string m = refusal([&] { ct::parse_scheme(c, "a.q_proj"); });
+    EXPECT_NE(m.find(key), std::string::npos) << m;
+    const std::string all = refusal([&] { ct::group_schemes(c); });
+    EXPECT_NE(all.find(key), std::string::npos) << all;
+  };
+  auto g = [](json& c) -> json& { return c["config_groups"]["group_0"]; };
+  const std::string w = "group_0.weights.", i = "group_0.input_activations.";
+  refused([&](json& c) { g(c)["weights"]["symmetric"] = false; }, w + "symmetric");
+  refused([&](json& c) { g(c)["weights"]["num_bits"] = 4; }, w + "num_bits");
+  refused([&](json& c) { g(c)["weights"]["strategy"] = "group"; g(c)["weights"]["group_size"] = 128; },
+          w + "strategy");
+  refused([&](json& c) { g(c)["weights"]["strategy"] = "block"; }, w + "strategy");
+  refused([&](json& c) { g(c)["weights"]["block_structure"] = {128, 128}; }, w + "block_structure");
+  refused([&](json& c) { g(c)["weights"]["group_size"] = 128; }, w + "group_size");
+  refused([&](json& c) { g(c)["weights"]["dynamic"] = true; }, w + "dynamic");
+  refused([&](json& c) { g(c)["weights"]["actorder"] = "static"; }, w + "actorder");
+  refused([&](json& c) { g(c)["weights"]["type"] = "float8"; }, w + "type");
+  refused([&](json& c) { g(c)["input_activations"]["strategy"] = "group"; }, i + "strategy");
+  refused([&](json& c) { g(c)["input_activations"]["strategy"] = "token"; }, i + "dynamic");  // static token
+  refused([&](json& c) { g(c)["input_activations"]["dynamic"] = true; }, i + "dynamic");      // dynamic tensor
+  refused([&](json& c) { g(c)["input_activations"]["dynamic"] = "local"; }, i + "dynamic");
+  refused([&](json& c) { g(c)["input_activations"]["symmetric"] = false; }, i + "symmetric");
+  refused([&](json& c) { g(c)["input_activations"]["num_bits"] = 4; }, i + "num_bits");
+  refused([&](json& c) { g(c)["input_activations"]["type"] = "int"; }, i + "type");
+  refused([&](json& c) { g(c)["input_activations"]["group_size"] = 128; }, i + "group_size");
+  refused([&](json& c) { g(c)["input_activations"] = json::array(); }, "group_0.input_activations");
+  refused([&](json& c) { g(c)["output_activations"] = g(c)["input_activations"]; }, "output_activations");
+  refused([&](json& c) { g(c)["format"] = "nvfp4-pack-quantized"; }, "group_0.format");
+  // FP8 weights in a pack-quantized group; int8 activations with pack-quantized.
+  refused([&](json& c) { g(c)["format"] = "pack-quantized"; }, "input_activations");
+  refused([&](json& c) { g(c)["format"] = "pack-quantized"; g(c)["input_activations"] = nullptr; }, w + "type");
+
+  // Accepted spellings: strategy inferred from group_size (-1: channel; null:
+  // tensor), the group's format from the global one, the three names alike.
+  json c = base;
+  g(c)["weights"].erase("strategy");
+  g(c)["weights"]["group_size"] = -1;
+  EXPECT_EQ(ct::parse_scheme(c, "a.q_proj")->strategy, Strategy::channel);
+  g(c)["weights"].erase("group_size");
+  g(c)["input_activations"].erase("strategy");
+  EXPECT_EQ(ct::parse_scheme(c, "a.q_proj"), fp8);
+  g(c).erase("format");
+  c["format"] = "naive-quantized";
+  EXPECT_EQ(ct::parse_scheme(c, "a.q_proj")->format, ct::Format::naive_quantized);
+  EXPECT_EQ(ct::parse_scheme(c, "a.q_proj")->input, fp8.input);
 }

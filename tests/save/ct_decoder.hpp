@@ -1,12 +1,15 @@
-// An independent decoder of compressed-tensors pack-quantized tensors,
-// written from <qforge/formats/ct_pack_quantized_v1.h> alone (bit by bit, no
-// qforge codec or kernel): what a third-party loader would do.
+// An independent decoder of compressed-tensors tensors, written from the
+// format headers alone (no qforge codec or kernel): what a third-party
+// loader would do. pack-quantized from <qforge/formats/ct_pack_quantized_v1.h>
+// (bit by bit); int-/float-/naive-quantized from ct_naive_quantized_v1.h.
 #pragma once
 
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <string>
@@ -89,6 +92,46 @@ inline at::Tensor weight(const Decoded& d) {
   const at::Tensor s = d.scales.index_select(0, g).t();  // [N, K]
   const at::Tensor z = d.zeros.index_select(0, g).t();
   return s * (d.codes.to(at::kFloat) - z);
+}
+
+// An OCP FP8 E4M3FN byte: sign, 4 exponent bits e (bias 7), 3 mantissa bits
+// m; sign * 2^(e-7) * (1 + m/8), subnormal (e = 0) sign * 2^-6 * m/8;
+// 0x7F / 0xFF are NaN, nothing is infinite.
+inline float e4m3(uint8_t byte) {
+  const float sign = (byte & 0x80) ? -1.0f : 1.0f;
+  const int e = (byte >> 3) & 0xF, m = byte & 0x7;
+  if (e == 0xF && m == 0x7) return NAN;
+  if (e == 0) return sign * std::ldexp(static_cast<float>(m) / 8.0f, -6);
+  return sign * std::ldexp(1.0f + static_cast<float>(m) / 8.0f, e - 7);
+}
+
+// W [N, K] float32 of a linear stored unpacked (int-/float-/naive-quantized,
+// ct_naive_quantized_v1.h): W[r, j] = s * q[r, j] (int8 weight) or
+// s * e4m3(weight[r, j]) (FP8 bytes), s = weight_scale[r] ([N, 1]) or
+// weight_scale[0] ([1]), products in float32.
+inline at::Tensor decode_naive(const Tensors& tensors, const std::string& prefix, bool fp8) {
+  std::map<std::string, at::Tensor> m;
+  for (const auto& [name, t] : tensors) {
+    EXPECT_EQ(name.rfind(prefix + ".", 0), 0u) << name;
+    m[name.substr(prefix.size() + 1)] = t.contiguous();
+  }
+  const at::Tensor w = m.at("weight");
+  EXPECT_EQ(w.scalar_type(), fp8 ? at::kByte : at::kChar);
+  EXPECT_EQ(w.dim(), 2);
+  const int64_t n = w.size(0), k = w.size(1);
+  const at::Tensor scale = m.at("weight_scale").to(at::kFloat).contiguous();
+  const bool per_row = scale.sizes() == at::IntArrayRef({n, 1});
+  EXPECT_TRUE(per_row || scale.sizes() == at::IntArrayRef({1})) << scale.sizes();
+  at::Tensor out = at::empty({n, k}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  const float* s = scale.data_ptr<float>();
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < k; ++j) {
+      const float q = fp8 ? e4m3(w.data_ptr<uint8_t>()[r * k + j])
+                          : static_cast<float>(w.data_ptr<int8_t>()[r * k + j]);
+      o[r * k + j] = s[per_row ? r : 0] * q;
+    }
+  return out;
 }
 
 }  // namespace qforge::test::ct_decoder

@@ -19,6 +19,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "safetensors stores little-endian data; this reader maps it as is");
@@ -48,6 +49,7 @@ at::ScalarType to_scalar_type(StDtype dtype) {
     case StDtype::I8: return at::kChar;
     case StDtype::U8: return at::kByte;
     case StDtype::BOOL: return at::kBool;
+    case StDtype::F8_E4M3: return at::kByte;
   }
   throw ModelFileError("unknown safetensors dtype");
 }
@@ -67,8 +69,36 @@ StDtype to_st_dtype(at::ScalarType dtype) {
     default:
       throw ModelFileError(std::string("dtype ") + c10::toString(dtype) +
                            " cannot be stored in a safetensors file (supported: F64, F32, F16, "
-                           "BF16, I64, I32, I16, I8, U8, BOOL)");
+                           "BF16, I64, I32, I16, I8, U8, BOOL; F8_E4M3 as marked uint8)");
   }
+}
+
+namespace {
+
+// The deleter of a marked tensor's memory (the mark: as_f8_e4m3); its
+// context is the storage whose memory it shares.
+void release_f8_e4m3(void* storage) { delete static_cast<c10::Storage*>(storage); }
+
+}  // namespace
+
+at::Tensor as_f8_e4m3(const at::Tensor& bytes) {
+  if (!bytes.defined() || bytes.scalar_type() != at::kByte || !bytes.device().is_cpu() ||
+      bytes.layout() != at::kStrided)
+    throw std::invalid_argument("as_f8_e4m3: expects a uint8 CPU tensor");
+  if (is_f8_e4m3(bytes) && bytes.is_contiguous()) return bytes;
+  const at::Tensor c = bytes.contiguous();
+  c10::DataPtr data(c.data_ptr(), new c10::Storage(c.storage()), &release_f8_e4m3, c.device());
+  c10::Storage marked(c10::Storage::use_byte_size_t(), static_cast<size_t>(c.numel()), std::move(data));
+  return at::empty({0}, c.options()).set_(marked, 0, c.sizes(), c.strides());
+}
+
+bool is_f8_e4m3(const at::Tensor& t) {
+  return t.defined() && t.scalar_type() == at::kByte && t.has_storage() &&
+         t.storage().data_ptr().get_deleter() == &release_f8_e4m3;
+}
+
+StDtype st_dtype_of(const at::Tensor& t) {
+  return is_f8_e4m3(t) ? StDtype::F8_E4M3 : to_st_dtype(t.scalar_type());
 }
 
 // ---------------------------------------------------------------------------
@@ -131,7 +161,8 @@ at::Tensor SafetensorsFile::view(const std::string& name) const {
   const TensorInfo& t = info(name);
   const at::ScalarType type = to_scalar_type(t.dtype);
   const auto options = at::TensorOptions().dtype(type).device(at::kCPU);
-  if (t.end == t.begin) return at::empty(t.shape, options);
+  const auto typed = [&](const at::Tensor& v) { return t.dtype == StDtype::F8_E4M3 ? as_f8_e4m3(v) : v; };
+  if (t.end == t.begin) return typed(at::empty(t.shape, options));
   const uint8_t* p = map_->base + header_.data_offset + t.begin;
   const std::size_t bytes = t.end - t.begin;
   if (t.dtype == StDtype::BOOL) {
@@ -143,10 +174,10 @@ at::Tensor SafetensorsFile::view(const std::string& name) const {
   if (reinterpret_cast<std::uintptr_t>(p) % st_dtype_size(t.dtype) != 0) {
     at::Tensor copy = at::empty(t.shape, options);
     std::memcpy(copy.data_ptr(), p, bytes);
-    return copy;
+    return typed(copy);
   }
   std::shared_ptr<const Mapping> keep = map_;
-  return at::from_blob(const_cast<uint8_t*>(p), t.shape, [keep](void*) {}, options);
+  return typed(at::from_blob(const_cast<uint8_t*>(p), t.shape, [keep](void*) {}, options));
 }
 
 at::Tensor SafetensorsFile::load(const std::string& name, at::ScalarType dtype) const {
@@ -162,7 +193,9 @@ at::Tensor SafetensorsFile::load(const std::string& name, at::ScalarType dtype) 
   // "weight" evaluated to a plausible perplexity): refuse.
   if (at::isFloatingType(dtype) && !at::isFloatingType(stored.scalar_type()))
     throw ModelFileError(path_ + ": tensor " + quote(name) + " is stored as " +
-                         c10::toString(stored.scalar_type()) + "; a floating-point tensor is expected");
+                         (t.dtype == StDtype::F8_E4M3 ? "F8_E4M3, which is not decoded here"
+                                                      : c10::toString(stored.scalar_type())) +
+                         "; a floating-point tensor is expected");
   at::Tensor out = at::empty(t.shape, at::TensorOptions().dtype(dtype).device(at::kCPU));
   out.copy_(stored);
   if (t.end > t.begin) {
@@ -300,7 +333,7 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
     if (t.layout() != at::kStrided) throw ModelFileError(where + "only dense (strided) tensors can be stored");
     StDtype dtype;
     try {
-      dtype = to_st_dtype(t.scalar_type());
+      dtype = st_dtype_of(t);
     } catch (const ModelFileError& e) {
       throw ModelFileError(where + e.what());
     }

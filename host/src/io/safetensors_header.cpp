@@ -95,7 +95,7 @@ class HeaderHandler {
           const auto dt = st_dtype_from_name(v);
           if (!dt)
             tensor_fail("unknown dtype " + quote(v) +
-                        " (expected F64, F32, F16, BF16, I64, I32, I16, I8, U8 or BOOL)");
+                        " (expected F64, F32, F16, BF16, F8_E4M3, I64, I32, I16, I8, U8 or BOOL)");
           entry_.dtype = *dt;
           have_dtype_ = true;
           return true;
@@ -392,6 +392,7 @@ const char* st_dtype_name(StDtype dtype) {
     case StDtype::I8: return "I8";
     case StDtype::U8: return "U8";
     case StDtype::BOOL: return "BOOL";
+    case StDtype::F8_E4M3: return "F8_E4M3";
   }
   return "?";
 }
@@ -407,7 +408,8 @@ std::size_t st_dtype_size(StDtype dtype) {
     case StDtype::I16: return 2;
     case StDtype::I8:
     case StDtype::U8:
-    case StDtype::BOOL: return 1;
+    case StDtype::BOOL:
+    case StDtype::F8_E4M3: return 1;
   }
   return 1;
 }
@@ -416,7 +418,7 @@ std::optional<StDtype> st_dtype_from_name(const std::string& name) {
   static const std::pair<const char*, StDtype> kNames[] = {
       {"F64", StDtype::F64}, {"F32", StDtype::F32}, {"F16", StDtype::F16}, {"BF16", StDtype::BF16},
       {"I64", StDtype::I64}, {"I32", StDtype::I32}, {"I16", StDtype::I16}, {"I8", StDtype::I8},
-      {"U8", StDtype::U8},   {"BOOL", StDtype::BOOL}};
+      {"U8", StDtype::U8},   {"BOOL", StDtype::BOOL}, {"F8_E4M3", StDtype::F8_E4M3}};
   for (const auto& [n, d] : kNames)
     if (name == n) return d;
   return std::nullopt;

@@ -1,13 +1,20 @@
-// --save-format compressed-tensors: the pack-quantized layout llm-compressor
-// writes and vLLM / transformers load (sdk/include/qforge/formats/
-// ct_pack_quantized_v1.h; the codec is compressed_tensors_codec.*). Any
-// affine grid result (a format of the kernels' affine table: RTN, GPTQ, ...)
-// is decoded to codes, scales, zero points and groups and re-packed; layers
-// with different settings become separate config groups, so per-layer
-// overrides are written, not refused. Read back as the packed format
-// org.qforge.ct-pack-quantized/1, which the table-driven affine layer runs.
+// --save-format compressed-tensors: the layouts llm-compressor writes and
+// vLLM / transformers load (the codec is compressed_tensors_codec.*):
+//   * pack-quantized (sdk/include/qforge/formats/ct_pack_quantized_v1.h): any
+//     affine grid result (a format of the kernels' affine table: RTN, GPTQ,
+//     ...) is decoded to codes, scales, zero points and groups and re-packed;
+//     read back as org.qforge.ct-pack-quantized/1, which the table-driven
+//     affine layer runs;
+//   * int-/float-/naive-quantized (ct_naive_quantized_v1.h): results of
+//     org.qforge.ct-naive-quantized/1 (W8A8, FP8) are stored as they are, with
+//     float16 scales (int weights without input activations become
+//     pack-quantized, as compressed-tensors writes them); read back in that
+//     format, which org.qforge.w8a8.layer runs.
+// Layers with different settings become separate config groups, so per-layer
+// overrides are written, not refused.
 #include <ATen/ATen.h>
 #include <fmt/format.h>
+#include <qforge/formats/ct_naive_quantized_v1.h>
 #include <qforge/formats/ct_pack_quantized_v1.h>
 #include <qforge_kernels/affine_aten.hpp>
 #include <qforge_kernels/affine_format.hpp>
@@ -28,14 +35,10 @@ namespace qforge::host {
 namespace {
 
 constexpr const char* kPackedFormat = QFORGE_FORMAT_CT_PACK_QUANTIZED_V1;
+constexpr const char* kNaiveFormat = QFORGE_FORMAT_CT_NAIVE_QUANTIZED_V1;
 
-ct::AffineLinear affine_linear(const std::string& layer, const QuantResult& r) {
-  kernels::AffineTensors a;
-  try {
-    a = kernels::unpack_affine(r.format, r.metadata, r.tensors);
-  } catch (const std::exception& e) {
-    throw UsageError(fmt::format("--save-format compressed-tensors: layer {}: {}", layer, e.what()));
-  }
+ct::AffineLinear affine_linear(const QuantResult& r) {
+  const kernels::AffineTensors a = kernels::unpack_affine(r.format, r.metadata, r.tensors);
   ct::AffineLinear l;
   l.bits = a.bits;
   l.out_features = a.out_features;
@@ -61,15 +64,16 @@ class CompressedTensors final : public SaveFormat {
 
   void check_plan(const std::vector<std::string>& formats, const std::vector<std::string>& selected,
                   const ModelConfig& config) const override {
-    bool affine = false;
+    bool storable = false;
     for (const auto& f : formats) {
       const kernels::AffineFormat* row = kernels::find_affine_format(f.c_str());
-      affine = affine || (row != nullptr && !row->transformed);
+      storable = storable || (row != nullptr && !row->transformed) || f == kNaiveFormat;
     }
-    if (!affine)
+    if (!storable)
       throw UsageError(fmt::format(
-          "--save-format compressed-tensors stores affine grid results (W = s·(q − z)), and the "
-          "method's formats ({}) are not among them; use --save-format dequantized",
+          "--save-format compressed-tensors stores affine grid results (W = s·(q − z)) and {} "
+          "(W8A8, FP8), and the method's formats ({}) are not among them; use --save-format "
+          "dequantized", kNaiveFormat,
           formats.empty() ? std::string("none") : fmt::format("{}", fmt::join(formats, ", "))));
     // Shards vLLM fuses (q/k/v, gate/up) must be all quantized or all left out:
     // checked now with one placeholder scheme for every selected layer.
@@ -84,10 +88,25 @@ class CompressedTensors final : public SaveFormat {
   }
 
   NamedTensors packed_linear(const std::string& layer, const QuantResult& r) override {
-    ct::AffineLinear l = affine_linear(layer, r);
     ct::Scheme scheme;
+    NamedTensors out;
     try {
-      scheme = ct::scheme_of(l);
+      std::optional<ct::AffineLinear> affine;
+      if (r.format == kNaiveFormat) {
+        const ct::NaiveLinear l = ct::naive_linear(r.metadata, r.tensors);
+        if (l.scheme.type == ct::Type::integer && !l.scheme.input) {
+          affine = ct::to_affine(l);  // W8A16: pack-quantized, as compressed-tensors writes it
+        } else {
+          scheme = l.scheme;
+          out = ct::pack(layer, l);
+        }
+      } else {
+        affine = affine_linear(r);
+      }
+      if (affine) {
+        scheme = ct::scheme_of(*affine);
+        out = ct::pack(layer, *affine, at::kHalf);
+      }
     } catch (const std::exception& e) {
       throw UsageError(fmt::format("--save-format compressed-tensors: layer {}: {}", layer, e.what()));
     }
@@ -100,7 +119,6 @@ class CompressedTensors final : public SaveFormat {
     } catch (const std::exception& e) {
       throw UsageError(fmt::format("--save-format compressed-tensors: {}", e.what()));
     }
-    NamedTensors out = ct::pack(layer, l, at::kHalf);
     if (auto bias = r.tensors.find("bias"); bias != r.tensors.end())
       out.emplace_back(layer + ".bias", to_half(layer + ".bias", bias->second));
     return out;
@@ -142,20 +160,79 @@ std::string actorder_name(ct::ActOrder a) {
   return a == ct::ActOrder::group ? "group" : a == ct::ActOrder::weight ? "static" : "";
 }
 
+// The packed result of a pack-quantized linear: its tensors as stored, for
+// the affine layer to check and run.
+QuantResult pack_quantized_result(const TensorStore& store, const std::string& model_dir,
+                                  const std::string& name, const ct::Scheme& scheme, int64_t out,
+                                  int64_t in) {
+  QuantResult r;
+  r.format = kPackedFormat;
+  json meta = {{QFORGE_CT_META_NUM_BITS, scheme.num_bits},
+               {QFORGE_CT_META_SYMMETRIC, scheme.symmetric},
+               {QFORGE_CT_META_STRATEGY, scheme.strategy == ct::Strategy::channel ? "channel" : "group"},
+               {QFORGE_CT_META_GROUP_SIZE, scheme.group_size},
+               {QFORGE_CT_META_IN_FEATURES, in},
+               {QFORGE_CT_META_OUT_FEATURES, out}};
+  const std::string act = actorder_name(scheme.actorder);
+  meta[QFORGE_CT_META_ACTORDER] = act.empty() ? json(nullptr) : json(act);
+  r.metadata = meta.dump();
+  for (const char* t : {QFORGE_CT_WEIGHT_PACKED, QFORGE_CT_WEIGHT_SCALE, QFORGE_CT_WEIGHT_SHAPE,
+                        QFORGE_CT_WEIGHT_ZERO_POINT, QFORGE_CT_WEIGHT_G_IDX, "bias"}) {
+    const std::string tensor = name + "." + t;
+    if (store.contains(tensor)) r.tensors[t] = store.view(tensor);
+  }
+  if (!scheme.symmetric && !r.tensors.count(QFORGE_CT_WEIGHT_ZERO_POINT))
+    throw UsageError(fmt::format("{}: {} is asymmetric but has no {}", model_dir, name,
+                                 QFORGE_CT_WEIGHT_ZERO_POINT));
+  if (scheme.symmetric && r.tensors.count(QFORGE_CT_WEIGHT_ZERO_POINT))
+    throw UsageError(fmt::format("{}: {} is symmetric but has a {}", model_dir, name,
+                                 QFORGE_CT_WEIGHT_ZERO_POINT));
+  return r;
+}
+
+// The org.qforge.ct-naive-quantized/1 result of an int-/float-/naive-quantized
+// linear: the codec checks the tensors; float32 scales and bias.
+QuantResult naive_result(const TensorStore& store, const std::string& model_dir,
+                         const std::string& name, const ct::Scheme& scheme) {
+  std::map<std::string, at::Tensor> tensors;
+  for (const char* t : {QFORGE_CT_WEIGHT, QFORGE_CT_NAIVE_WEIGHT_SCALE, QFORGE_CT_INPUT_SCALE,
+                        QFORGE_CT_WEIGHT_ZERO_POINT, QFORGE_CT_WEIGHT_G_IDX, "input_zero_point"})
+    if (store.contains(name + "." + t)) tensors[t] = store.view(name + "." + t);
+  QuantResult r;
+  r.format = kNaiveFormat;
+  try {
+    const ct::NaiveLinear l = ct::unpack_naive(tensors, scheme);
+    r.metadata = ct::naive_metadata(l).dump();
+    r.tensors = {{QFORGE_CT_WEIGHT, l.weight}, {QFORGE_CT_NAIVE_WEIGHT_SCALE, l.weight_scale}};
+    if (l.input_scale.defined()) r.tensors[QFORGE_CT_INPUT_SCALE] = l.input_scale;
+  } catch (const std::exception& e) {
+    throw UsageError(fmt::format("{}: {}: {}", model_dir, name, e.what()));
+  }
+  if (store.contains(name + "." QFORGE_CT_NAIVE_BIAS))
+    r.tensors[QFORGE_CT_NAIVE_BIAS] = store.load(name + "." QFORGE_CT_NAIVE_BIAS, at::kFloat);
+  return r;
+}
+
 LinearLoader ct_loader(const Registry& registry, const std::string& model_dir, const json& q,
                        const std::string& where) {
-  if (registry.find_inference_layer(kPackedFormat) == nullptr)
-    throw UsageError(fmt::format("{} is a compressed-tensors checkpoint, but no loaded inference "
-                                 "layer reads {} (see `qforge plugins`)",
-                                 model_dir, kPackedFormat));
-  // Every group's scheme is checked now, before any layer is read.
+  // Every group's scheme is checked now, before any layer is read, and the
+  // inference layers they need are looked up.
+  std::set<std::string> formats;
   try {
-    ct::parse_scheme(q, "");
+    for (const ct::Scheme& s : ct::group_schemes(q))
+      formats.insert(s.format == ct::Format::pack_quantized ? kPackedFormat : kNaiveFormat);
   } catch (const std::exception& e) {
     throw UsageError(fmt::format("{}: {}", where, e.what()));
   }
+  for (const auto& f : formats)
+    if (registry.find_inference_layer(f) == nullptr)
+      throw UsageError(fmt::format("{} is a compressed-tensors checkpoint, but no loaded inference "
+                                   "layer reads {} (see `qforge plugins`)",
+                                   model_dir, f));
   return [=, &registry](const TensorStore& store, Linear& l, int64_t out, int64_t in, bool) {
-    if (!store.contains(l.name + "." QFORGE_CT_WEIGHT_PACKED)) return false;
+    // Quantized linears have a weight_scale (and pack-quantized ones a weight_packed).
+    const bool packed = store.contains(l.name + "." QFORGE_CT_WEIGHT_PACKED);
+    if (!packed && !store.contains(l.name + "." QFORGE_CT_NAIVE_WEIGHT_SCALE)) return false;
     std::optional<ct::Scheme> scheme;
     try {
       scheme = ct::parse_scheme(q, l.name);
@@ -163,32 +240,16 @@ LinearLoader ct_loader(const Registry& registry, const std::string& model_dir, c
       throw UsageError(fmt::format("{}: {}", where, e.what()));
     }
     if (!scheme)
-      throw UsageError(fmt::format("{}: {} is packed, but no config group targets it", where,
+      throw UsageError(fmt::format("{}: {} is quantized, but no config group targets it", where,
                                    l.name));
-    QuantResult r;
-    r.format = kPackedFormat;
-    json meta = {{QFORGE_CT_META_NUM_BITS, scheme->num_bits},
-                 {QFORGE_CT_META_SYMMETRIC, scheme->symmetric},
-                 {QFORGE_CT_META_STRATEGY,
-                  scheme->strategy == ct::Strategy::channel ? "channel" : "group"},
-                 {QFORGE_CT_META_GROUP_SIZE, scheme->group_size},
-                 {QFORGE_CT_META_IN_FEATURES, in},
-                 {QFORGE_CT_META_OUT_FEATURES, out}};
-    const std::string act = actorder_name(scheme->actorder);
-    meta[QFORGE_CT_META_ACTORDER] = act.empty() ? json(nullptr) : json(act);
-    r.metadata = meta.dump();
-    for (const char* t : {QFORGE_CT_WEIGHT_PACKED, QFORGE_CT_WEIGHT_SCALE, QFORGE_CT_WEIGHT_SHAPE,
-                          QFORGE_CT_WEIGHT_ZERO_POINT, QFORGE_CT_WEIGHT_G_IDX, "bias"}) {
-      const std::string name = l.name + "." + t;
-      if (store.contains(name)) r.tensors[t] = store.view(name);
-    }
-    if (!scheme->symmetric && !r.tensors.count(QFORGE_CT_WEIGHT_ZERO_POINT))
-      throw UsageError(fmt::format("{}: {} is asymmetric but has no {}", model_dir, l.name,
-                                   QFORGE_CT_WEIGHT_ZERO_POINT));
-    if (scheme->symmetric && r.tensors.count(QFORGE_CT_WEIGHT_ZERO_POINT))
-      throw UsageError(fmt::format("{}: {} is symmetric but has a {}", model_dir, l.name,
-                                   QFORGE_CT_WEIGHT_ZERO_POINT));
-    attach_packed(registry, model_dir, l, r, out, in);
+    if (packed != (scheme->format == ct::Format::pack_quantized))
+      throw UsageError(fmt::format("{}: {} {} {}, but its config group's format is {}", where,
+                                   l.name, packed ? "has" : "has no", QFORGE_CT_WEIGHT_PACKED,
+                                   ct::format_name(scheme->format)));
+    attach_packed(registry, model_dir, l,
+                  packed ? pack_quantized_result(store, model_dir, l.name, *scheme, out, in)
+                         : naive_result(store, model_dir, l.name, *scheme),
+                  out, in);
     return true;
   };
 }

@@ -1,10 +1,11 @@
-// compressed-tensors pack-quantized codec; see compressed_tensors_codec.hpp
-// and <qforge/formats/ct_pack_quantized_v1.h> (the layout).
+// compressed-tensors codec; see compressed_tensors_codec.hpp and the layouts,
+// <qforge/formats/ct_pack_quantized_v1.h> and ct_naive_quantized_v1.h.
 #include "compressed_tensors_codec.hpp"
 
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <qforge/formats/ct_naive_quantized_v1.h>
 #include <qforge/formats/ct_pack_quantized_v1.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <string_view>
 
 #include "qforge_host/base/errors.hpp"
+#include "qforge_host/io/safetensors.hpp"
 
 namespace qforge::host::ct {
 namespace {
@@ -86,7 +88,23 @@ void expect(const std::string& what, const at::Tensor& t, std::initializer_list<
   }
 }
 
+bool naive(const Scheme& s) { return s.format != Format::pack_quantized; }
+
 void check_scheme(const Scheme& s, const std::string& where) {
+  if (naive(s)) {
+    if (s.num_bits != 8 || !s.symmetric || s.group_size != -1 || s.actorder != ActOrder::none ||
+        (s.strategy != Strategy::channel && s.strategy != Strategy::tensor))
+      refuse(fmt::format("{}: {} weights must be 8-bit symmetric channel or tensor", where,
+                         format_name(s.format)));
+    if (s.input && (s.input->type != s.type ||
+                    (s.input->strategy != Strategy::token && s.input->strategy != Strategy::tensor)))
+      refuse(where + ": input activations must be of the weights' type, token or tensor");
+    return;
+  }
+  if (s.type != Type::integer || s.input)
+    refuse(where + ": pack-quantized holds int weights without input activations");
+  if (s.strategy != Strategy::group && s.strategy != Strategy::channel)
+    refuse(where + ": pack-quantized strategies are group and channel");
   if (s.num_bits < 2 || s.num_bits > 8)
     refuse(fmt::format("{}: num_bits {} outside [2, 8]", where, s.num_bits));
   if (s.strategy == Strategy::group && s.group_size <= 0)
@@ -181,22 +199,46 @@ std::string repeated_suffix(const std::string& name) {
   return suffix;
 }
 
+const char* type_name(Type t) { return t == Type::floating ? "float" : "int"; }
+
+const char* strategy_name(Strategy s) {
+  switch (s) {
+    case Strategy::channel: return "channel";
+    case Strategy::group: return "group";
+    case Strategy::tensor: return "tensor";
+    case Strategy::token: return "token";
+  }
+  return "?";
+}
+
+// A QuantizationArgs object, every key compressed-tensors writes, in its order.
+json args_json(Type type, int bits, bool sym, Strategy strategy, int64_t group_size, ActOrder order,
+               bool dynamic, const char* observer) {
+  const char* order_name = actorder_name(order);
+  return {{"actorder", order_name ? json(order_name) : json(nullptr)},
+          {"block_structure", nullptr},
+          {"dynamic", dynamic},
+          {"group_size", strategy == Strategy::group ? json(group_size) : json(nullptr)},
+          {"num_bits", bits},
+          {"observer", observer ? json(observer) : json(nullptr)},
+          {"observer_kwargs", json::object()},
+          {"scale_dtype", nullptr},
+          {"strategy", strategy_name(strategy)},
+          {"symmetric", sym},
+          {"type", type_name(type)},
+          {"zp_dtype", sym ? json(nullptr) : json("torch.int8")}};
+}
+
 json weights_args(const Scheme& s) {
-  json w;
-  const char* order = actorder_name(s.actorder);
-  w["actorder"] = order ? json(order) : json(nullptr);
-  w["block_structure"] = nullptr;
-  w["dynamic"] = false;
-  w["group_size"] = s.strategy == Strategy::group ? json(s.group_size) : json(nullptr);
-  w["num_bits"] = s.num_bits;
-  w["observer"] = "memoryless_minmax";
-  w["observer_kwargs"] = json::object();
-  w["scale_dtype"] = nullptr;
-  w["strategy"] = s.strategy == Strategy::group ? "group" : "channel";
-  w["symmetric"] = s.symmetric;
-  w["type"] = "int";
-  w["zp_dtype"] = s.symmetric ? json(nullptr) : json("torch.int8");
-  return w;
+  return args_json(s.type, s.num_bits, s.symmetric, s.strategy, s.group_size, s.actorder, false,
+                   "memoryless_minmax");
+}
+
+// Dynamic inputs have no observer; static ones the FP8 preset's.
+json input_args(const InputArgs& i) {
+  const bool dynamic = i.strategy == Strategy::token;
+  return args_json(i.type, 8, true, i.strategy, -1, ActOrder::none, dynamic,
+                   dynamic ? nullptr : "static_minmax");
 }
 
 // "0.18.0", "0.17.1.dev3" -> {0, 18}; {-1, -1} when unparsable.
@@ -213,71 +255,178 @@ const json& at_or_null(const json& obj, const std::string& key) {
   return it == obj.end() ? null_value : *it;
 }
 
-Scheme parse_weights(const json& w, const std::string& where) {
+// Refuses key `k` of the QuantizationArgs `a` at `where`, showing its value.
+[[noreturn]] void bad_arg(const json& a, const std::string& where, const char* k, const std::string& why) {
+  refuse(fmt::format("{}.{}: {} ({})", where, k, at_or_null(a, k).dump(), why));
+}
+
+// A QuantizationArgs object read with compressed-tensors' defaults (num_bits
+// 8, int, symmetric, static, strategy inferred from group_size); only the
+// JSON types and known spellings are checked here, what qforge runs by the
+// callers.
+struct Args {
+  Type type = Type::integer;
+  int64_t num_bits = 8;
+  bool symmetric = true;
+  bool dynamic = false;
+  bool block = false;           // block_structure set
+  std::optional<int64_t> group_size;
+  std::string strategy;         // as written or inferred ("" when neither)
+  ActOrder actorder = ActOrder::none;
+};
+
+Args parse_args(const json& a, const std::string& where) {
+  if (!a.is_object()) refuse(where + ": must be an object");
+  Args r;
+  const json& type = at_or_null(a, "type");
+  if (type == json("float")) r.type = Type::floating;
+  else if (!type.is_null() && type != json("int")) bad_arg(a, where, "type", "\"int\" or \"float\"");
+  const json& bits = at_or_null(a, "num_bits");
+  if (!bits.is_null() && !bits.is_number_integer()) bad_arg(a, where, "num_bits", "an integer");
+  if (bits.is_number_integer()) r.num_bits = bits.get<int64_t>();
+  const json& sym = at_or_null(a, "symmetric");
+  if (!sym.is_null() && !sym.is_boolean()) refuse(where + ".symmetric: must be true or false");
+  r.symmetric = sym.is_null() || sym.get<bool>();
+  const json& dynamic = at_or_null(a, "dynamic");
+  if (!dynamic.is_null() && !dynamic.is_boolean()) bad_arg(a, where, "dynamic", "qforge reads true or false");
+  r.dynamic = dynamic.is_boolean() && dynamic.get<bool>();
+  r.block = !at_or_null(a, "block_structure").is_null();
+  const json& gs = at_or_null(a, "group_size");
+  if (!gs.is_null() && !gs.is_number_integer()) refuse(where + ".group_size: must be an integer");
+  if (gs.is_number_integer()) r.group_size = gs.get<int64_t>();
+  const json& st = at_or_null(a, "strategy");
+  if (st.is_string()) {
+    r.strategy = st.get<std::string>();
+  } else if (st.is_null()) {  // compressed-tensors' inference
+    r.strategy = !r.group_size ? "tensor" : *r.group_size > 0 ? "group" : *r.group_size == -1 ? "channel" : "";
+  } else {
+    bad_arg(a, where, "strategy", "must be a string");
+  }
+  const json& ao = at_or_null(a, "actorder");
+  if (ao.is_null() || ao == json(false)) {
+    r.actorder = ActOrder::none;
+  } else if (ao == json(true) || ao == json("group") || ao == json("dynamic")) {
+    r.actorder = ActOrder::group;
+  } else if (ao == json("weight") || ao == json("static")) {
+    r.actorder = ActOrder::weight;
+  } else {
+    refuse(fmt::format("{}.actorder: unknown value {}", where, ao.dump()));
+  }
+  return r;
+}
+
+void require_object(const json& w, const std::string& where) {
   if (!w.is_object())
     refuse(where + ": must be an object (a null weights means the linear is not weight-quantized)");
-  auto key = [&](const char* k) { return where + "." + k; };
-  const json& type = at_or_null(w, "type");
-  if (!type.is_null() && !(type.is_string() && type.get<std::string>() == "int"))
-    refuse(fmt::format("{}: {} (qforge reads int weights only)", key("type"), type.dump()));
+}
+
+// pack-quantized weights: int, 2..8 bits, static, group or channel.
+Scheme parse_pack_weights(const json& w, const std::string& where) {
+  require_object(w, where);
+  const Args a = parse_args(w, where);
+  if (a.type != Type::integer) bad_arg(w, where, "type", "pack-quantized weights are int");
+  if (a.num_bits < 2 || a.num_bits > 8) bad_arg(w, where, "num_bits", "qforge reads 2..8 bits");
+  if (a.dynamic) bad_arg(w, where, "dynamic", "pack-quantized weights are static");
+  if (a.block) refuse(where + ".block_structure: block quantization is not pack-quantized group/channel");
   Scheme s;
-  const json& bits = at_or_null(w, "num_bits");
-  s.num_bits = bits.is_null() ? 8 : bits.is_number_integer() ? bits.get<int>() : -1;
-  if (s.num_bits < 2 || s.num_bits > 8)
-    refuse(fmt::format("{}: {} (qforge reads 2..8 bits)", key("num_bits"), bits.dump()));
-  const json& sym = at_or_null(w, "symmetric");
-  if (!sym.is_null() && !sym.is_boolean()) refuse(key("symmetric") + ": must be true or false");
-  s.symmetric = sym.is_null() || sym.get<bool>();
-  const json& dynamic = at_or_null(w, "dynamic");
-  if (!dynamic.is_null() && dynamic != json(false))
-    refuse(fmt::format("{}: {} (pack-quantized weights are static)", key("dynamic"), dynamic.dump()));
-  if (!at_or_null(w, "block_structure").is_null())
-    refuse(key("block_structure") + ": block quantization is not pack-quantized group/channel");
-  const json& gs = at_or_null(w, "group_size");
-  if (!gs.is_null() && !gs.is_number_integer()) refuse(key("group_size") + ": must be an integer");
-  const int64_t group_size = gs.is_null() ? 0 : gs.get<int64_t>();
-  const json& st = at_or_null(w, "strategy");
-  std::string strategy;
-  if (st.is_string()) {
-    strategy = st.get<std::string>();
-  } else if (st.is_null()) {  // compressed-tensors' inference
-    strategy = gs.is_null() ? "tensor" : group_size > 0 ? "group" : group_size == -1 ? "channel" : "";
-  }
-  if (strategy == "group") {
-    if (group_size <= 0) refuse(fmt::format("{}: {} (strategy group needs > 0)", key("group_size"), gs.dump()));
+  s.num_bits = static_cast<int>(a.num_bits);
+  s.symmetric = a.symmetric;
+  const int64_t group_size = a.group_size.value_or(0);
+  if (a.strategy == "group") {
+    if (group_size <= 0) bad_arg(w, where, "group_size", "strategy group needs > 0");
     s.strategy = Strategy::group;
     s.group_size = group_size;
-  } else if (strategy == "channel") {
-    if (!gs.is_null() && group_size != -1)
-      refuse(fmt::format("{}: {} (strategy channel needs null or -1)", key("group_size"), gs.dump()));
+  } else if (a.strategy == "channel") {
+    if (a.group_size && group_size != -1) bad_arg(w, where, "group_size", "strategy channel needs null or -1");
     s.strategy = Strategy::channel;
     s.group_size = -1;
   } else {
-    refuse(fmt::format("{}: {} (qforge reads group and channel)", key("strategy"), st.dump()));
+    bad_arg(w, where, "strategy", "qforge reads group and channel");
   }
-  const json& ao = at_or_null(w, "actorder");
-  if (ao.is_null() || ao == json(false)) {
-    s.actorder = ActOrder::none;
-  } else if (ao == json(true) || ao == json("group") || ao == json("dynamic")) {
-    s.actorder = ActOrder::group;
-  } else if (ao == json("weight") || ao == json("static")) {
-    s.actorder = ActOrder::weight;
-  } else {
-    refuse(fmt::format("{}: unknown value {}", key("actorder"), ao.dump()));
-  }
+  s.actorder = a.actorder;
   if (s.actorder != ActOrder::none && s.strategy != Strategy::group)
-    refuse(key("actorder") + ": needs strategy group");
+    refuse(where + ".actorder: needs strategy group");
   return s;
+}
+
+// Weights of the naive formats: 8-bit symmetric static channel or tensor.
+Scheme parse_naive_weights(const json& w, const std::string& where) {
+  require_object(w, where);
+  const Args a = parse_args(w, where);
+  if (a.num_bits != 8) bad_arg(w, where, "num_bits", "qforge reads 8-bit unpacked weights");
+  if (!a.symmetric) bad_arg(w, where, "symmetric", "qforge reads symmetric unpacked weights");
+  if (a.dynamic) bad_arg(w, where, "dynamic", "weights are static");
+  if (a.block) refuse(where + ".block_structure: qforge reads channel and tensor weights");
+  if (a.strategy != "channel" && a.strategy != "tensor")
+    bad_arg(w, where, "strategy", "qforge reads channel and tensor unpacked weights");
+  if (a.group_size && !(a.strategy == "channel" && *a.group_size == -1))
+    bad_arg(w, where, "group_size", "strategy " + a.strategy + " has no groups");
+  if (a.actorder != ActOrder::none) bad_arg(w, where, "actorder", "needs strategy group");
+  Scheme s;
+  s.type = a.type;
+  s.num_bits = 8;
+  s.strategy = a.strategy == "channel" ? Strategy::channel : Strategy::tensor;
+  s.group_size = -1;
+  return s;
+}
+
+// Input activations qforge runs: 8-bit symmetric, the weights' type, dynamic
+// token or static tensor.
+InputArgs parse_input(const json& i, const std::string& where, Type weights) {
+  const Args a = parse_args(i, where);
+  if (a.type != weights)
+    bad_arg(i, where, "type", fmt::format("qforge runs inputs of the weights' type, \"{}\"", type_name(weights)));
+  if (a.num_bits != 8) bad_arg(i, where, "num_bits", "qforge runs 8-bit input activations");
+  if (!a.symmetric) bad_arg(i, where, "symmetric", "qforge runs symmetric input activations");
+  if (a.block) refuse(where + ".block_structure: qforge runs token and tensor input activations");
+  if (a.actorder != ActOrder::none) bad_arg(i, where, "actorder", "not for activations");
+  if (a.strategy != "token" && a.strategy != "tensor")
+    bad_arg(i, where, "strategy", "qforge runs token (dynamic) and tensor (static)");
+  if (a.group_size) bad_arg(i, where, "group_size", "strategy " + a.strategy + " has no groups");
+  const bool token = a.strategy == "token";
+  if (a.dynamic != token)
+    bad_arg(i, where, "dynamic",
+            token ? "static token quantization is invalid" : "qforge runs per-tensor inputs static");
+  return {weights, token ? Strategy::token : Strategy::tensor};
+}
+
+// The compression format named `v`; refuses others, naming `where`.
+Format parse_format(const json& v, const std::string& where) {
+  for (Format f : {Format::pack_quantized, Format::int_quantized, Format::float_quantized,
+                   Format::naive_quantized})
+    if (v == json(format_name(f))) return f;
+  refuse(fmt::format("{}: {} (qforge reads pack-quantized, int-quantized, float-quantized and "
+                     "naive-quantized)", where, v.dump()));
 }
 
 }  // namespace
 
+const char* format_name(Format f) {
+  switch (f) {
+    case Format::pack_quantized: return QFORGE_CT_FORMAT_PACK_QUANTIZED;
+    case Format::int_quantized: return QFORGE_CT_FORMAT_INT_QUANTIZED;
+    case Format::float_quantized: return QFORGE_CT_FORMAT_FLOAT_QUANTIZED;
+    case Format::naive_quantized: return QFORGE_CT_FORMAT_NAIVE_QUANTIZED;
+  }
+  return "?";
+}
+
+bool operator==(const InputArgs& a, const InputArgs& b) {
+  return a.type == b.type && a.strategy == b.strategy;
+}
+
 bool operator==(const Scheme& a, const Scheme& b) {
-  return a.num_bits == b.num_bits && a.symmetric == b.symmetric && a.strategy == b.strategy &&
-         a.group_size == b.group_size && a.actorder == b.actorder;
+  return a.format == b.format && a.type == b.type && a.num_bits == b.num_bits &&
+         a.symmetric == b.symmetric && a.strategy == b.strategy && a.group_size == b.group_size &&
+         a.actorder == b.actorder && a.input == b.input;
 }
 
 std::string describe(const Scheme& s) {
+  if (naive(s))
+    return fmt::format("{} W8 {} {}{}", format_name(s.format), type_name(s.type), strategy_name(s.strategy),
+                       s.input ? fmt::format(", A8 {} {}", type_name(s.input->type),
+                                             strategy_name(s.input->strategy))
+                               : std::string());
   const char* order = actorder_name(s.actorder);
   return fmt::format("W{} {} {}{}", s.num_bits,
                      s.strategy == Strategy::group ? "g" + std::to_string(s.group_size) : "channel",
@@ -391,6 +540,7 @@ std::vector<std::pair<std::string, at::Tensor>> pack(const std::string& prefix, 
 // ------------------------------------------------------------------- unpack --
 AffineLinear unpack(const std::map<std::string, at::Tensor>& tensors, const Scheme& s) {
   check_scheme(s, "scheme");
+  if (naive(s)) refuse(fmt::format("scheme: {} is not pack-quantized", describe(s)));
   auto get = [&](const char* name) {
     const auto it = tensors.find(name);
     return it == tensors.end() ? at::Tensor() : it->second;
@@ -458,6 +608,176 @@ AffineLinear unpack(const std::map<std::string, at::Tensor>& tensors, const Sche
       for (int64_t r = 0; r < n; ++r) dst[g * n + r] = stream_code(src + g, groups, r, b);
     l.zeros = zeros.to(at::kFloat);
   }
+  return l;
+}
+
+// -------------------------------------------------------------------- naive --
+namespace {
+
+// `what` (float32) holds finite scales > 0.
+void check_scales(const std::string& what, const at::Tensor& s) {
+  const at::Tensor ok = s.gt(0).logical_and(at::isfinite(s));
+  if (!ok.all().item<bool>())
+    refuse(fmt::format("{}: {} (scales must be finite and > 0)", what,
+                       s.masked_select(ok.logical_not())[0].item<float>()));
+}
+
+// What compressed-tensors names a naive linear's format (§4.1).
+Format naive_format(Type type, bool input) {
+  return type == Type::integer ? Format::int_quantized
+                               : input ? Format::float_quantized : Format::naive_quantized;
+}
+
+// `l`'s tensors against its scheme: dtypes, shapes, codes, scales.
+void check_naive(const NaiveLinear& l) {
+  const Scheme& s = l.scheme;
+  if (!naive(s)) refuse(fmt::format("scheme: {} is not an unpacked format", describe(s)));
+  check_scheme(s, "scheme");
+  const bool fp = s.type == Type::floating;
+  if (!l.weight.defined() || l.weight.dim() != 2) refuse(QFORGE_CT_WEIGHT ": expected [out_features, in_features]");
+  const int64_t n = l.weight.size(0), k = l.weight.size(1);
+  if (n < 1 || k < 1 || n > kMaxDim || k > kMaxDim)
+    refuse(fmt::format(QFORGE_CT_WEIGHT ": [{}, {}] must be in [1, 2^31)", n, k));
+  expect(QFORGE_CT_WEIGHT, l.weight, {fp ? at::kByte : at::kChar}, {n, k});
+  if (fp && l.weight.bitwise_and(0x7F).eq(0x7F).any().item<bool>())
+    refuse(QFORGE_CT_WEIGHT ": E4M3 NaN codes (0x7F, 0xFF)");
+  expect(QFORGE_CT_NAIVE_WEIGHT_SCALE, l.weight_scale, {at::kFloat},
+         s.strategy == Strategy::channel ? std::vector<int64_t>{n, 1} : std::vector<int64_t>{1});
+  check_scales(QFORGE_CT_NAIVE_WEIGHT_SCALE, l.weight_scale);
+  if (s.input && s.input->strategy == Strategy::tensor) {
+    expect(QFORGE_CT_INPUT_SCALE, l.input_scale, {at::kFloat}, {1});
+    check_scales(QFORGE_CT_INPUT_SCALE, l.input_scale);
+  } else if (l.input_scale.defined()) {
+    refuse(QFORGE_CT_INPUT_SCALE ": present, but the input activations are not static");
+  }
+}
+
+}  // namespace
+
+NaiveLinear naive_linear(const std::string& metadata, const std::map<std::string, at::Tensor>& tensors) {
+  const json m = json::parse(metadata, nullptr, false);
+  if (!m.is_object()) refuse("metadata: not a JSON object");
+  NaiveLinear l;
+  l.scheme = parse_naive_weights(at_or_null(m, QFORGE_CT_META_WEIGHTS), "metadata." QFORGE_CT_META_WEIGHTS);
+  const json& input = at_or_null(m, QFORGE_CT_META_INPUT_ACTIVATIONS);
+  if (!input.is_null())
+    l.scheme.input = parse_input(input, "metadata." QFORGE_CT_META_INPUT_ACTIVATIONS, l.scheme.type);
+  l.scheme.format = naive_format(l.scheme.type, l.scheme.input.has_value());
+  auto get = [&](const char* name) {
+    const auto it = tensors.find(name);
+    return it == tensors.end() ? at::Tensor() : it->second;
+  };
+  int64_t dims[2];  // out_features, in_features
+  for (int i = 0; i < 2; ++i) {
+    const char* key = i == 0 ? QFORGE_CT_META_OUT_FEATURES : QFORGE_CT_META_IN_FEATURES;
+    const json& v = at_or_null(m, key);
+    dims[i] = v.is_number_integer() ? v.get<int64_t>() : 0;
+    if (dims[i] < 1 || dims[i] > kMaxDim)
+      refuse(fmt::format("metadata.{}: {} (an integer in [1, 2^31))", key, v.dump()));
+  }
+  l.weight = get(QFORGE_CT_WEIGHT);
+  if (l.weight.defined() && l.weight.sizes() != at::IntArrayRef(dims))
+    refuse(fmt::format(QFORGE_CT_WEIGHT ": {} is not [out_features, in_features] = [{}, {}] of the metadata",
+                       shape_str(l.weight), dims[0], dims[1]));
+  l.weight_scale = get(QFORGE_CT_NAIVE_WEIGHT_SCALE);
+  l.input_scale = get(QFORGE_CT_INPUT_SCALE);
+  check_naive(l);
+  return l;
+}
+
+json naive_metadata(const NaiveLinear& l) {
+  const Scheme& s = l.scheme;
+  auto args = [](Type type, Strategy strategy) {
+    return json{{QFORGE_CT_META_NUM_BITS, 8}, {QFORGE_CT_META_TYPE, type_name(type)},
+                {QFORGE_CT_META_SYMMETRIC, true}, {QFORGE_CT_META_STRATEGY, strategy_name(strategy)}};
+  };
+  json input = nullptr;
+  if (s.input) {
+    input = args(s.input->type, s.input->strategy);
+    input[QFORGE_CT_META_DYNAMIC] = s.input->strategy == Strategy::token;
+  }
+  return {{QFORGE_CT_META_WEIGHTS, args(s.type, s.strategy)},
+          {QFORGE_CT_META_INPUT_ACTIVATIONS, input},
+          {QFORGE_CT_META_IN_FEATURES, l.weight.size(1)},
+          {QFORGE_CT_META_OUT_FEATURES, l.weight.size(0)}};
+}
+
+AffineLinear to_affine(const NaiveLinear& l) {
+  check_naive(l);
+  if (l.scheme.type != Type::integer || l.scheme.input)
+    refuse(fmt::format("{} is not int weights alone", describe(l.scheme)));
+  const int64_t n = l.weight.size(0), k = l.weight.size(1);
+  AffineLinear a;
+  a.bits = 8;
+  a.out_features = n;
+  a.in_features = k;
+  a.codes = l.weight.to(at::kInt) + 128;
+  a.scales = l.weight_scale.reshape({-1}).expand({n}).reshape({1, n}).contiguous();
+  a.zeros = at::full({1, n}, 128.f, at::kFloat);
+  a.g_idx = at::zeros({k}, at::kInt);
+  a.group_size = -1;
+  return a;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> pack(const std::string& prefix, const NaiveLinear& l) {
+  check_naive(l);
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  const at::Tensor w = l.weight.contiguous();
+  out.emplace_back(prefix + "." QFORGE_CT_WEIGHT, l.scheme.type == Type::floating ? as_f8_e4m3(w) : w);
+  auto add_half = [&](const char* name, const at::Tensor& t) {
+    const at::Tensor h = t.to(at::kHalf).contiguous();
+    const at::Tensor off = h.to(at::kFloat).ne(t);
+    if (off.any().item<bool>())
+      refuse(fmt::format("{}: {} is not a float16 number (compressed-tensors files hold float16 "
+                         "scales)", name, t.masked_select(off)[0].item<float>()));
+    out.emplace_back(prefix + "." + name, h);
+  };
+  add_half(QFORGE_CT_NAIVE_WEIGHT_SCALE, l.weight_scale);
+  if (l.input_scale.defined()) add_half(QFORGE_CT_INPUT_SCALE, l.input_scale);
+  return out;
+}
+
+NaiveLinear unpack_naive(const std::map<std::string, at::Tensor>& tensors, const Scheme& s) {
+  if (!naive(s)) refuse(fmt::format("scheme: {} is not an unpacked format", describe(s)));
+  check_scheme(s, "scheme");
+  auto get = [&](const char* name) {
+    const auto it = tensors.find(name);
+    return it == tensors.end() ? at::Tensor() : it->second;
+  };
+  for (const char* stray : {QFORGE_CT_WEIGHT_ZERO_POINT, QFORGE_CT_WEIGHT_G_IDX, "input_zero_point"})
+    if (get(stray).defined()) refuse(fmt::format("{}: present, but the scheme is {}", stray, describe(s)));
+  NaiveLinear l;
+  l.scheme = s;
+  l.weight = get(QFORGE_CT_WEIGHT);
+  if (!l.weight.defined()) refuse(QFORGE_CT_WEIGHT ": missing");
+  const StDtype want = s.type == Type::floating ? StDtype::F8_E4M3 : StDtype::I8;
+  if (st_dtype_of(l.weight) != want || l.weight.dim() != 2)
+    refuse(fmt::format(QFORGE_CT_WEIGHT ": expected {} [out_features, in_features] ({} weights), got {} {}",
+                       st_dtype_name(want), type_name(s.type), st_dtype_name(st_dtype_of(l.weight)),
+                       shape_str(l.weight)));
+  const int64_t n = l.weight.size(0);
+  // Float scales of one of `shapes`, as float32 shaped `to`.
+  auto scale = [&](const char* name, std::initializer_list<std::vector<int64_t>> shapes,
+                   std::vector<int64_t> to) {
+    const at::Tensor t = get(name);
+    if (!t.defined()) refuse(std::string(name) + ": missing");
+    const auto dtype = t.scalar_type();
+    const bool shape_ok = std::any_of(shapes.begin(), shapes.end(),
+                                      [&](const auto& sh) { return t.sizes() == at::IntArrayRef(sh); });
+    if ((dtype != at::kHalf && dtype != at::kBFloat16 && dtype != at::kFloat) || !shape_ok) {
+      std::vector<std::string> want_shapes;
+      for (const auto& sh : shapes) want_shapes.push_back(fmt::format("[{}]", fmt::join(sh, ", ")));
+      refuse(fmt::format("{}: expected float16|bfloat16|float32 {}, got {} {}", name,
+                         fmt::join(want_shapes, " or "), dtype_name(dtype), shape_str(t)));
+    }
+    return t.to(at::kFloat).reshape(to);
+  };
+  l.weight_scale = s.strategy == Strategy::channel ? scale(QFORGE_CT_NAIVE_WEIGHT_SCALE, {{n, 1}, {n}}, {n, 1})
+                                                   : scale(QFORGE_CT_NAIVE_WEIGHT_SCALE, {{1}, {}}, {1});
+  l.input_scale = s.input && s.input->strategy == Strategy::tensor
+                      ? scale(QFORGE_CT_INPUT_SCALE, {{1}, {}}, {1})
+                      : get(QFORGE_CT_INPUT_SCALE);  // refused by check_naive when present
+  check_naive(l);
   return l;
 }
 
@@ -529,15 +849,19 @@ ordered_json quantization_config(const std::vector<std::pair<std::string, Scheme
         if (!it->second) targets.push_back(name);
       }
     }
-    config_groups["group_" + std::to_string(i)] = {{"format", QFORGE_CT_FORMAT_PACK_QUANTIZED},
-                                                   {"input_activations", nullptr},
-                                                   {"output_activations", nullptr},
-                                                   {"targets", targets},
-                                                   {"weights", weights_args(scheme)}};
+    config_groups["group_" + std::to_string(i)] = {
+        {"format", format_name(scheme.format)},
+        {"input_activations", scheme.input ? input_args(*scheme.input) : json(nullptr)},
+        {"output_activations", nullptr},
+        {"targets", targets},
+        {"weights", weights_args(scheme)}};
   }
+  const bool mixed = std::any_of(groups.begin(), groups.end(), [&](const auto& g) {
+    return g.first.format != groups.front().first.format;
+  });
   // nlohmann::json keeps keys sorted, as Python's json.dumps(sort_keys=True).
   const json q = {{"config_groups", config_groups},
-                  {"format", QFORGE_CT_FORMAT_PACK_QUANTIZED},
+                  {"format", mixed ? "mixed-precision" : format_name(groups.front().first.format)},
                   {"global_compression_ratio", nullptr},
                   {"ignore", ignore},
                   {"kv_cache_scheme", nullptr},
@@ -550,8 +874,13 @@ ordered_json quantization_config(const std::vector<std::pair<std::string, Scheme
 }
 
 // ------------------------------------------------------------- parse_scheme --
-std::optional<Scheme> parse_scheme(const json& q, const std::string& linear_name) {
-  const std::string qc = "quantization_config";
+namespace {
+
+const std::string kQc = "quantization_config";
+
+// The top-level keys of a quantization_config qforge reads; its config_groups.
+const json& check_config(const json& q) {
+  const std::string& qc = kQc;
   if (!q.is_object()) refuse(qc + ": must be an object");
   const json& method = at_or_null(q, "quant_method");
   if (method != json("compressed-tensors"))
@@ -567,7 +896,57 @@ std::optional<Scheme> parse_scheme(const json& q, const std::string& linear_name
   if (!sparsity.is_null() && sparsity != json::object() &&
       at_or_null(sparsity, "format") != json("dense"))
     refuse(qc + ".sparsity_config: sparse formats are not supported");
+  const json& cg = at_or_null(q, "config_groups");
+  if (!cg.is_object()) refuse(qc + ".config_groups: must be an object");
+  return cg;
+}
 
+// The scheme of config group `key`.
+Scheme parse_group(const json& q, const std::string& key) {
+  const std::string where = kQc + ".config_groups." + key;
+  const json& group = q.at("config_groups").at(key);
+  if (!group.is_object()) refuse(where + ": must be an object (preset lists are not supported)");
+  const json& gfmt = at_or_null(group, "format");
+  const Format format = gfmt.is_null() ? parse_format(at_or_null(q, "format"), kQc + ".format")
+                                       : parse_format(gfmt, where + ".format");
+  if (!at_or_null(group, "output_activations").is_null())
+    refuse(where + ".output_activations: quantized outputs are not supported");
+  const json& input = at_or_null(group, "input_activations");
+  Scheme s;
+  if (format == Format::pack_quantized) {
+    if (!input.is_null())
+      refuse(where + ".input_activations: pack-quantized with quantized activations is not supported");
+    s = parse_pack_weights(at_or_null(group, "weights"), where + ".weights");
+  } else {
+    s = parse_naive_weights(at_or_null(group, "weights"), where + ".weights");
+    if (!input.is_null()) s.input = parse_input(input, where + ".input_activations", s.type);
+  }
+  s.format = format;
+  const int b = s.num_bits;
+  if (s.format == Format::pack_quantized && b != 2 && b != 4 && b != 8) {
+    const json& version = at_or_null(q, "version");
+    const auto [major, minor] = version.is_string() ? major_minor(version.get<std::string>())
+                                                    : std::pair<int, int>{-1, -1};
+    const auto [min_major, min_minor] = major_minor(QFORGE_CT_PACK_QUANTIZED_V1_MIN_VERSION);
+    if (major < 0 || std::make_pair(major, minor) < std::make_pair(min_major, min_minor))
+      refuse(fmt::format("{}.version: {}; {}-bit pack-quantized before compressed-tensors {} packs "
+                         "floor(32/{}) codes per word, which qforge does not read",
+                         kQc, version.dump(), b, QFORGE_CT_PACK_QUANTIZED_V1_MIN_VERSION, b));
+  }
+  return s;
+}
+
+}  // namespace
+
+std::vector<Scheme> group_schemes(const json& q) {
+  std::vector<Scheme> out;
+  for (const auto& [key, group] : check_config(q).items()) out.push_back(parse_group(q, key));
+  return out;
+}
+
+std::optional<Scheme> parse_scheme(const json& q, const std::string& linear_name) {
+  const std::string& qc = kQc;
+  const json& cg = check_config(q);
   const json& ignore = at_or_null(q, "ignore");
   if (!ignore.is_null() && !ignore.is_array()) refuse(qc + ".ignore: must be a list");
   if (ignore.is_array())
@@ -576,8 +955,6 @@ std::optional<Scheme> parse_scheme(const json& q, const std::string& linear_name
       if (match(t.get<std::string>(), linear_name, qc + ".ignore") != Match::none) return std::nullopt;
     }
 
-  const json& cg = at_or_null(q, "config_groups");
-  if (!cg.is_object()) refuse(qc + ".config_groups: must be an object");
   // The best-matching groups: by name (exact or regex) before class name.
   Match best = Match::none;
   std::vector<std::string> matched;
@@ -600,31 +977,10 @@ std::optional<Scheme> parse_scheme(const json& q, const std::string& linear_name
 
   std::optional<Scheme> result;
   for (const auto& key : matched) {
-    const std::string where = qc + ".config_groups." + key;
-    const json& group = cg.at(key);
-    const json& gfmt = at_or_null(group, "format");
-    const json& fmt_value = gfmt.is_null() ? at_or_null(q, "format") : gfmt;
-    if (fmt_value != json(QFORGE_CT_FORMAT_PACK_QUANTIZED))
-      refuse(fmt::format("{}: {} (qforge reads pack-quantized)", gfmt.is_null() ? qc + ".format" : where + ".format",
-                         fmt_value.dump()));
-    for (const char* a : {"input_activations", "output_activations"})
-      if (!at_or_null(group, a).is_null())
-        refuse(fmt::format("{}.{}: quantized activations are not supported", where, a));
-    const Scheme s = parse_weights(at_or_null(group, "weights"), where + ".weights");
+    const Scheme s = parse_group(q, key);
     if (result && *result != s)
       refuse(fmt::format("{}: {} matches two config groups with different schemes", qc, linear_name));
     result = s;
-  }
-  const int b = result->num_bits;
-  if (b != 2 && b != 4 && b != 8) {
-    const json& version = at_or_null(q, "version");
-    const auto [major, minor] = version.is_string() ? major_minor(version.get<std::string>())
-                                                    : std::pair<int, int>{-1, -1};
-    const auto [min_major, min_minor] = major_minor(QFORGE_CT_PACK_QUANTIZED_V1_MIN_VERSION);
-    if (major < 0 || std::make_pair(major, minor) < std::make_pair(min_major, min_minor))
-      refuse(fmt::format("{}.version: {}; {}-bit pack-quantized before compressed-tensors {} packs "
-                         "floor(32/{}) codes per word, which qforge does not read",
-                         qc, version.dump(), b, QFORGE_CT_PACK_QUANTIZED_V1_MIN_VERSION, b));
   }
   return result;
 }

@@ -31,10 +31,26 @@
 namespace qforge::host {
 
 // The ATen dtype a safetensors dtype is stored as (F16 -> kHalf, U8 -> kByte,
-// I8 -> kChar, ...), and back (throws ModelFileError for dtypes safetensors
-// files written here cannot hold, e.g. complex).
+// I8 -> kChar, F8_E4M3 -> kByte, ...), and back (throws ModelFileError for
+// dtypes safetensors files written here cannot hold, e.g. complex; kByte is U8).
 at::ScalarType to_scalar_type(StDtype dtype);
 StDtype to_st_dtype(at::ScalarType dtype);
+
+// F8_E4M3 has no ATen dtype in this LibTorch: such a tensor is held as its
+// bytes, a uint8 tensor marked as F8_E4M3. The mark is carried by the memory:
+// views of a marked tensor (slices, .contiguous() of a contiguous one) are
+// marked too; anything computed from it (a copy, .clone(), arithmetic) is
+// plain uint8. SafetensorsFile::view marks the F8_E4M3 tensors it returns and
+// save_safetensors stores marked tensors as F8_E4M3, so F8_E4M3 tensors read
+// and written back keep their dtype.
+//
+// as_f8_e4m3: `bytes` (uint8, CPU) marked, sharing its memory (a contiguous
+// copy's if it is not contiguous); std::invalid_argument for another dtype.
+at::Tensor as_f8_e4m3(const at::Tensor& bytes);
+bool is_f8_e4m3(const at::Tensor& t);
+// The dtype save_safetensors stores `t` as: F8_E4M3 when marked, else
+// to_st_dtype(t.scalar_type()).
+StDtype st_dtype_of(const at::Tensor& t);
 
 // One .safetensors file, memory-mapped read-only, header validated on open.
 class SafetensorsFile {
@@ -59,10 +75,12 @@ class SafetensorsFile {
   // tensor whose bytes are not aligned to its element size (possible only in
   // files whose writer did not pad the header; aligned access is what ATen
   // kernels assume) and a zero-size tensor. BOOL bytes are checked to be 0
-  // or 1 (anything else throws ModelFileError).
+  // or 1 (anything else throws ModelFileError). F8_E4M3 tensors come as
+  // uint8 marked F8_E4M3 (as_f8_e4m3).
   at::Tensor view(const std::string& name) const;
   // A copy converted to `dtype` (e.g. at::kFloat; always a fresh tensor,
   // even when `dtype` is the stored one); reads only that tensor's pages.
+  // F8_E4M3 is not decoded: it loads as its bytes (kByte, unmarked) only.
   at::Tensor load(const std::string& name, at::ScalarType dtype) const;
 
  private:
@@ -114,10 +132,11 @@ class TensorStore {
 };
 
 // Writes `tensors` (contiguous CPU copies made as needed; dtypes F64, F32,
-// F16, BF16, I64, I32, I16, I8, U8, BOOL) and `metadata` as a safetensors
-// file, atomically: to "<path>.tmp-<pid>", fsync, rename over `path`, fsync
-// of the directory; on any failure the temporary file is removed and `path`
-// is left as it was. An interrupted process can leave a ".tmp-<pid>" file
+// F16, BF16, I64, I32, I16, I8, U8, BOOL, and F8_E4M3 for tensors marked by
+// as_f8_e4m3) and `metadata` as a safetensors file, atomically: to
+// "<path>.tmp-<pid>", fsync, rename over `path`, fsync of the directory; on
+// any failure the temporary file is removed and `path` is left as it was.
+// An interrupted process can leave a ".tmp-<pid>" file
 // behind, never a complete-looking file at `path`. The header lists tensors
 // in the order given and is padded with spaces to a multiple of 8 bytes, so
 // every tensor starts 8-byte aligned; tensor data follow in the order given,

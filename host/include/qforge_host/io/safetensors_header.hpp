@@ -21,11 +21,13 @@
 
 namespace qforge::host {
 
-enum class StDtype { F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL };
+// F8_E4M3: OCP FP8 E4M3FN, one byte per element (compressed-tensors' FP8
+// weights); LibTorch 1.13 has no such dtype, see safetensors.hpp.
+enum class StDtype { F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL, F8_E4M3 };
 
 // "F32", "BF16", ... as spelled in safetensors headers.
 const char* st_dtype_name(StDtype dtype);
-// Bytes per element: 8, 4, 2, 2, 8, 4, 2, 1, 1, 1.
+// Bytes per element: 8, 4, 2, 2, 8, 4, 2, 1, 1, 1, 1.
 std::size_t st_dtype_size(StDtype dtype);
 // The dtype for a header spelling; nullopt for anything else (case-sensitive,
 // like the reference implementation).
