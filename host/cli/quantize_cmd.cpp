@@ -202,9 +202,12 @@ int quantize_command(const Args& args, host::Registry& registry) {
        "dequantized: float16 safetensors with the dequantized weights; gptq: AutoGPTQ v1 packed "
        "checkpoint (quantization_config, quantize_config.json) for transformers/vLLM, needs a "
        "method writing org.qforge.gptq/1 and every block linear quantized with one setting; "
-       "compressed-tensors: pack-quantized (llm-compressor's format, loaded by vLLM and "
-       "transformers) for any affine grid result, per-layer settings allowed; qforge: any "
-       "packed format (a third-party plugin's too) stored bit for bit with its format id and "
+       "compressed-tensors: llm-compressor's format, loaded by vLLM and transformers: "
+       "pack-quantized for any affine grid result, int-quantized / float-quantized for W8A8 "
+       "and FP8 (org.qforge.w8a8, org.qforge.fp8), per-layer settings allowed (the default "
+       "with --scheme); qforge: any "
+       "packed format (a third-party plugin's too; not W8A8/FP8, whose tensor 'weight' would "
+       "read as a dense weight) stored bit for bit with its format id and "
        "metadata, read back only by qforge through that format's inference layer; dbf: OneComp's "
        "DBF layout (scaling0/2/4, bp1/bp3) for org.qforge.dbf; quip: the qforge layout under "
        "quant_method \"quip\" for org.qforge.quip (codes, grid, rescaling, transforms), read "
@@ -302,7 +305,7 @@ int quantize_command(const Args& args, host::Registry& registry) {
   if (vm.count("from-results")) {
     host::apply_results(registry, model_dir, vm["from-results"].as<std::string>(), writer);
     summary["from_results"] = vm["from-results"].as<std::string>();
-    fmt::print("wrote {} from {}\n", out, vm["from-results"].as<std::string>());
+    if (!vm.count("json")) fmt::print("wrote {} from {}\n", out, vm["from-results"].as<std::string>());
   } else {
     host::QuantizeOptions o;
     o.model_dir = model_dir;
