@@ -71,18 +71,12 @@ void quantize_fp8(const float* x, int64_t ldx, int64_t r0, int64_t r1, float sta
   const detail::Fp8Kernels& k = kernels(isa);
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * ldx;
-    float s = static_scale, inv = 0.f;
-    if (s > 0.f) {
-      inv = 1.0f / s;
-    } else {
-      const float m = detail::row_absmax(xr, a.in, isa);
-      s = m / kFp8E4m3Max;
-      if (m > 0.f) inv = kFp8E4m3Max / m;
-    }
+    const detail::RowScale rs = detail::row_scale(
+        static_scale, kFp8E4m3Max, [&] { return detail::row_absmax(xr, a.in, isa); });
     uint8_t* codes = a.codes.data() + r * a.in;
-    k.encode(xr, a.in, inv, codes);
+    k.encode(xr, a.in, rs.inv, codes);
     k.decode(codes, a.in, a.values.data() + r * a.in);
-    a.scales[static_cast<size_t>(r)] = s;
+    a.scales[static_cast<size_t>(r)] = rs.s;
   }
 }
 

@@ -156,16 +156,10 @@ void quantize_int8(const float* x, int64_t ldx, int64_t r0, int64_t r1, float st
   const detail::Int8Kernels& k = quantizer(path);
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * ldx;
-    float s = static_scale, inv = 0.f;
-    if (s > 0.f) {
-      inv = 1.0f / s;
-    } else {
-      const float m = k.absmax(xr, a.in);
-      s = m / 127.0f;
-      if (m > 0.f) inv = 127.0f / m;
-    }
-    a.scales[static_cast<size_t>(r)] = s;
-    a.sums[static_cast<size_t>(r)] = k.encode(xr, a.in, inv, a.codes.data() + r * a.ld);
+    const detail::RowScale rs =
+        detail::row_scale(static_scale, 127.0f, [&] { return k.absmax(xr, a.in); });
+    a.scales[static_cast<size_t>(r)] = rs.s;
+    a.sums[static_cast<size_t>(r)] = k.encode(xr, a.in, rs.inv, a.codes.data() + r * a.ld);
   }
 }
 

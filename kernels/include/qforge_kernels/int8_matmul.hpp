@@ -84,6 +84,20 @@ struct Aligned64 {
 };
 template <class T>
 using AlignedVector = std::vector<T, Aligned64<T>>;
+
+// The scale s of one row of activations and the multiplier inv its codes are
+// x * inv of (one definition for INT8 and FP8): the static scale (> 0), inv
+// = 1 / s; or dynamic, s = max|x| / largest, inv = largest / max|x| (0 for
+// an all-zero row, whose s is 0). `absmax` is called only when dynamic.
+struct RowScale {
+  float s = 0.f, inv = 0.f;
+};
+template <class Absmax>
+RowScale row_scale(float static_scale, float largest, const Absmax& absmax) {
+  if (static_scale > 0.f) return {static_scale, 1.0f / static_scale};
+  const float m = absmax();
+  return {m / largest, m > 0.f ? largest / m : 0.f};
+}
 }  // namespace detail
 
 // ---------------------------------------------------------------------------
