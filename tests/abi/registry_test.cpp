@@ -150,7 +150,11 @@ INSTANTIATE_TEST_SUITE_P(
         BrokenCase{"small_struct",
                    "small_struct",
                    {"struct_size"},
-                   "org.qforge.test.small-struct"}),
+                   "org.qforge.test.small-struct"},
+        BrokenCase{"preprocess_minor",
+                   "preprocess_minor",
+                   {"pre-process", "min_host_minor"},
+                   "org.qforge.test.preprocess-minor"}),
     [](const ::testing::TestParamInfo<BrokenCase>& info) { return std::string(info.param.dir); });
 
 // Two libraries in one directory declare the same id: directories are scanned
@@ -185,7 +189,8 @@ TEST(Registry, DuplicateIdRefusesTheSecondLibraryNamingTheFirst) {
 TEST(Registry, AllBrokenPluginsTogetherLeaveTheGoodOnesAlone) {
   const std::vector<std::string> cases = {
       "no_entry",   "v2_only",    "wrong_major", "newer_minor",  "missing_id",  "bad_schema",
-      "bad_default", "init_fails", "null_entry",  "small_struct", "duplicate_id"};
+      "bad_default", "init_fails", "null_entry",  "small_struct", "duplicate_id",
+      "preprocess_minor"};
   std::vector<std::string> dirs;
   for (const auto& c : cases) dirs.push_back(case_dir(c));
   dirs.push_back(case_dir("c_plugin"));

@@ -296,10 +296,11 @@ qforge_status* set_parameter(const qforge_model_services* m, const char* name,
     t->copy_(v);
     auto& written = impl_of(m).written;
     if (std::find(written.begin(), written.end(), name) == written.end()) written.push_back(name);
+    impl_of(m).input_stats.clear();  // they describe the block as it was
   });
 }
 
-// The stage of linear `l` in block `b`'s layout, and that block's prefix.
+// The stage of linear `i` in its block's layout, and that block's prefix.
 std::pair<size_t, std::string> stage_of(const ModelServices::Impl& s, size_t i) {
   const BlockLayout& layout = *s.model.config().arch.layout;
   const std::string prefix = layout.prefix(s.block_of[i]);

@@ -63,7 +63,8 @@ typedef struct qforge_model_services {
    * owned by the caller. Available to pre-processes in the pipeline (the
    * block's calibration inputs as the block is now); elsewhere, or without
    * calibration data, QFORGE_STATUS_UNSUPPORTED. Linears with one source
-   * share their inputs; the host computes each input once per block. */
+   * share their inputs; the host computes them once, and again after a
+   * set_parameter (the block changed). */
   qforge_status* (*input_stats)(const struct qforge_model_services* model, uint32_t index,
                                 DLManagedTensor** stats);
 } qforge_model_services;
