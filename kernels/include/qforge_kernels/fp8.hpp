@@ -113,6 +113,7 @@ Fp8Activations quantize_fp8(const float* x, int64_t rows, int64_t in, int64_t ld
 
 class Fp8Matrix {
  public:
+  using Code = uint8_t;                 // what the constructor reads (e4m3 bytes)
   static constexpr int64_t kTile = 16;  // outputs per tile
 
   Fp8Matrix() = default;

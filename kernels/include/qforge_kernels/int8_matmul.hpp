@@ -151,6 +151,7 @@ Int8Activations quantize_int8(const float* x, int64_t rows, int64_t in, int64_t 
 
 class Int8Matrix {
  public:
+  using Code = int8_t;                  // what the constructor reads
   static constexpr int64_t kTile = 16;  // outputs per tile
 
   Int8Matrix() = default;

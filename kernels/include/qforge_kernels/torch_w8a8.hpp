@@ -183,24 +183,50 @@ at::Tensor dequantize(int64_t out, int64_t in, const Fill& fill) {
   return w;
 }
 
+// What Int8Linear and Fp8Linear share: the matrix (Int8Matrix or Fp8Matrix)
+// built from checked tensors, the bias, the static input scale, and what the
+// decoded weight serves (backward_input, dequantize).
+template <class Matrix>
+class LinearBase {
+ public:
+  int64_t in_features() const { return matrix_.in_features(); }
+  int64_t out_features() const { return matrix_.out_features(); }
+  const Matrix& matrix() const { return matrix_; }
+  // The static input scale, 0 when dynamic.
+  float input_scale() const { return input_scale_; }
+
+  at::Tensor backward_input(const at::Tensor& grad_y) const {
+    const at::Tensor gy2 = rows_of(grad_y, out_features(), "grad_y");
+    return w8a8::backward_input(gy2, out_features(), in_features(), fill())
+        .view(with_last(grad_y.sizes(), in_features()));
+  }
+  at::Tensor dequantize() const { return w8a8::dequantize(out_features(), in_features(), fill()); }
+
+ protected:
+  LinearBase(const at::Tensor& weight, at::ScalarType dtype, const char* what,
+             const at::Tensor& scale, const at::Tensor& bias, std::optional<float> input_scale)
+      : input_scale_(static_scale(input_scale)) {
+    const at::Tensor w = weight_2d(weight, dtype, what);
+    const std::vector<float> s = channel_scales(scale, w.size(0));
+    matrix_ = Matrix(static_cast<const typename Matrix::Code*>(w.data_ptr()), w.size(0), w.size(1),
+                     w.size(1), s.data());
+    bias_ = bias_of(bias, w.size(0));
+  }
+  RowsOf<Matrix> fill() const { return {&matrix_}; }
+  const float* bias_data() const { return bias_.defined() ? bias_.data_ptr<float>() : nullptr; }
+
+  Matrix matrix_;
+  at::Tensor bias_;
+  float input_scale_ = 0.f;
+};
+
 }  // namespace w8a8
 
-class Int8Linear {
+class Int8Linear : public w8a8::LinearBase<Int8Matrix> {
  public:
   Int8Linear(const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& bias = {},
              std::optional<float> input_scale = std::nullopt)
-      : input_scale_(w8a8::static_scale(input_scale)) {
-    const at::Tensor w = w8a8::weight_2d(weight, at::kChar, "int8");
-    const std::vector<float> s = w8a8::channel_scales(scale, w.size(0));
-    matrix_ = Int8Matrix(w.data_ptr<int8_t>(), w.size(0), w.size(1), w.size(1), s.data());
-    bias_ = w8a8::bias_of(bias, w.size(0));
-  }
-
-  int64_t in_features() const { return matrix_.in_features(); }
-  int64_t out_features() const { return matrix_.out_features(); }
-  const Int8Matrix& matrix() const { return matrix_; }
-  // The static input scale, 0 when dynamic.
-  float input_scale() const { return input_scale_; }
+      : LinearBase(weight, at::kChar, "int8", scale, bias, input_scale) {}
 
   at::Tensor forward(const at::Tensor& x) const {
     const int64_t in = in_features(), out = out_features();
@@ -214,45 +240,20 @@ class Int8Linear {
       at::parallel_for(0, rows, w8a8::row_grain(in), [&](int64_t r0, int64_t r1) {
         quantize_int8(x2.data_ptr<float>(), in, r0, r1, input_scale_, a, path);
       });
-      const float* b = bias_.defined() ? bias_.data_ptr<float>() : nullptr;
+      const float* b = bias_data();
       float* yp = y.data_ptr<float>();
       w8a8::for_tiles(matrix_.tiles(), w8a8::tile_grain(16 * matrix_.padded_in()),
                       [&](int64_t t0, int64_t t1) { matrix_.gemm(a, t0, t1, yp, out, b, path); });
     }
     return y.view(w8a8::with_last(x.sizes(), out));
   }
-
-  at::Tensor backward_input(const at::Tensor& grad_y) const {
-    const at::Tensor gy2 = w8a8::rows_of(grad_y, out_features(), "grad_y");
-    return w8a8::backward_input(gy2, out_features(), in_features(), fill())
-        .view(w8a8::with_last(grad_y.sizes(), in_features()));
-  }
-
-  at::Tensor dequantize() const { return w8a8::dequantize(out_features(), in_features(), fill()); }
-
- private:
-  w8a8::RowsOf<Int8Matrix> fill() const { return {&matrix_}; }
-
-  Int8Matrix matrix_;
-  at::Tensor bias_;
-  float input_scale_ = 0.f;
 };
 
-class Fp8Linear {
+class Fp8Linear : public w8a8::LinearBase<Fp8Matrix> {
  public:
   Fp8Linear(const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& bias = {},
             std::optional<float> input_scale = std::nullopt)
-      : input_scale_(w8a8::static_scale(input_scale)) {
-    const at::Tensor w = w8a8::weight_2d(weight, at::kByte, "uint8 (float8_e4m3fn bits)");
-    const std::vector<float> s = w8a8::channel_scales(scale, w.size(0));
-    matrix_ = Fp8Matrix(w.data_ptr<uint8_t>(), w.size(0), w.size(1), w.size(1), s.data());
-    bias_ = w8a8::bias_of(bias, w.size(0));
-  }
-
-  int64_t in_features() const { return matrix_.in_features(); }
-  int64_t out_features() const { return matrix_.out_features(); }
-  const Fp8Matrix& matrix() const { return matrix_; }
-  float input_scale() const { return input_scale_; }
+      : LinearBase(weight, at::kByte, "uint8 (float8_e4m3fn bits)", scale, bias, input_scale) {}
 
   at::Tensor forward(const at::Tensor& x) const {
     const int64_t rows = x.numel() / std::max<int64_t>(1, in_features());
@@ -261,7 +262,7 @@ class Fp8Linear {
   // forward() through the FP8 kernels whatever the batch.
   at::Tensor forward_kernels(const at::Tensor& x) const {
     return run(x, [&](const Fp8Activations& a, at::Tensor& y, Isa isa) {
-      const float* b = bias_.defined() ? bias_.data_ptr<float>() : nullptr;
+      const float* b = bias_data();
       float* yp = y.data_ptr<float>();
       w8a8::for_tiles(
           matrix_.tiles(), w8a8::tile_grain(16 * in_features()),
@@ -294,17 +295,8 @@ class Fp8Linear {
     });
   }
 
-  at::Tensor backward_input(const at::Tensor& grad_y) const {
-    const at::Tensor gy2 = w8a8::rows_of(grad_y, out_features(), "grad_y");
-    return w8a8::backward_input(gy2, out_features(), in_features(), fill())
-        .view(w8a8::with_last(grad_y.sizes(), in_features()));
-  }
-
-  at::Tensor dequantize() const { return w8a8::dequantize(out_features(), in_features(), fill()); }
 
  private:
-  w8a8::RowsOf<Fp8Matrix> fill() const { return {&matrix_}; }
-
   // Quantizes x's rows, then multiply(a, y [rows, out], isa).
   template <class Multiply>
   at::Tensor run(const at::Tensor& x, const Multiply& multiply) const {
@@ -323,10 +315,6 @@ class Fp8Linear {
     }
     return y.view(w8a8::with_last(x.sizes(), out_features()));
   }
-
-  Fp8Matrix matrix_;
-  at::Tensor bias_;
-  float input_scale_ = 0.f;
 };
 
 }  // namespace qforge::kernels::aten
