@@ -56,6 +56,7 @@ class Gptq {
   }
 
   Result run() {
+    check_pruning();
     r_.dead_inputs = hessian::remove_dead_inputs(H_, W_);
     if (s_.static_groups) find_static_grids();
     if (s_.desc_act) permute_by_decreasing_diagonal();
@@ -69,6 +70,44 @@ class Gptq {
   }
 
  private:
+  void check_pruning() const {
+    if (s_.prune_m < 0 || s_.prune_m > 64 || s_.prune_n < 0 || s_.prune_n > s_.prune_m ||
+        !(s_.sparsity >= 0) || s_.sparsity >= 1)
+      invalid_argument("pruning: need 0 <= prune_n <= prune_m <= 64 and sparsity in [0, 1)");
+    if (s_.prune_m > 0 && (B_ % s_.prune_m != 0 || in_ % s_.prune_m != 0))
+      invalid_argument("N:M pruning: the block size and the input width must be multiples of M");
+    if (s_.prune_m > 0 && s_.desc_act)
+      invalid_argument("N:M pruning runs in the natural column order (no act-order)");
+  }
+
+  // Unstructured pruning of block [i1, i2): mask[r, j − i1] for the lowest
+  // `sparsity` of w² / [H⁻¹]_jj² over the block as it begins (SparseGPT's
+  // per-block threshold, over all rows at once).
+  at::Tensor block_mask(int64_t i1, int64_t i2) const {
+    if (s_.prune_m > 0 || s_.sparsity <= 0) return at::Tensor();
+    const at::Tensor d = Hinv_.diagonal().narrow(0, i1, i2 - i1);
+    const at::Tensor score = W_.narrow(1, i1, i2 - i1).pow(2) / d.pow(2).unsqueeze(0);
+    const int64_t k = static_cast<int64_t>(static_cast<double>(score.numel()) * s_.sparsity);
+    if (k == 0) return at::zeros(score.sizes(), at::kBool);
+    const float threshold = std::get<0>(score.flatten().kthvalue(k)).item<float>();
+    return score.le(threshold).contiguous();
+  }
+
+  // N:M pruning at column j (a multiple of M) of one row: marks in `pruned`
+  // the N of W[j, j + M) with the least w² / [H⁻¹]_kk² (ties: lower index kept).
+  void choose_n_of_m(const float* W, int64_t j, bool* pruned) const {
+    const float* Hinv = Hinv_.data_ptr<float>();
+    std::vector<std::pair<float, int64_t>> score(static_cast<size_t>(s_.prune_m));
+    for (int64_t k = 0; k < s_.prune_m; ++k) {
+      const float d = Hinv[(j + k) * in_ + j + k];
+      score[k] = {W[j + k] * W[j + k] / (d * d), k};
+    }
+    std::stable_sort(score.begin(), score.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (int64_t k = 0; k < s_.prune_m; ++k) pruned[k] = false;
+    for (int64_t k = 0; k < s_.prune_n; ++k) pruned[score[k].second] = true;
+  }
+
   // static_groups: every group's grid from the unpermuted W, before any update.
   void find_static_grids() {
     r_.grids.resize(static_cast<size_t>(r_.groups * out_));
@@ -97,11 +136,14 @@ class Gptq {
     for (int64_t i1 = 0, i2 = 0; i1 < in_; i1 = i2) {
       host_.check_cancelled();
       i2 = std::min(i1 + B_, in_);
+      const at::Tensor mask = block_mask(i1, i2);
       at::parallel_for(0, out_, std::max<int64_t>(1, 4096 / (i2 - i1)),
                        [&](int64_t r0, int64_t r1) {
                          std::vector<float> scratch(static_cast<size_t>(B_ + std::min(gs_, in_)));
                          for (int64_t r = r0; r < r1; ++r)
-                           row_loss[r] += quantize_block_row(r, i1, i2, Err, scratch.data());
+                           row_loss[r] += quantize_block_row(
+                               r, i1, i2, Err, scratch.data(),
+                               mask.defined() ? mask.data_ptr<bool>() + r * (i2 - i1) : nullptr);
                        });
       if (i2 < in_) lazy_batch_update(i1, i2, Err);
       host_.progress("gptq columns", static_cast<uint64_t>(i2), static_cast<uint64_t>(in_));
@@ -115,8 +157,10 @@ class Gptq {
   // columns as in the paper; the arithmetic is the same. Q[r, j] replaces
   // W[r, j] in place. `scratch` holds B + min(group_size, in) floats.
   // Returns the row's loss Σ (w − q)² / Hinv_jj² / 2.
+  // `pruned` (unstructured pruning): the block's mask of this row, or null.
   QFORGE_GPTQ_CLONES double quantize_block_row(int64_t r, int64_t i1, int64_t i2,
-                                               const at::Tensor& Err, float* scratch) {
+                                               const at::Tensor& Err, float* scratch,
+                                               const bool* pruned) {
     float* W = W_.data_ptr<float>() + r * in_;
     float* err = Err.data_ptr<float>() + r * Err.size(1);
     uint8_t* code = codes_.data_ptr<uint8_t>() + r * in_;
@@ -126,14 +170,23 @@ class Gptq {
     if (!s_.static_groups && (i1 / gs_ + 1) * gs_ < i2) std::copy(W + i1, W + i2, block_start);
     const float maxq = s_.grid.maxq();
     double loss = 0;
+    bool n_of_m[64];  // N:M: which of the current M columns are pruned (M <= 64)
     for (int64_t j = i1; j < i2; ++j) {
+      if (s_.prune_m > 0 && j % s_.prune_m == 0) choose_n_of_m(W, j, n_of_m);
+      const bool prune = s_.prune_m > 0 ? n_of_m[j % s_.prune_m] : pruned && pruned[j - i1];
       const int64_t g = group_of(j);
       if (!s_.static_groups && j % gs_ == 0)
         r_.grids[g * out_ + r] =
             find_grid(group_at_block_start(W, j, i1, i2, block_start, group), width(j));
       const grid::Grid& grid = r_.grids[g * out_ + r];
       float q, Q;
-      if (s_.codebook == Settings::Codebook::fp8_e4m3) {
+      if (prune) {  // exactly 0: the grid's zero point, e4m3's +0
+        q = s_.codebook == Settings::Codebook::fp8_e4m3 ? 0.f : grid.zero;
+        Q = 0.f;
+      } else if (!s_.quantize) {
+        q = 0.f;
+        Q = W[j];
+      } else if (s_.codebook == Settings::Codebook::fp8_e4m3) {
         const uint8_t c = kernels::fp8_e4m3_from_float(W[j] / grid.scale);
         q = c;
         Q = grid.scale * kernels::fp8_e4m3_to_float(c);

@@ -25,6 +25,20 @@ struct Settings {
   bool static_groups = false;
   double percdamp = 0.01;
   int64_t block_size = 128;  // B, the columns of one lazy batch update
+
+  // SparseGPT (Frantar & Alistarh, 2023, Algorithm 1) in the same pass:
+  // pruned weights become exactly 0 and their error is compensated like a
+  // rounding error. N:M (prune_n of every prune_m consecutive inputs, e.g.
+  // 2:4): at every M-th column the N weights of the next M with the least
+  // w² / [H⁻¹]_jj² — on the error-updated weights — are pruned (B must be a
+  // multiple of M; no act-order, which would cut the groups of M along
+  // another order). Unstructured (prune_m = 0, sparsity > 0): per block, the
+  // weights of the block's columns whose w² / [H⁻¹]_jj² (as the block
+  // begins) is among the lowest `sparsity` of the block, over all rows.
+  int prune_n = 0, prune_m = 0;
+  double sparsity = 0;
+  // false: the kept weights keep their values (pruning alone; codes unused).
+  bool quantize = true;
 };
 
 struct Result {
