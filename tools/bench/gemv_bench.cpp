@@ -38,6 +38,8 @@
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
 
+#include "timing.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -51,11 +53,12 @@
 #include <vector>
 
 namespace qk = qforge::kernels;
-using Clock = std::chrono::steady_clock;
+using qforge::bench::copies_for;
+using qforge::bench::kWorkingSet;
+using qforge::bench::time_median;
 
 namespace {
 
-constexpr size_t kWorkingSet = size_t{256} << 20;
 
 struct Options {
   int reps = 25;
@@ -63,24 +66,6 @@ struct Options {
   std::string isa;
   bool batches = true;
 };
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-// Median seconds of f(k), k = call number, after `warm` untimed calls.
-double time_median(int reps, int warm, const std::function<void(int)>& f) {
-  for (int k = 0; k < warm; ++k) f(k);
-  std::vector<double> t;
-  for (int k = 0; k < reps; ++k) {
-    const auto t0 = Clock::now();
-    f(warm + k);
-    t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-  }
-  return median(t);
-}
 
 // memcpy of a 256 MiB buffer split between the threads; bytes copied per second.
 double memcpy_bandwidth(int reps, bool threaded) {
@@ -156,10 +141,6 @@ qk::PackedMatrix random_matrix(int bits, int64_t out, int64_t in, int64_t group_
   d.zero_group_stride = out;
   d.zero_out_stride = 1;
   return qk::aten::pack(d);
-}
-
-size_t copies_for(size_t bytes) {
-  return std::max<size_t>(1, (kWorkingSet + bytes - 1) / bytes);
 }
 
 struct Fp32 {

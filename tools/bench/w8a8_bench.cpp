@@ -28,6 +28,8 @@
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
 
+#include "timing.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -41,37 +43,17 @@
 
 namespace qk = qforge::kernels;
 namespace qa = qforge::kernels::aten;
-using Clock = std::chrono::steady_clock;
+using qforge::bench::copies_for;
+using qforge::bench::time_median;
 
 namespace {
 
-constexpr size_t kWorkingSet = size_t{256} << 20;
 
 struct Options {
   int reps = 15;
   int threads = 0;
   bool sweep = true;
 };
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-// Median seconds of f(k), k = call number, after `warm` untimed calls.
-double time_median(int reps, int warm, const std::function<void(int)>& f) {
-  for (int k = 0; k < warm; ++k) f(k);
-  std::vector<double> t;
-  for (int k = 0; k < reps; ++k) {
-    const auto t0 = Clock::now();
-    f(warm + k);
-    t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-  }
-  return median(t);
-}
-
-size_t copies_for(size_t bytes) { return std::max<size_t>(1, (kWorkingSet + bytes - 1) / bytes); }
 
 template <class T>
 std::vector<T> copies_of(const T& layer, size_t bytes) {
