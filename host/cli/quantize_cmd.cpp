@@ -303,6 +303,9 @@ int quantize_command(const Args& args, host::Registry& registry) {
   json summary = {{"model", model_dir}, {"out", out}};
   bool wrote_adapter = false;  // by a per-block post-process
   if (vm.count("from-results")) {
+    if (vm.count("scheme") || vm.count("method") || !pre_steps.empty())
+      throw host::UsageError("--from-results re-applies saved results (their pre-processes "
+                             "included): --method, --scheme and --preprocess do not apply");
     host::apply_results(registry, model_dir, vm["from-results"].as<std::string>(), writer);
     summary["from_results"] = vm["from-results"].as<std::string>();
     if (!vm.count("json")) fmt::print("wrote {} from {}\n", out, vm["from-results"].as<std::string>());

@@ -85,6 +85,9 @@ check "a component that is not a pre-process is refused" \
   'refused "not a pre-process" --scheme W8A8 --preprocess org.qforge.rtn "${cal[@]}"'
 check "static activations without calibration data are refused" \
   'refused "--calib" --scheme W8A8 --set activations=static'
+check "--from-results with a scheme or a pre-process is refused" \
+  'refused "do not apply" --from-results "$work/ct/quant_results.safetensors" --scheme W8A8 &&
+   refused "do not apply" --from-results "$work/ct/quant_results.safetensors" --preprocess org.qforge.smoothquant'
 check "plugins show lists the schemes" \
   '"$qforge" plugins show org.qforge.fp8 | grep -q "FP8_DYNAMIC"'
 exit $fail
