@@ -4,6 +4,7 @@
 #pragma once
 
 #include <qforge/cpp/grid.hpp>
+#include <qforge/cpp/layer_input.hpp>
 #include <qforge/cpp/plugin.hpp>
 
 #include <ATen/ATen.h>
@@ -55,6 +56,12 @@ struct Result {
 // Algorithm 1 with lazy batch updates, row by row (gptq.cpp). W [out, in] and
 // H [in, in] float32 contiguous, consumed.
 Result gptq(const Host& host, const Settings& s, at::Tensor W, at::Tensor H);
+
+// `r` (from gptq() with uniform-grid settings `s` for the layer `in`) as the
+// packed format org.qforge.gptq/1: qweight, qzeros, float16 scales, g_idx,
+// bias, metadata and error figures, to `out` (gptq_v1.cpp).
+void write_gptq_v1(const QuantizeOutput& out, const Settings& s, const Result& r,
+                   const LayerInput& in);
 
 // The same algorithm transcribed column by column in LibTorch ops from
 // gptq.py's fasterquant (gptq_ref.cpp): the spec gptq() is tested against.

@@ -65,9 +65,10 @@ TEST(SparseGpt, TwoOfFourWithFourBitsKeepsTheZerosExact) {
   EXPECT_TRUE(r.Q.reshape({40, 24, 4}).eq(0).sum(2).ge(2).all().item<bool>());
   // A pruned weight's code is its group's zero point.
   for (int64_t o = 0; o < 40; ++o)
-    for (int64_t j = 0; j < 96; ++j)
-      if (r.Q[o][j].item<float>() == 0.f)
-        ASSERT_EQ(r.codes[o][j].item<uint8_t>(), static_cast<uint8_t>(r.grids[(j / 32) * 40 + o].zero));
+    for (int64_t j = 0; j < 96; ++j) {
+      if (r.Q[o][j].item<float>() != 0.f) continue;
+      ASSERT_EQ(r.codes[o][j].item<uint8_t>(), static_cast<uint8_t>(r.grids[(j / 32) * 40 + o].zero));
+    }
   // Pruning and quantizing in one pass beats pruning first and quantizing alone afterwards.
   Settings dense = two_of_four(true);
   dense.prune_n = dense.prune_m = 0;
