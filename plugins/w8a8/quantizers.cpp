@@ -156,7 +156,11 @@ void gptq_params(ComponentBuilder& c) {
       .param_int("block_size", 128, 1, 1 << 20, "GPTQ: columns per lazy batch update");
 }
 
-struct Int8Quantizer {
+// One quantizer for both types; K gives what differs: the metadata type,
+// the largest code value (static input scales), the GPTQ codebook, and how
+// codes are made by round-to-nearest and read back as values.
+template <class K>
+struct Quantizer8 {
   static const char* const* formats() {
     static const char* const list[] = {QFORGE_FORMAT_CT_NAIVE_QUANTIZED_V1, nullptr};
     return list;
@@ -169,49 +173,40 @@ struct Int8Quantizer {
     const bool gptq = p.get_enum("weights") == "gptq";
     if (gptq && s.per_tensor) invalid_argument("weights=gptq takes weight_strategy=channel");
     at::Tensor codes, scales;
-    if (gptq)  // the grid's codes, zero 128: the symmetric 8-bit grid
-      codes = (gptq_rows(host, in, p, gptq::Settings::Codebook::uniform, scales).codes.to(at::kInt) -
-               128).to(at::kChar);
+    if (gptq)
+      codes = K::gptq_codes(gptq_rows(host, in, p, K::kCodebook, scales));
     else
-      int8_rtn(in.weight.contiguous(), s.per_tensor, codes, scales);
-    const at::Tensor static_scale = s.static_inputs ? input_scale(in, 127.f) : at::Tensor();
-    const at::Tensor dequantized =
-        codes.to(at::kFloat) * (s.per_tensor ? scales : scales.unsqueeze(1));
-    finish(out, in, metadata("int", s, in.in_features(), in.out_features()), codes,
-           s.per_tensor ? scales : scales.unsqueeze(1), static_scale, dequantized);
+      K::rtn(in.weight.contiguous(), s.per_tensor, codes, scales);
+    const at::Tensor scale = s.per_tensor ? scales : scales.unsqueeze(1);
+    const at::Tensor static_scale = s.static_inputs ? input_scale(in, K::kLargest) : at::Tensor();
+    finish(out, in, metadata(K::kType, s, in.in_features(), in.out_features()), codes, scale,
+           static_scale, K::values(codes) * scale);
   }
+};
+
+struct Int8 {
+  static constexpr const char* kType = "int";
+  static constexpr float kLargest = 127.f;
+  static constexpr gptq::Settings::Codebook kCodebook = gptq::Settings::Codebook::uniform;
+  // The grid's codes, zero 128: the symmetric 8-bit grid.
+  static at::Tensor gptq_codes(const gptq::Result& r) {
+    return (r.codes.to(at::kInt) - 128).to(at::kChar);
+  }
+  static void rtn(const at::Tensor& w, bool per_tensor, at::Tensor& codes, at::Tensor& scales) {
+    int8_rtn(w, per_tensor, codes, scales);
+  }
+  static at::Tensor values(const at::Tensor& codes) { return codes.to(at::kFloat); }
 };
 
 // ----------------------------------------------------------------- FP8 --
 
-struct Fp8Quantizer {
-  static const char* const* formats() { return Int8Quantizer::formats(); }
-  static void quantize(const Host& host, const qforge_quantize_input& input, const Params& p,
-                       const QuantizeOutput& out) {
-    host.check_cancelled();
-    const LayerInput in = LayerInput::from(input);
-    const Settings s = settings_of(p);
-    const bool gptq = p.get_enum("weights") == "gptq";
-    if (gptq && s.per_tensor) invalid_argument("weights=gptq takes weight_strategy=channel");
-    at::Tensor codes, scales;
-    if (gptq)
-      codes = gptq_rows(host, in, p, gptq::Settings::Codebook::fp8_e4m3, scales).codes;
-    else
-      fp8_rtn(in.weight.contiguous(), s.per_tensor, codes, scales);
-    at::Tensor dequantized = at::empty(codes.sizes(), at::kFloat);
-    const int64_t n = codes.numel(), cols = codes.size(1);
-    for (int64_t k = 0; k < n; ++k)
-      dequantized.data_ptr<float>()[k] =
-          scales.data_ptr<float>()[s.per_tensor ? 0 : k / cols] *
-          kernels::fp8_e4m3_to_float(codes.data_ptr<uint8_t>()[k]);
-    const at::Tensor static_scale =
-        s.static_inputs ? input_scale(in, kernels::kFp8E4m3Max) : at::Tensor();
-    finish(out, in, metadata("float", s, cols, codes.size(0)), codes,
-           s.per_tensor ? scales : scales.unsqueeze(1), static_scale, dequantized);
-  }
-
+struct Fp8 {
+  static constexpr const char* kType = "float";
+  static constexpr float kLargest = kernels::kFp8E4m3Max;
+  static constexpr gptq::Settings::Codebook kCodebook = gptq::Settings::Codebook::fp8_e4m3;
+  static at::Tensor gptq_codes(const gptq::Result& r) { return r.codes; }  // the e4m3 bytes
   // w ↦ e4m3(w / s), s = max|w| / 448 per row (or for the tensor) in float16.
-  static void fp8_rtn(const at::Tensor& w, bool per_tensor, at::Tensor& codes, at::Tensor& scales) {
+  static void rtn(const at::Tensor& w, bool per_tensor, at::Tensor& codes, at::Tensor& scales) {
     scales = weight_scales(w, per_tensor, kernels::kFp8E4m3Max);
     codes = at::empty(w.sizes(), at::kByte);
     const int64_t n = w.numel(), cols = w.size(1);
@@ -221,7 +216,16 @@ struct Fp8Quantizer {
             w.data_ptr<float>()[k] / scales.data_ptr<float>()[per_tensor ? 0 : k / cols]);
     });
   }
+  static at::Tensor values(const at::Tensor& codes) {
+    at::Tensor v = at::empty(codes.sizes(), at::kFloat);
+    for (int64_t k = 0; k < codes.numel(); ++k)
+      v.data_ptr<float>()[k] = kernels::fp8_e4m3_to_float(codes.data_ptr<uint8_t>()[k]);
+    return v;
+  }
 };
+
+using Int8Quantizer = Quantizer8<Int8>;
+using Fp8Quantizer = Quantizer8<Fp8>;
 
 // --------------------------------------------------------------- schemes --
 
