@@ -23,65 +23,19 @@
 // source. Which parameter feeds which linears comes from the host's
 // architecture table (model services input_source); the statistics from the
 // host's calibration pass over the block (input_stats).
+#include <qforge/cpp/channel_scaling.hpp>
 #include <qforge/cpp/plugin.hpp>
 #include <qforge/cpp/torch.hpp>
 
 #include <ATen/ATen.h>
 
 #include <cstdio>
-#include <map>
 #include <string>
 #include <vector>
 
 namespace {
 
-// The linears of one block that read the same input, and where it comes from.
-struct Group {
-  std::string source_weight, source_bias;  // a norm's weight, or a linear's rows (+ bias)
-  std::vector<uint32_t> layers;
-};
-
-at::Tensor get(const qforge::Host& host, const qforge_model_services& m, const std::string& name) {
-  DLManagedTensor* t = nullptr;
-  qforge::check(host.get(), m.get_parameter(&m, name.c_str(), &t));
-  return qforge::adopt(t);
-}
-
-void set(const qforge::Host& host, const qforge_model_services& m, const std::string& name,
-         const at::Tensor& value) {
-  const at::Tensor v = value.contiguous();
-  qforge::DLView view(v);
-  qforge::check(host.get(), m.set_parameter(&m, name.c_str(), view.get()));
-}
-
-std::vector<Group> groups_of(const qforge::Host& host, const qforge_model_services& m,
-                             bool linear_sources) {
-  std::map<std::string, Group> by_source;
-  std::vector<std::string> order;
-  for (uint32_t i = 0, n = m.layer_count(&m); i < n; ++i) {
-    const char *weight = nullptr, *bias = nullptr;
-    qforge::check(host.get(), m.input_source(&m, i, &weight, &bias));
-    if (weight == nullptr || *weight == '\0') continue;
-    auto [it, fresh] = by_source.try_emplace(weight, Group{weight, bias ? bias : "", {}});
-    if (fresh) order.push_back(weight);
-    it->second.layers.push_back(i);
-  }
-  std::vector<Group> out;
-  for (const auto& name : order) {
-    Group& g = by_source.at(name);
-    const bool is_norm = get(host, m, g.source_weight).dim() == 1;
-    if (is_norm || linear_sources) out.push_back(std::move(g));
-  }
-  return out;
-}
-
-// max|X_j| over the calibration tokens: the stats rows are min, max, mean |x|.
-at::Tensor act_absmax(const qforge::Host& host, const qforge_model_services& m, uint32_t layer) {
-  DLManagedTensor* t = nullptr;
-  qforge::check(host.get(), m.input_stats(&m, layer, &t));
-  const at::Tensor stats = qforge::adopt(t);
-  return at::maximum(stats[0].neg(), stats[1]);
-}
+namespace scaling = qforge::scaling;
 
 // Eq. (4), with s = 1 where X_j or W_j is zero throughout, clamped ≥ 1e-5.
 at::Tensor smoothing_scales(const at::Tensor& x_max, const at::Tensor& w_max, double alpha) {
@@ -90,26 +44,19 @@ at::Tensor smoothing_scales(const at::Tensor& x_max, const at::Tensor& w_max, do
   return at::where(dead, at::ones_like(s), s).clamp_min(1e-5);
 }
 
-void smooth(const qforge::Host& host, const qforge_model_services& m, const Group& g,
-            double alpha, uint32_t block) {
-  const at::Tensor x_max = act_absmax(host, m, g.layers.front()).to(at::kDouble);
-  std::vector<at::Tensor> weights;
+void smooth(const qforge::Host& host, const qforge_model_services& m,
+            const scaling::InputGroup& g, double alpha, uint32_t block) {
+  // max|X_j| over the calibration tokens: the stats rows are min, max, mean |x|.
+  const at::Tensor stats = scaling::input_stats(host, m, g).to(at::kDouble);
+  const at::Tensor x_max = at::maximum(stats[0].neg(), stats[1]);
+  const std::vector<at::Tensor> weights = scaling::weights_of(host, m, g);
   at::Tensor w_max;
-  for (uint32_t i : g.layers) {
-    weights.push_back(get(host, m, std::string(m.layer_name(&m, i)) + ".weight"));
-    const at::Tensor col = std::get<0>(weights.back().abs().max(0)).to(at::kDouble);
+  for (const at::Tensor& w : weights) {
+    const at::Tensor col = std::get<0>(w.abs().max(0)).to(at::kDouble);
     w_max = w_max.defined() ? at::maximum(w_max, col) : col;
   }
   const at::Tensor s = smoothing_scales(x_max, w_max, alpha);
-  // Y = (X diag(s)⁻¹)(diag(s) W): the source's channels over s, the columns times s.
-  const at::Tensor source = get(host, m, g.source_weight).to(at::kDouble);
-  set(host, m, g.source_weight,
-      (source.dim() == 1 ? source / s : source / s.unsqueeze(1)).to(at::kFloat));
-  if (!g.source_bias.empty())
-    set(host, m, g.source_bias, (get(host, m, g.source_bias).to(at::kDouble) / s).to(at::kFloat));
-  for (size_t k = 0; k < g.layers.size(); ++k)
-    set(host, m, std::string(m.layer_name(&m, g.layers[k])) + ".weight",
-        (weights[k].to(at::kDouble) * s.unsqueeze(0)).to(at::kFloat));
+  scaling::fold(host, m, g, weights, s);
   char line[256];
   std::snprintf(line, sizeof line,
                 "smoothquant: block %u, %zu linear(s) after %s: max|X| %.3g -> %.3g, s in [%.3g, %.3g]",
@@ -122,7 +69,7 @@ struct SmoothQuant {
   static void run_block(const qforge::Host& host, const qforge_model_services& model,
                         uint32_t block, const qforge::Params& params) {
     const double alpha = params.get_float("alpha");
-    for (const Group& g : groups_of(host, model, params.get_bool("linear_sources"))) {
+    for (const auto& g : scaling::input_groups(host, model, params.get_bool("linear_sources"))) {
       host.check_cancelled();
       smooth(host, model, g, alpha, block);
     }

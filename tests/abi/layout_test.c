@@ -260,7 +260,7 @@ QF_FIELD(qforge_inference_layer, backward_input, 48, P);
 QF_FIELD(qforge_inference_layer, dequantize, 56, P);
 
 /* ---- postprocess.h ---- */
-QF_SIZE(qforge_model_services, 80); /* 48 in 1.0, 64 in 1.1 */
+QF_SIZE(qforge_model_services, 88); /* 48 in 1.0, 64 in 1.1, 80 in 1.2 */
 QF_STRUCT_SIZE_FIRST(qforge_model_services);
 QF_FIELD(qforge_model_services, reserved, 4, 4);
 QF_FIELD(qforge_model_services, host_data, 8, P);
@@ -273,6 +273,7 @@ QF_FIELD(qforge_model_services, block_count, 48, P);
 QF_FIELD(qforge_model_services, layer_info, 56, P);
 QF_FIELD(qforge_model_services, input_source, 64, P); /* 1.2 */
 QF_FIELD(qforge_model_services, input_stats, 72, P);  /* 1.2 */
+QF_FIELD(qforge_model_services, input_gram, 80, P);   /* 1.3 */
 
 /* ---- ext/train.h (1.1) ---- */
 QF_SIZE(qforge_loss_term, 40);

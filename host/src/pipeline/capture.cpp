@@ -2,7 +2,10 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <utility>
+
+#include "qforge_host/train/postprocess.hpp"
 
 namespace qforge::host {
 
@@ -81,6 +84,24 @@ at::Tensor forward_block(const Model& model, size_t block, const at::Tensor& x, 
     next.narrow(0, s, m).copy_(model.block_forward(block, x.narrow(0, s, m).to(at::kFloat), 0, nullptr, nullptr));
   }
   return next;
+}
+
+BlockScope preprocess_scope(Model& model, size_t block, const at::Tensor& x, int64_t chunk) {
+  BlockScope scope{block, x, at::Tensor(), {}, {}};
+  Model* m = &model;
+  scope.input_stats = [m, block, x, chunk](const std::string& probe) {
+    CaptureWants wants;
+    wants.gram = false;
+    wants.act_stats = wants.act_range = true;
+    GramAccumulator acc = capture_inputs(*m, block, m->blocks()[block], probe, x, at::Tensor(), chunk, wants);
+    return at::stack({acc.act_min, acc.act_max, acc.act_stats});
+  };
+  scope.input_gram = [m, block, x, chunk](const std::string& probe) {
+    CaptureWants wants;  // G only
+    GramAccumulator acc = capture_inputs(*m, block, m->blocks()[block], probe, x, at::Tensor(), chunk, wants);
+    return acc.gram.div_(static_cast<double>(std::max<int64_t>(acc.rows, 1)));
+  };
+  return scope;
 }
 
 }  // namespace qforge::host

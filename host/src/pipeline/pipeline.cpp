@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <string_view>
 
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/base/log.hpp"
@@ -154,6 +155,29 @@ SavedLayer quantize_one(const Registry& registry, const Component& q, const Quan
   return saved;
 }
 
+// A pre-process's parameters: those given, and for the others that the
+// quantizer also has (same name and type, e.g. AWQ's bits, group_size and
+// sym), the quantizer's value (--set, else its default), so that a search
+// made for a grid is made for the grid the quantizer uses.
+std::map<std::string, std::string> inherited_params(const Component& pre,
+                                                    std::map<std::string, std::string> given,
+                                                    const Component& quantizer,
+                                                    const std::map<std::string, std::string>& set) {
+  for (uint32_t i = 0; i < pre.desc->param_count; ++i) {
+    const qforge_param_desc& p = *pre.desc->params[i];
+    if (given.count(p.name)) continue;
+    for (uint32_t k = 0; k < quantizer.desc->param_count; ++k) {
+      const qforge_param_desc& qp = *quantizer.desc->params[k];
+      if (std::string_view(qp.name) != p.name || qp.type != p.type) continue;
+      if (auto it = set.find(p.name); it != set.end())
+        given[p.name] = it->second;
+      else if (qp.default_value != nullptr)
+        given[p.name] = qp.default_value;
+    }
+  }
+  return given;
+}
+
 // The pre-processes on block `i` (before anything of it is quantized): they
 // see its linears and norms through model services, and the statistics of
 // its linears' inputs on the calibration inputs `x`, computed on demand.
@@ -161,15 +185,7 @@ SavedLayer quantize_one(const Registry& registry, const Component& q, const Quan
 ParamList preprocess_block(Model& model, int64_t i,
                            const std::vector<std::pair<const Component*, std::unique_ptr<ParamValues>>>& pres,
                            const at::Tensor& x, int64_t chunk) {
-  BlockScope scope{static_cast<size_t>(i), x, at::Tensor(), {}};
-  scope.input_stats = [&](const std::string& probe) {
-    CaptureWants wants;
-    wants.gram = false;
-    wants.act_stats = wants.act_range = true;
-    Block& b = model.blocks()[i];
-    GramAccumulator acc = capture_inputs(model, i, b, probe, x, at::Tensor(), chunk, wants);
-    return at::stack({acc.act_min, acc.act_max, acc.act_stats});
-  };
+  const BlockScope scope = preprocess_scope(model, static_cast<size_t>(i), x, chunk);
   ModelServices services(model, PostprocessContext{}, &scope);
   for (const auto& [component, params] : pres) {
     if (cancel_requested()) throw Cancelled("stopped by the user");
@@ -274,7 +290,8 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
     if (c == nullptr || c->preprocess() == nullptr)
       throw UsageError(fmt::format("'{}' is not a pre-process (see `qforge plugins`)", pre.id));
     pres.emplace_back(c, std::make_unique<ParamValues>(pre.id, c->desc->params,
-                                                       c->desc->param_count, pre.params));
+                                                       c->desc->param_count,
+                                                       inherited_params(*c, pre.params, *q, o.params)));
   }
   std::vector<std::string> formats;
   for (const char* const* f = q->quantizer()->output_formats; f != nullptr && *f != nullptr; ++f)
@@ -341,7 +358,7 @@ QuantizeSummary quantize_model(const Registry& registry, const QuantizeOptions& 
     std::vector<AdapterExport> adapters;
     if (!block_pps.empty()) {
       std::swap(model.blocks()[i], original);
-      BlockScope scope{static_cast<size_t>(i), state.x, forward_block(model, i, state.x, o.chunk), {}};
+      BlockScope scope{static_cast<size_t>(i), state.x, forward_block(model, i, state.x, o.chunk), {}, {}};
       std::swap(model.blocks()[i], original);
       // The quantized linears run packed during the hooks, so that their
       // format's parameters can be tuned (qforge.layer.tunable).

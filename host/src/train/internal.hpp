@@ -113,6 +113,7 @@ struct ModelServices::Impl {
   bool trainer_alive = false;
   std::shared_ptr<Model> teacher;  // loaded by the first trainer that needs it
   std::map<std::string, at::Tensor> input_stats;  // by probe linear (input_stats)
+  std::map<std::string, at::Tensor> input_gram;   // by probe linear (input_gram)
   std::vector<std::string> names;  // host-owned strings handed out (input_source)
   std::vector<std::string> written;  // parameters set_parameter replaced, in order
 

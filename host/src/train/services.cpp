@@ -297,6 +297,7 @@ qforge_status* set_parameter(const qforge_model_services* m, const char* name,
     auto& written = impl_of(m).written;
     if (std::find(written.begin(), written.end(), name) == written.end()) written.push_back(name);
     impl_of(m).input_stats.clear();  // they describe the block as it was
+    impl_of(m).input_gram.clear();
   });
 }
 
@@ -345,22 +346,41 @@ qforge_status* input_source(const qforge_model_services* m, uint32_t i, const ch
   });
 }
 
-qforge_status* input_stats(const qforge_model_services* m, uint32_t i, DLManagedTensor** stats) {
+// What input_stats and input_gram share: linear `i`'s inputs are those of
+// the first linear of its stage (the probe); `compute` runs on them once per
+// probe until a set_parameter, `cache` keeps the result.
+template <class Compute>
+qforge_status* input_moments(const qforge_model_services* m, uint32_t i, DLManagedTensor** result,
+                             const char* what, const Compute& compute,
+                             std::map<std::string, at::Tensor> ModelServices::Impl::*cache) {
   auto& s = impl_of(m);
-  if (s.scope == nullptr || !s.scope->input_stats)
+  if (s.scope == nullptr || !compute(s.scope))
     return fail(QFORGE_STATUS_UNSUPPORTED,
-                "input_stats: activation statistics are given to pre-processes in the pipeline, "
-                "with calibration data (--calib FILE)");
+                fmt::format("{}: activation statistics are given to pre-processes in the "
+                            "pipeline, with calibration data (--calib FILE)", what));
   return guard(services(), [&] {
-    if (i >= s.linears.size()) invalid_argument(fmt::format("input_stats: no layer {}", i));
-    if (stats == nullptr) invalid_argument("input_stats: NULL argument");
+    if (i >= s.linears.size()) invalid_argument(fmt::format("{}: no layer {}", what, i));
+    if (result == nullptr) invalid_argument(fmt::format("{}: NULL argument", what));
     const BlockLayout& layout = *s.model.config().arch.layout;
     auto [stage, prefix] = stage_of(s, i);
     const std::string probe = prefix + layout.stages[stage].front();
-    auto it = s.input_stats.find(probe);
-    if (it == s.input_stats.end()) it = s.input_stats.emplace(probe, s.scope->input_stats(probe)).first;
-    *stats = export_tensor(it->second.clone());
+    auto& c = s.*cache;
+    auto it = c.find(probe);
+    if (it == c.end()) it = c.emplace(probe, compute(s.scope)(probe)).first;
+    *result = export_tensor(it->second.clone());
   });
+}
+
+qforge_status* input_stats(const qforge_model_services* m, uint32_t i, DLManagedTensor** stats) {
+  return input_moments(m, i, stats, "input_stats",
+                       [](const BlockScope* b) -> const auto& { return b->input_stats; },
+                       &ModelServices::Impl::input_stats);
+}
+
+qforge_status* input_gram(const qforge_model_services* m, uint32_t i, DLManagedTensor** gram) {
+  return input_moments(m, i, gram, "input_gram",
+                       [](const BlockScope* b) -> const auto& { return b->input_gram; },
+                       &ModelServices::Impl::input_gram);
 }
 
 }  // namespace
@@ -425,6 +445,7 @@ ModelServices::ModelServices(Model& model, PostprocessContext context, const Blo
   t.layer_info = &layer_info;
   t.input_source = &input_source;
   t.input_stats = &input_stats;
+  t.input_gram = &input_gram;
 }
 
 ModelServices::~ModelServices() {

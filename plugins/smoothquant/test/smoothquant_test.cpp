@@ -56,15 +56,7 @@ at::Tensor inputs_of(host::Model& m, const at::Tensor& x, const std::string& pro
 void run(host::Model& m, const at::Tensor& x, std::map<std::string, std::string> params) {
   const host::Component* c = qforge::test::plugin_registry().find(kId);
   ASSERT_NE(c, nullptr) << qforge::test::plugin_refusals();
-  host::BlockScope scope{0, x, at::Tensor(), {}};
-  scope.input_stats = [&](const std::string& probe) {
-    host::CaptureWants w;
-    w.gram = false;
-    w.act_stats = w.act_range = true;
-    host::GramAccumulator acc =
-        host::capture_inputs(m, 0, m.blocks()[0], probe, x, at::Tensor(), 4, w);
-    return at::stack({acc.act_min, acc.act_max, acc.act_stats});
-  };
+  const host::BlockScope scope = host::preprocess_scope(m, 0, x, 4);
   host::ModelServices services(m, host::PostprocessContext{}, &scope);
   host::ParamValues values(kId, c->desc->params, c->desc->param_count, params);
   host::run_preprocess_block(*c, values, services);
@@ -142,7 +134,7 @@ TEST(SmoothQuant, StatisticsAreRefusedOutsideThePipeline) {
   host::Model m = host::Model::load(dir, at::kFloat);
   const host::Component* c = qforge::test::plugin_registry().find(kId);
   ASSERT_NE(c, nullptr) << qforge::test::plugin_refusals();
-  host::BlockScope scope{0, at::zeros({1, 4, 64}), at::Tensor(), {}};  // no statistics
+  host::BlockScope scope{0, at::zeros({1, 4, 64}), at::Tensor(), {}, {}};  // no statistics
   host::ModelServices services(m, host::PostprocessContext{}, &scope);
   host::ParamValues values(kId, c->desc->params, c->desc->param_count, {});
   try {

@@ -67,6 +67,16 @@ typedef struct qforge_model_services {
    * set_parameter (the block changed). */
   qforge_status* (*input_stats)(const struct qforge_model_services* model, uint32_t index,
                                 DLManagedTensor** stats);
+
+  /* ---- ABI 1.3 (read it only when host->abi_minor >= 3) ---- */
+  /* The second moment of linear `index`'s inputs over the calibration
+   * tokens: a new float32 tensor G [in, in] = (1/n) sum_t x_t x_t^T owned by
+   * the caller, so that a change dW of the linear's weight changes its output
+   * by mean_t |dW x_t|^2 = tr(dW G dW^T) (AWQ's objective). Available where
+   * input_stats is, computed the same way (once per shared input, again after
+   * a set_parameter); elsewhere QFORGE_STATUS_UNSUPPORTED. */
+  qforge_status* (*input_gram)(const struct qforge_model_services* model, uint32_t index,
+                               DLManagedTensor** gram);
 } qforge_model_services;
 
 typedef struct qforge_postprocess {

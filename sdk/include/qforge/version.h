@@ -10,14 +10,14 @@
  * pre-process component kind (qforge/preprocess.h), model services
  * input_source/input_stats, qforge_quantize_input.act_absmax (feature
  * "needs-act-absmax") and the quantizer extension "qforge.quantizer.schemes"
- * (qforge/ext/schemes.h). */
+ * (qforge/ext/schemes.h); 1.3 model services input_gram (AWQ's output error). */
 #ifndef QFORGE_VERSION_H
 #define QFORGE_VERSION_H
 
 #include <stdint.h>
 
 #define QFORGE_ABI_MAJOR 1
-#define QFORGE_ABI_MINOR 2
+#define QFORGE_ABI_MINOR 3
 
 #if defined(_WIN32)
 #define QFORGE_EXPORT __declspec(dllexport)

@@ -46,4 +46,12 @@ GramAccumulator capture_inputs(Model& model, size_t block, Block& original,
 // float32, stored in x's dtype.
 at::Tensor forward_block(const Model& model, size_t block, const at::Tensor& x, int64_t chunk);
 
+struct BlockScope;  // qforge_host/train/postprocess.hpp
+
+// The scope pre-processes see block `block` in (model services input_stats,
+// input_gram): statistics of its linears' inputs over the calibration inputs
+// `x` through the block as it is when they are asked for (`chunk` sequences
+// per pass). `model` and `x` must outlive it.
+BlockScope preprocess_scope(Model& model, size_t block, const at::Tensor& x, int64_t chunk);
+
 }  // namespace qforge::host

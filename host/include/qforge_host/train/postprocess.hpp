@@ -58,6 +58,9 @@ struct BlockScope {
   // linear named `probe` over the calibration inputs, the block as it is now.
   // Empty when there are none.
   std::function<at::Tensor(const std::string& probe)> input_stats;
+  // (qforge_model_services.input_gram): (1/n) Σ x xᵀ [in, in] of the same
+  // inputs. Empty when there are none.
+  std::function<at::Tensor(const std::string& probe)> input_gram;
 };
 
 class ModelServices {

@@ -113,6 +113,17 @@ inline Grid find_params(const float* x, int64_t n, const Spec& s) {
   return best;
 }
 
+// Round to nearest on the grid of every group of `group_size` inputs of one
+// row x[0..n) (the last group may be shorter): the dequantized values to
+// out[0..n), as RTN computes them.
+inline void round_row(const float* x, int64_t n, int64_t group_size, const Spec& s, float* out) {
+  for (int64_t j0 = 0; j0 < n; j0 += group_size) {
+    const int64_t len = std::min(group_size, n - j0);
+    const Grid g = find_params(x + j0, len, s);
+    for (int64_t j = j0; j < j0 + len; ++j) out[j] = value_of(code_of(x[j], g, s.maxq()), g);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // The parameters of a quantizer that uses the grid
 // ---------------------------------------------------------------------------
