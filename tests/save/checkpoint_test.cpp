@@ -212,6 +212,40 @@ TEST(GptqCheckpoint, TunedByBlockwiseStaysAutoGptqV1ForTheUnpacker) {
   fs::remove_all(tuned);
 }
 
+// AWQ (org.qforge.awq) before GPTQ: still AutoGPTQ v1 for the independent
+// unpacker, with the scaled norms stored beside the packed layers, and the
+// results re-applied as a dequantized model compute what the checkpoint does.
+TEST(GptqCheckpoint, AwqScaledStaysAutoGptqV1ForTheUnpacker) {
+  QFORGE_REQUIRE_SHARED(shared_model, "models/stories260K");
+  const std::string shared = qforge::test::shared_dir();
+  const std::string dir = temp_dir("awq"), deq_dir = temp_dir("awq_deq");
+  qh::QuantizeOptions o = gptq_options(shared, dir);
+  o.preprocesses = {{"org.qforge.awq", {}}};  // bits, group_size, sym: GPTQ's
+  const auto summary = qforge::test::quantize(registry(), o, "gptq");
+  qforge::test::apply(registry(), shared_model, summary.results_file, deq_dir, "dequantized");
+
+  const qh::TensorStore store(dir), original(shared_model);
+  int norms_moved = 0;
+  for (const auto& name : original.names())
+    if (name.find("layernorm") != std::string::npos)
+      norms_moved += !at::equal(store.load(name, at::kFloat), original.load(name, at::kFloat));
+  EXPECT_EQ(norms_moved, 10);  // input and post-attention norms of 5 blocks
+  qh::Model model = qh::load_model(registry(), dir, at::kFloat);
+  for (const auto& blk : model.blocks())
+    for (const qh::Linear* l : blk.linears()) {
+      ASSERT_TRUE(l->packed) << l->name;
+      EXPECT_TRUE(at::equal(autogptq_v1_dequantize_4bit(store, l->name), l->packed->dequantize()))
+          << l->name;
+    }
+  qh::Model deq = qh::load_model(registry(), deq_dir, at::kFloat);
+  at::manual_seed(0);
+  const at::Tensor ids = at::randint(1, 512, {2, 48}, at::kLong);
+  const at::Tensor a = model.forward(ids), b = deq.forward(ids);
+  EXPECT_LT((a - b).abs().max().item<double>(), 2e-3 * b.abs().max().item<double>());
+  fs::remove_all(dir);
+  fs::remove_all(deq_dir);
+}
+
 TEST(GptqCheckpoint, RefusesPlansItCannotHoldBeforeWriting) {
   QFORGE_REQUIRE_SHARED(shared_model, "models/stories260K");
   const std::string shared = qforge::test::shared_dir();

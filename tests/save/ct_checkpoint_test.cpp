@@ -3,7 +3,8 @@
 // dequantized save's, within float16), and read by the independent decoder
 // of ct_decoder.hpp (the plugin's weights exactly); W8A8 / FP8 results saved
 // as int-/float-/naive-quantized (and mixed with pack-quantized), their
-// tensors' dtypes, the decoder, reading back and tuned layers written back.
+// tensors' dtypes, the decoder, reading back and tuned layers written back;
+// AWQ's scaled model with round-to-nearest weights as pack-quantized.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -38,6 +39,8 @@ struct Setting {
   int64_t group_size = 32;
   bool act_order = false;
   size_t config_groups = 1;  // distinct (bits, strategy, group size) among the layers
+  std::string method = "org.qforge.gptq";
+  std::vector<qh::ComponentRun> preprocesses = {};
 };
 
 void PrintTo(const Setting& s, std::ostream* os) { *os << s.name; }
@@ -53,7 +56,8 @@ TEST_P(CtCheckpoint, ReadsBackPackedAndDecodesIndependently) {
   qh::QuantizeOptions o;
   o.model_dir = model_dir;
   o.out_dir = ct_dir;
-  o.method = "org.qforge.gptq";
+  o.method = s.method;
+  o.preprocesses = s.preprocesses;
   o.params = s.params;
   if (s.down_proj_8bit) o.overrides = {{"*down_proj", {{"bits", "8"}}}};
   o.calibration.file = qforge::test::shared_dir() + "/data/tinystories_v2_calib.txt";
@@ -108,9 +112,19 @@ TEST_P(CtCheckpoint, ReadsBackPackedAndDecodesIndependently) {
         tensors.emplace_back(l.report.name + "." + t, store.view(l.report.name + "." + t));
     const auto d = qforge::test::ct_decoder::decode(tensors, l.report.name, bits, s.sym, group,
                                                     s.act_order);
-    const at::Tensor want =
-        qh::PackedLayer(*registry.find_inference_layer(l.result.format), l.result).dequantize();
-    EXPECT_TRUE(at::equal(qforge::test::ct_decoder::weight(d), want));
+    const at::Tensor decoded = qforge::test::ct_decoder::weight(d);
+    // What qforge loads; and GPTQ's weights themselves (its grid has float16
+    // scales; RTN's float32 scales are rounded to float16 by the format).
+    const qh::Linear* loaded = nullptr;
+    for (auto& blk : packed.blocks())
+      for (const qh::Linear* x : blk.linears())
+        if (x->name == l.report.name) loaded = x;
+    ASSERT_NE(loaded, nullptr);
+    EXPECT_TRUE(at::equal(decoded, loaded->packed->dequantize()));
+    if (s.method == "org.qforge.gptq") {
+      EXPECT_TRUE(at::equal(decoded, qh::PackedLayer(*registry.find_inference_layer(l.result.format),
+                                                     l.result).dequantize()));
+    }
   }
   fs::remove_all(ct_dir);
   fs::remove_all(deq_dir);
@@ -128,7 +142,10 @@ INSTANTIATE_TEST_SUITE_P(
                 {{"bits", "4"}, {"group_size", "32"}, {"sym", "false"}, {"desc_act", "true"}},
                 false, false, 32, true},
         Setting{"w4_g32_sym_down8", {{"bits", "4"}, {"group_size", "32"}, {"sym", "true"}}, true,
-                true, 32, false, 2}),
+                true, 32, false, 2},
+        // AWQ's scales folded into the norms, then round to nearest.
+        Setting{"awq_rtn_w4_g32_asym", {{"bits", "4"}, {"group_size", "32"}, {"sym", "false"}},
+                false, false, 32, false, 1, "org.qforge.rtn", {{"org.qforge.awq", {}}}}),
     [](const ::testing::TestParamInfo<Setting>& i) { return i.param.name; });
 
 }  // namespace
