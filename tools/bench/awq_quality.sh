@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# AWQ on stories260K: round-to-nearest, AWQ (org.qforge.awq, a pre-process)
+# then round-to-nearest, GPTQ, and AWQ then GPTQ, at 4 and 3 bits, groups of
+# 32, asymmetric. Each row is one `qforge quantize` (RTN rows written as
+# compressed-tensors pack-quantized, GPTQ rows as AutoGPTQ v1), then
+# `qforge eval` of the checkpoint read back from disk: perplexity of
+# tinystories_valid.txt (windows of 512), story_choices.jsonl accuracy, the
+# perplexity's distance from FP, and the quantize command's wall-clock
+# seconds. AWQ's grid (bits, group_size, sym) is the quantizer's --set values.
+# Prints the commands and a Markdown table.
+#
+# usage: tools/bench/awq_quality.sh [build dir] [shared dir]
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/stories_env.sh"
+
+ppl() { "$Q" eval --model "$1" --ppl "$D/tinystories_valid.txt" --json 2>/dev/null | field '["perplexity"]["ppl"]'; }
+acc() { "$Q" eval --model "$1" --choices "$D/story_choices.jsonl" --json 2>/dev/null | field '["choices"]["acc"]'; }
+fp=$(ppl "$M")
+row() {  # row LABEL ARGS...: quantize into $work/q, one table row
+  local label="$1"; shift
+  echo "+ $Q quantize --model $M ${calib[*]} $* --out OUT" >&2
+  local t0=$SECONDS
+  "$Q" quantize --model "$M" "${calib[@]}" "$@" --out "$work/q" > /dev/null 2>&1
+  local secs=$((SECONDS - t0)) p
+  p=$(ppl "$work/q")
+  echo "| $label | $p | $(acc "$work/q") | $(python3 -c "print('%+.2f %%' % (100 * ($p / $fp - 1)))") | $secs |"
+  rm -rf "$work/q"
+}
+awq=(--preprocess org.qforge.awq)
+echo "| method | ppl | acc | vs FP | s |"
+echo "|---|---|---|---|---|"
+echo "| FP (float32) | $fp | $(acc "$M") | — | — |"
+for b in 4 3; do
+  grid=(--set bits=$b --set group_size=32 --set sym=false)
+  row "RTN $b-bit g32" --method org.qforge.rtn "${grid[@]}" --save-format compressed-tensors
+  row "AWQ + RTN $b-bit g32" "${awq[@]}" --method org.qforge.rtn "${grid[@]}" --save-format compressed-tensors
+  row "GPTQ $b-bit g32" --method org.qforge.gptq "${grid[@]}" --save-format gptq
+  row "AWQ + GPTQ $b-bit g32" "${awq[@]}" --method org.qforge.gptq "${grid[@]}" --save-format gptq
+done
