@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # AWQ on stories260K: round-to-nearest, AWQ (org.qforge.awq, a pre-process)
 # then round-to-nearest, GPTQ, and AWQ then GPTQ, at 4 and 3 bits, groups of
-# 32, asymmetric. Each row is one `qforge quantize` (RTN rows written as
+# 32, asymmetric (GPTQ with and without act-order). Each row is one `qforge quantize` (RTN rows written as
 # compressed-tensors pack-quantized, GPTQ rows as AutoGPTQ v1), then
 # `qforge eval` of the checkpoint read back from disk: perplexity of
 # tinystories_valid.txt (windows of 512), story_choices.jsonl accuracy, the
@@ -36,4 +36,6 @@ for b in 4 3; do
   row "AWQ + RTN $b-bit g32" "${awq[@]}" --method org.qforge.rtn "${grid[@]}" --save-format compressed-tensors
   row "GPTQ $b-bit g32" --method org.qforge.gptq "${grid[@]}" --save-format gptq
   row "AWQ + GPTQ $b-bit g32" "${awq[@]}" --method org.qforge.gptq "${grid[@]}" --save-format gptq
+  row "GPTQ $b-bit g32 act-order" --method org.qforge.gptq "${grid[@]}" --set desc_act=true --save-format gptq
+  row "AWQ + GPTQ $b-bit g32 act-order" "${awq[@]}" --method org.qforge.gptq "${grid[@]}" --set desc_act=true --save-format gptq
 done
