@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <tuple>
 
 // The column loop is compiled for AVX-512, AVX2 and the baseline, picked at
@@ -60,7 +61,7 @@ class Gptq {
     r_.dead_inputs = hessian::remove_dead_inputs(H_, W_);
     if (s_.static_groups) find_static_grids();
     if (s_.desc_act) permute_by_decreasing_diagonal();
-    const hessian::Dampened d = hessian::dampened_cholesky_inverse(H_, s_.percdamp, host_, "gptq");
+    const hessian::Dampened d = hessian::dampened_cholesky_inverse(H_, s_.percdamp, host_, s_.name);
     Hinv_ = d.Hinv;
     r_.percdamp_used = d.percdamp;
     H_ = at::Tensor();
@@ -94,7 +95,7 @@ class Gptq {
   }
 
   // N:M pruning at column j (a multiple of M) of one row: marks in `pruned`
-  // the N of W[j, j + M) with the least w² / [H⁻¹]_kk² (ties: lower index kept).
+  // the N of W[j, j + M) with the least w² / [H⁻¹]_kk² (ties: lower index pruned).
   void choose_n_of_m(const float* W, int64_t j, bool* pruned) const {
     const float* Hinv = Hinv_.data_ptr<float>();
     std::vector<std::pair<float, int64_t>> score(static_cast<size_t>(s_.prune_m));
@@ -146,7 +147,7 @@ class Gptq {
                                mask.defined() ? mask.data_ptr<bool>() + r * (i2 - i1) : nullptr);
                        });
       if (i2 < in_) lazy_batch_update(i1, i2, Err);
-      host_.progress("gptq columns", static_cast<uint64_t>(i2), static_cast<uint64_t>(in_));
+      host_.progress(progress_task_.c_str(), static_cast<uint64_t>(i2), static_cast<uint64_t>(in_));
     }
     for (double l : row_loss) r_.hessian_error += l;
   }
@@ -187,11 +188,13 @@ class Gptq {
         q = 0.f;
         Q = W[j];
       } else if (s_.codebook == Settings::Codebook::fp8_e4m3) {
-        const uint8_t c = kernels::fp8_e4m3_from_float(W[j] / grid.scale);
+        uint8_t c = kernels::fp8_e4m3_from_float(W[j] / grid.scale);
+        if (s_.prune_m > 0 && (c & 0x7F) == 0) c = nonzero_e4m3(W[j]);
         q = c;
         Q = grid.scale * kernels::fp8_e4m3_to_float(c);
       } else {
         q = grid::code_of(W[j], grid, maxq);
+        if (s_.prune_m > 0 && q == grid.zero) q = nonzero_code(W[j], grid, maxq);
         Q = grid::value_of(q, grid);
       }
       const float* h = Hinv + j * in_;  // row j of Hinv
@@ -204,6 +207,17 @@ class Gptq {
     }
     return loss;
   }
+
+  // N:M pruning with quantization: a kept weight never takes the value 0, so
+  // that every group of M holds exactly N zeros (what a 2:4 kernel stores;
+  // a kept zero would make a third). It takes the nearest code whose value
+  // is not 0 (the zero point ± 1; e4m3's smallest subnormal of w's sign),
+  // and the larger error is compensated like any other rounding error.
+  static float nonzero_code(float w, const grid::Grid& g, float maxq) {
+    const bool up = g.zero + 1 <= maxq && (w >= 0.f || g.zero < 1);
+    return up ? g.zero + 1 : g.zero - 1;
+  }
+  static uint8_t nonzero_e4m3(float w) { return std::signbit(w) ? 0x81 : 0x01; }
 
   // The grid of one row's group x[0, n) (Settings::codebook).
   grid::Grid find_grid(const float* x, int64_t n) const {
@@ -267,6 +281,7 @@ class Gptq {
 
   const Host& host_;
   const Settings s_;
+  const std::string progress_task_ = std::string(s_.name) + " columns";
   at::Tensor W_, H_, Hinv_, codes_;
   const int64_t out_, in_, gs_, B_;
   std::vector<int64_t> perm_;  // processing column j is input perm_[j] (act-order)

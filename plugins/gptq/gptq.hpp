@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace qforge::gptq {
@@ -40,6 +41,9 @@ struct Settings {
   double sparsity = 0;
   // false: the kept weights keep their values (pruning alone; codes unused).
   bool quantize = true;
+
+  // The method's name in progress ("<name> columns") and dampening messages.
+  const char* name = "gptq";
 };
 
 struct Result {
@@ -57,9 +61,23 @@ struct Result {
 // H [in, in] float32 contiguous, consumed.
 Result gptq(const Host& host, const Settings& s, at::Tensor W, at::Tensor H);
 
+// The settings of a uniform grid that org.qforge.gptq/1 can store, from a
+// quantizer's parameters `bits`, `group_size`, `sym`, `percdamp` and
+// `block_size` (checked; INVALID_ARGUMENT otherwise) for a layer of
+// `in_features` inputs: float16 scales and zero points >= 1 applied before
+// the grid is used (so that Algorithm 1 compensates for them), the block size
+// cut to the input width. The rest (mse, act-order, pruning) is the caller's
+// (gptq_v1.cpp).
+Settings gptq_v1_settings(const Params& params, int64_t in_features);
+
+// The metadata value "sparsity_structure" (qforge/formats/pruned_v1.h) of a
+// result of `s`: "N:M", "unstructured", or "" when `s` prunes nothing.
+std::string sparsity_structure(const Settings& s);
+
 // `r` (from gptq() with uniform-grid settings `s` for the layer `in`) as the
 // packed format org.qforge.gptq/1: qweight, qzeros, float16 scales, g_idx,
-// bias, metadata and error figures, to `out` (gptq_v1.cpp).
+// bias, metadata (with "sparsity_structure" when `s` prunes) and error
+// figures, to `out` (gptq_v1.cpp).
 void write_gptq_v1(const QuantizeOutput& out, const Settings& s, const Result& r,
                    const LayerInput& in);
 

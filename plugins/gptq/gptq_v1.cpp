@@ -2,12 +2,14 @@
 // layout (qforge/formats/gptq_v1.h): what the GPTQ plugin writes, and any
 // plugin running Algorithm 1 with its grid (SparseGPT's quantized output).
 #include <qforge/formats/gptq_v1.h>
+#include <qforge/formats/pruned_v1.h>
 #include <qforge_kernels/bitpack.hpp>
 
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <string>
 
 #include "gptq.hpp"
 
@@ -57,6 +59,32 @@ at::Tensor pack_scales(const std::vector<grid::Grid>& grids, int64_t groups, int
 
 }  // namespace
 
+Settings gptq_v1_settings(const Params& params, int64_t in_f) {
+  Settings s;
+  s.grid.bits = grid::bits(params);
+  s.grid.sym = params.get_bool("sym");
+  // What gptq/1 stores, applied before the grid is used so that GPTQ
+  // compensates for it: float16 scales, and zero − 1, which can't hold an
+  // asymmetric zero of 0 (a group whose weights are all ≥ 0: it loses its top
+  // grid point instead of wrapping around).
+  s.grid.half_scales = true;
+  s.grid.zero_min = QFORGE_GPTQ_V1_ZERO_OFFSET;
+  s.group_size = grid::group_size(params, in_f);
+  s.percdamp = params.get_float("percdamp");
+  if (!(s.percdamp >= 0 && s.percdamp <= 1))
+    invalid_argument("percdamp must be in [0, 1], got " + std::to_string(s.percdamp));
+  const int64_t block_size = params.get_int("block_size");
+  if (block_size < 1) invalid_argument("block_size must be >= 1");
+  s.block_size = std::min(block_size, in_f);
+  return s;
+}
+
+std::string sparsity_structure(const Settings& s) {
+  if (s.prune_m > 0 && s.prune_n > 0)
+    return std::to_string(s.prune_n) + ":" + std::to_string(s.prune_m);
+  return s.prune_m == 0 && s.sparsity > 0 ? QFORGE_SPARSITY_UNSTRUCTURED : "";
+}
+
 void write_gptq_v1(const QuantizeOutput& out, const Settings& s, const Result& r,
                    const LayerInput& in) {
   const int64_t out_f = in.out_features(), in_f = in.in_features();
@@ -66,7 +94,7 @@ void write_gptq_v1(const QuantizeOutput& out, const Settings& s, const Result& r
   at::Tensor g_idx = at::empty({in_f}, at::kInt);
   std::copy(r.g_idx.begin(), r.g_idx.end(), g_idx.data_ptr<int32_t>());
 
-  const nlohmann::json meta = {
+  nlohmann::json meta = {
       {QFORGE_GPTQ_V1_BITS, s.grid.bits},
       {QFORGE_GPTQ_V1_GROUP_SIZE, s.group_size},
       {QFORGE_GPTQ_V1_SYM, s.grid.sym},
@@ -78,6 +106,8 @@ void write_gptq_v1(const QuantizeOutput& out, const Settings& s, const Result& r
       {QFORGE_GPTQ_V1_ZERO_POINT_MIN, QFORGE_GPTQ_V1_ZERO_OFFSET},
       {QFORGE_GPTQ_V1_DAMP_PERCENT, r.percdamp_used},
       {QFORGE_GPTQ_V1_MSE, s.grid.mse}};
+  if (const std::string structure = sparsity_structure(s); !structure.empty())
+    meta[QFORGE_META_SPARSITY_STRUCTURE] = structure;
   out.set_format(QFORGE_FORMAT_GPTQ_V1, meta.dump());
   out.add_tensor(QFORGE_GPTQ_V1_QWEIGHT,
                  export_tensor(pack_qweight(r.codes, s.grid.bits)));

@@ -20,26 +20,12 @@ namespace {
 namespace grid = qforge::grid;
 using qforge::gptq::Settings;
 
+// gptq/1's grid (gptq_v1_settings) with GPTQ's own options.
 Settings settings(const qforge::Params& params, int64_t in_f) {
-  Settings s;
-  s.grid.bits = grid::bits(params);
-  s.grid.sym = params.get_bool("sym");
+  Settings s = qforge::gptq::gptq_v1_settings(params, in_f);
   s.grid.mse = params.get_bool("mse");
-  // What gptq/1 stores, applied before the grid is used so that GPTQ
-  // compensates for it: float16 scales, and zero − 1, which can't hold an
-  // asymmetric zero of 0 (a group whose weights are all ≥ 0: it loses its top
-  // grid point instead of wrapping around).
-  s.grid.half_scales = true;
-  s.grid.zero_min = QFORGE_GPTQ_V1_ZERO_OFFSET;
-  s.group_size = grid::group_size(params, in_f);
   s.desc_act = params.get_bool("desc_act");
   s.static_groups = params.get_bool("static_groups");
-  s.percdamp = params.get_float("percdamp");
-  if (!(s.percdamp >= 0 && s.percdamp <= 1))
-    qforge::invalid_argument("percdamp must be in [0, 1], got " + std::to_string(s.percdamp));
-  const int64_t block_size = params.get_int("block_size");
-  if (block_size < 1) qforge::invalid_argument("block_size must be >= 1");
-  s.block_size = std::min(block_size, in_f);
   return s;
 }
 

@@ -34,38 +34,16 @@
 
 #include "gptq.hpp"
 #include "w8a8.hpp"
+#include "ct_naive_writer.hpp"
 
 namespace qforge::w8a8 {
 namespace {
 
-using nlohmann::json;
-
 // x rounded to the nearest float16 (saturating; 0 stays 0).
 float to_half(float x) { return at::tensor(x).to(at::kHalf).to(at::kFloat).item<float>(); }
 
-// What the format's metadata and the schema share.
-struct Settings {
-  bool per_tensor = false;       // weight_strategy=tensor
-  bool static_inputs = false;    // activations=static
-};
-
-Settings settings_of(const Params& p) {
+Scheme settings_of(const Params& p) {
   return {p.get_enum("weight_strategy") == "tensor", p.get_enum("activations") == "static"};
-}
-
-json args(const char* type, const char* strategy) {
-  return {{QFORGE_CT_META_NUM_BITS, 8}, {QFORGE_CT_META_TYPE, type},
-          {QFORGE_CT_META_SYMMETRIC, true}, {QFORGE_CT_META_STRATEGY, strategy}};
-}
-
-std::string metadata(const char* type, const Settings& s, int64_t in, int64_t out) {
-  json input = args(type, s.static_inputs ? "tensor" : "token");
-  input[QFORGE_CT_META_DYNAMIC] = !s.static_inputs;
-  return json{{QFORGE_CT_META_WEIGHTS, args(type, s.per_tensor ? "tensor" : "channel")},
-              {QFORGE_CT_META_INPUT_ACTIVATIONS, input},
-              {QFORGE_CT_META_IN_FEATURES, in},
-              {QFORGE_CT_META_OUT_FEATURES, out}}
-      .dump();
 }
 
 // The static input scale: the calibration maximum over every channel mapped
@@ -83,18 +61,6 @@ at::Tensor weight_scales(const at::Tensor& w, bool per_tensor, float largest) {
   at::Tensor t = per_tensor ? w.abs().max().reshape({1}) : std::get<0>(w.abs().max(1));
   t = (t / largest).to(at::kHalf).to(at::kFloat);
   return at::where(t > 0, t, at::ones_like(t));
-}
-
-void finish(const QuantizeOutput& out, const LayerInput& in, const std::string& meta,
-            const at::Tensor& codes, const at::Tensor& scales, const at::Tensor& static_scale,
-            const at::Tensor& dequantized) {
-  out.set_format(QFORGE_FORMAT_CT_NAIVE_QUANTIZED_V1, meta);
-  out.add_tensor(QFORGE_CT_WEIGHT, export_tensor(codes));
-  out.add_tensor(QFORGE_CT_NAIVE_WEIGHT_SCALE, export_tensor(scales));
-  if (static_scale.defined()) out.add_tensor(QFORGE_CT_INPUT_SCALE, export_tensor(static_scale));
-  if (in.bias.defined()) out.add_tensor(QFORGE_CT_NAIVE_BIAS, export_tensor(in.bias));
-  out.set_metric("max_abs_error", (dequantized - in.weight).abs().max().item<double>());
-  out.set_dequantized(export_tensor(dequantized));
 }
 
 // ---------------------------------------------------------------- INT8 --
@@ -169,7 +135,7 @@ struct Quantizer8 {
                        const QuantizeOutput& out) {
     host.check_cancelled();
     const LayerInput in = LayerInput::from(input);
-    const Settings s = settings_of(p);
+    const Scheme s = settings_of(p);
     const bool gptq = p.get_enum("weights") == "gptq";
     if (gptq && s.per_tensor) invalid_argument("weights=gptq takes weight_strategy=channel");
     at::Tensor codes, scales;

@@ -1209,3 +1209,94 @@ TEST(CompressedTensorsNaive, ParseSchemeRefusals) {
   EXPECT_EQ(ct::parse_scheme(c, "a.q_proj")->format, ct::Format::naive_quantized);
   EXPECT_EQ(ct::parse_scheme(c, "a.q_proj")->input, fp8.input);
 }
+
+// -------------------------------------------------------------- sparsity --
+// Pruned linears (qforge/formats/pruned_v1.h "sparsity_structure"):
+// sparsity_config as research/llm-compressor.md §2.7 describes it, a pruned
+// model without quantized layers, what the reader accepts.
+
+namespace {
+// A bool [out, in] zero mask with `zeros` of every 4 along each row.
+at::Tensor n_of_four_mask(int64_t out, int64_t in, int zeros) {
+  return (at::arange(in).remainder(4) < zeros).unsqueeze(0).expand({out, in}).contiguous();
+}
+}  // namespace
+
+TEST(CompressedTensorsSparsity, SparsityOfChecksTheClaim) {
+  const ct::Sparsity s = ct::sparsity_of(n_of_four_mask(3, 8, 2), "2:4");
+  EXPECT_EQ(s.structure, "2:4");
+  EXPECT_EQ(s.zeros, 12);
+  EXPECT_EQ(s.numel, 24);
+  EXPECT_EQ(ct::sparsity_of(n_of_four_mask(3, 8, 3), "2:4").zeros, 18);  // at least N
+  EXPECT_EQ(ct::sparsity_of(n_of_four_mask(3, 8, 1), "unstructured").zeros, 6);
+  at::Tensor broken = n_of_four_mask(3, 8, 2);
+  broken[2][5] = false;
+  const std::string m = refusal([&] { ct::sparsity_of(broken, "2:4"); });
+  EXPECT_NE(m.find("row 2, inputs [4, 8) hold 1 zeros"), std::string::npos) << m;
+  EXPECT_FALSE(refusal([&] { ct::sparsity_of(n_of_four_mask(2, 8, 2), "2:3"); }).empty());  // 8 % 3
+  for (const char* bad : {"4:2", "0:4", "2:4:8", "two", "", "2:65"})
+    EXPECT_FALSE(refusal([&] { ct::sparsity_of(n_of_four_mask(2, 8, 2), bad); }).empty()) << bad;
+}
+
+TEST(CompressedTensorsSparsity, ConfigOfAPrunedModel) {
+  std::vector<std::pair<std::string, ct::Sparsity>> pruned;
+  for (const auto& n : llama_linears(2)) pruned.emplace_back(n, ct::Sparsity{"2:4", 50, 100});
+  pruned.back().second.zeros = 70;  // model.layers.1.mlp.down_proj: more zeros
+  const ordered_json s = ct::sparsity_config(pruned, {"lm_head"});
+  expect_sorted(s);
+  ordered_json names = ordered_json::array();
+  for (const auto& n : llama_linears(2)) names.push_back(n);
+  EXPECT_EQ(s, ordered_json({{"format", "dense"},
+                             {"global_sparsity", (13 * 50 + 70) / 1400.0},
+                             {"ignore", {"lm_head"}},
+                             {"registry_requires_subclass", false},
+                             {"sparsity_structure", "2:4"},
+                             {"targets", names}}));
+  EXPECT_EQ(ct::sparsity_config({}, {"lm_head"}), ordered_json::object());
+
+  // Nothing quantized: no config group, every linear ignored, and the reader
+  // takes every linear for a dense one.
+  std::vector<std::string> ignore = llama_linears(2);
+  ignore.push_back("lm_head");
+  const ordered_json q = ct::quantization_config({}, ignore, s);
+  expect_sorted(q);
+  EXPECT_EQ(q["config_groups"], ordered_json::object());
+  EXPECT_EQ(q["quant_method"], "compressed-tensors");
+  EXPECT_EQ(q["sparsity_config"], s);
+  const json parsed = json::parse(q.dump());
+  EXPECT_TRUE(ct::group_schemes(parsed).empty());
+  for (const auto& n : ignore) EXPECT_EQ(ct::parse_scheme(parsed, n), std::nullopt) << n;
+  // Without sparsity, no quantized layer is still refused.
+  EXPECT_FALSE(refusal([&] { ct::quantization_config({}, ignore); }).empty());
+
+  // Quantized and pruned (2:4 + 4-bit): in the config groups and the targets.
+  std::vector<std::pair<std::string, ct::Scheme>> layers;
+  for (const auto& n : llama_linears(2)) layers.emplace_back(n, w4g128());
+  const json both = json::parse(ct::quantization_config(layers, {"lm_head"}, s).dump());
+  EXPECT_EQ(both["sparsity_config"]["targets"], json::parse(names.dump()));
+  EXPECT_EQ(ct::parse_scheme(both, "model.layers.0.mlp.up_proj"), w4g128());
+}
+
+TEST(CompressedTensorsSparsity, ConfigRefusesFusedShardsPrunedApart) {
+  std::vector<std::pair<std::string, ct::Sparsity>> pruned;
+  for (const auto& n : llama_linears(1))
+    if (n != "model.layers.0.self_attn.k_proj") pruned.emplace_back(n, ct::Sparsity{"2:4", 2, 4});
+  const std::string m = refusal(
+      [&] { ct::sparsity_config(pruned, {"model.layers.0.self_attn.k_proj", "lm_head"}); });
+  EXPECT_NE(m.find("model.layers.0.self_attn.k_proj"), std::string::npos) << m;
+  EXPECT_NE(m.find("vLLM"), std::string::npos) << m;
+  // Different structures within gate/up.
+  pruned.clear();
+  for (const auto& n : llama_linears(1))
+    pruned.emplace_back(n, ct::Sparsity{n.find("up_proj") != std::string::npos ? "unstructured" : "2:4", 2, 4});
+  EXPECT_NE(refusal([&] { ct::sparsity_config(pruned, {"lm_head"}); }).find("up_proj"), std::string::npos);
+  // Different structures elsewhere: the model is described as unstructured.
+  pruned.clear();
+  for (const auto& n : llama_linears(1))
+    pruned.emplace_back(n, ct::Sparsity{n.find("down_proj") != std::string::npos ? "4:8" : "2:4", 2, 4});
+  EXPECT_EQ(ct::sparsity_config(pruned, {"lm_head"})["sparsity_structure"], "unstructured");
+  // A target also ignored; a duplicate.
+  EXPECT_FALSE(refusal([&] { ct::sparsity_config(pruned, {pruned[3].first}); }).empty());
+  pruned.push_back(pruned[0]);
+  EXPECT_FALSE(refusal([&] { ct::sparsity_config(pruned, {}); }).empty());
+}

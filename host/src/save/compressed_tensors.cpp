@@ -10,12 +10,21 @@
 //     float16 scales (int weights without input activations become
 //     pack-quantized, as compressed-tensors writes them); read back in that
 //     format, which org.qforge.w8a8.layer runs.
+//   * dense: results of org.qforge.pruned/1 (pruned float weights,
+//     sdk/include/qforge/formats/pruned_v1.h) are stored as dense float16
+//     weights, like the linears left out, in no config group (in "ignore");
+//     read back as dense linears.
 // Layers with different settings become separate config groups, so per-layer
-// overrides are written, not refused.
+// overrides are written, not refused. Pruned layers (org.qforge.pruned/1, and
+// any result whose metadata carries "sparsity_structure", e.g. 2:4 with
+// 4-bit or FP8 weights) are the targets of sparsity_config, format "dense"
+// (the legacy SparsityCompressionConfig, research/llm-compressor.md §2.7):
+// their zeros are checked against the structure they claim.
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <qforge/formats/ct_naive_quantized_v1.h>
 #include <qforge/formats/ct_pack_quantized_v1.h>
+#include <qforge/formats/pruned_v1.h>
 #include <qforge_kernels/affine_aten.hpp>
 #include <qforge_kernels/affine_format.hpp>
 
@@ -36,6 +45,7 @@ namespace {
 
 constexpr const char* kPackedFormat = QFORGE_FORMAT_CT_PACK_QUANTIZED_V1;
 constexpr const char* kNaiveFormat = QFORGE_FORMAT_CT_NAIVE_QUANTIZED_V1;
+constexpr const char* kPrunedFormat = QFORGE_FORMAT_PRUNED_V1;
 
 ct::AffineLinear affine_linear(const QuantResult& r) {
   const kernels::AffineTensors a = kernels::unpack_affine(r.format, r.metadata, r.tensors);
@@ -58,6 +68,28 @@ ct::AffineLinear affine_linear(const QuantResult& r) {
   return l;
 }
 
+// The "sparsity_structure" a result's metadata claims, or "" (not pruned).
+std::string claimed_structure(const QuantResult& r) {
+  const json m = json::parse(r.metadata, nullptr, false);
+  if (!m.is_object() || !m.contains(QFORGE_META_SPARSITY_STRUCTURE)) return "";
+  if (!m[QFORGE_META_SPARSITY_STRUCTURE].is_string())
+    throw UsageError(QFORGE_META_SPARSITY_STRUCTURE " must be a string");
+  return m[QFORGE_META_SPARSITY_STRUCTURE].get<std::string>();
+}
+
+// Where the decoded weight of `r` is exactly 0 (bool [out, in]), from its
+// packed tensors (a resumed run has no dequantized weight).
+at::Tensor zero_mask(const QuantResult& r) {
+  if (r.format == kPrunedFormat) return r.tensors.at(QFORGE_PRUNED_V1_WEIGHT).eq(0);
+  if (r.format == kNaiveFormat) {
+    const ct::NaiveLinear l = ct::naive_linear(r.metadata, r.tensors);
+    return l.scheme.type == ct::Type::floating ? l.weight.bitwise_and(0x7F).eq(0) : l.weight.eq(0);
+  }
+  const ct::AffineLinear a = affine_linear(r);  // W = s·(q − z): 0 where q = z (s > 0)
+  const at::Tensor z = a.zeros.t().index_select(1, a.g_idx.to(at::kLong));  // [out, in]
+  return a.codes.to(at::kFloat).eq(z);
+}
+
 class CompressedTensors final : public SaveFormat {
  public:
   std::string name() const override { return "compressed-tensors"; }
@@ -67,13 +99,14 @@ class CompressedTensors final : public SaveFormat {
     bool storable = false;
     for (const auto& f : formats) {
       const kernels::AffineFormat* row = kernels::find_affine_format(f.c_str());
-      storable = storable || (row != nullptr && !row->transformed) || f == kNaiveFormat;
+      storable = storable || (row != nullptr && !row->transformed) || f == kNaiveFormat ||
+                 f == kPrunedFormat;
     }
     if (!storable)
       throw UsageError(fmt::format(
-          "--save-format compressed-tensors stores affine grid results (W = s·(q − z)) and {} "
-          "(W8A8, FP8), and the method's formats ({}) are not among them; use --save-format "
-          "dequantized", kNaiveFormat,
+          "--save-format compressed-tensors stores affine grid results (W = s·(q − z)), {} "
+          "(W8A8, FP8) and {} (pruned weights, dense), and the method's formats ({}) are not "
+          "among them; use --save-format dequantized", kNaiveFormat, kPrunedFormat,
           formats.empty() ? std::string("none") : fmt::format("{}", fmt::join(formats, ", "))));
     // Shards vLLM fuses (q/k/v, gate/up) must be all quantized or all left out:
     // checked now with one placeholder scheme for every selected layer.
@@ -88,6 +121,12 @@ class CompressedTensors final : public SaveFormat {
   }
 
   NamedTensors packed_linear(const std::string& layer, const QuantResult& r) override {
+    note_sparsity(layer, r);
+    if (r.format == kPrunedFormat) {
+      dense_pruned_.push_back(layer);
+      check_fused_schemes();
+      return dense(layer, r);
+    }
     ct::Scheme scheme;
     NamedTensors out;
     try {
@@ -112,13 +151,7 @@ class CompressedTensors final : public SaveFormat {
     }
     schemes_[layer] = scheme;
     order_.emplace_back(layer, scheme);
-    // Fused shards with different settings are refused at the block that
-    // brings them, before its shard is written.
-    try {
-      ct::quantization_config(order_, {});
-    } catch (const std::exception& e) {
-      throw UsageError(fmt::format("--save-format compressed-tensors: {}", e.what()));
-    }
+    check_fused_schemes();
     if (auto bias = r.tensors.find("bias"); bias != r.tensors.end())
       out.emplace_back(layer + ".bias", to_half(layer + ".bias", bias->second));
     return out;
@@ -128,20 +161,74 @@ class CompressedTensors final : public SaveFormat {
                                    const ModelConfig& config,
                                    const std::vector<std::string>&) const override {
     std::vector<std::pair<std::string, ct::Scheme>> quantized;
+    std::vector<std::pair<std::string, ct::Sparsity>> pruned;
     for (const auto& l : layers) {
+      if (auto s = sparsity_.find(l.name); s != sparsity_.end()) pruned.emplace_back(l.name, s->second);
+      if (l.format == kPrunedFormat) continue;  // dense, ignored by the config groups
       auto it = schemes_.find(l.name);
       if (it == schemes_.end())
         throw UsageError(fmt::format("--save-format compressed-tensors: layer {} was not written "
                                      "packed", l.name));
       quantized.emplace_back(l.name, it->second);
     }
-    return ct::quantization_config(quantized, ignored(quantized, config));
+    try {
+      return ct::quantization_config(quantized, ignored(quantized, config),
+                                     ct::sparsity_config(pruned, ignored(pruned, config)));
+    } catch (const std::exception& e) {
+      throw UsageError(fmt::format("--save-format compressed-tensors: {}", e.what()));
+    }
   }
 
  private:
+  // A pruned float layer: its weight (and bias) as dense float16 tensors, as
+  // the linears left out are written.
+  static NamedTensors dense(const std::string& layer, const QuantResult& r) {
+    const auto w = r.tensors.find(QFORGE_PRUNED_V1_WEIGHT);
+    if (w == r.tensors.end() || w->second.dim() != 2)
+      throw UsageError(fmt::format("--save-format compressed-tensors: layer {}: its {} result has "
+                                   "no 2-D weight", layer, r.format));
+    NamedTensors out{{layer + ".weight", to_half(layer + ".weight", w->second)}};
+    if (auto bias = r.tensors.find(QFORGE_PRUNED_V1_BIAS); bias != r.tensors.end())
+      out.emplace_back(layer + ".bias", to_half(layer + ".bias", bias->second));
+    return out;
+  }
+
+  // Fused shards with different settings, or quantized beside a pruned
+  // float one (stored dense), are refused at the block that brings them,
+  // before its shard is written.
+  void check_fused_schemes() const {
+    if (order_.empty()) return;
+    try {
+      ct::quantization_config(order_, dense_pruned_);
+    } catch (const std::exception& e) {
+      throw UsageError(fmt::format("--save-format compressed-tensors: {}", e.what()));
+    }
+  }
+
+  // Records the sparsity of a pruned layer (checked against its claim) and
+  // refuses fused shards that are not pruned alike, at the block that brings
+  // them.
+  void note_sparsity(const std::string& layer, const QuantResult& r) {
+    try {
+      std::string structure = claimed_structure(r);
+      if (r.format == kPrunedFormat && structure.empty())
+        throw UsageError(fmt::format("{} metadata has no {}", r.format, QFORGE_META_SPARSITY_STRUCTURE));
+      if (structure.empty()) {
+        dense_seen_.push_back(layer);
+      } else {
+        sparsity_[layer] = ct::sparsity_of(zero_mask(r), structure);
+        pruned_seen_.emplace_back(layer, sparsity_[layer]);
+      }
+      ct::sparsity_config(pruned_seen_, dense_seen_);
+    } catch (const std::exception& e) {
+      throw UsageError(fmt::format("--save-format compressed-tensors: layer {}: {}", layer, e.what()));
+    }
+  }
+
   // Every block linear not in `layers`, and lm_head.
-  static std::vector<std::string> ignored(
-      const std::vector<std::pair<std::string, ct::Scheme>>& layers, const ModelConfig& config) {
+  template <class T>
+  static std::vector<std::string> ignored(const std::vector<std::pair<std::string, T>>& layers,
+                                          const ModelConfig& config) {
     std::set<std::string> names;
     for (const auto& l : layers) names.insert(l.first);
     std::vector<std::string> ignore;
@@ -154,6 +241,10 @@ class CompressedTensors final : public SaveFormat {
 
   std::map<std::string, ct::Scheme> schemes_;
   std::vector<std::pair<std::string, ct::Scheme>> order_;  // as written
+  std::map<std::string, ct::Sparsity> sparsity_;           // the pruned layers
+  std::vector<std::pair<std::string, ct::Sparsity>> pruned_seen_;  // as written
+  std::vector<std::string> dense_seen_;  // written, not pruned
+  std::vector<std::string> dense_pruned_;  // written as org.qforge.pruned/1 (dense)
 };
 
 std::string actorder_name(ct::ActOrder a) {

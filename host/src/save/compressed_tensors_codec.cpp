@@ -781,11 +781,113 @@ NaiveLinear unpack_naive(const std::map<std::string, at::Tensor>& tensors, const
   return l;
 }
 
+// ------------------------------------------------------------- sparsity --
+namespace {
+
+// "N:M" (0 < N < M <= 64) as {N, M}, "unstructured" as {0, 0}; refused otherwise.
+std::pair<int, int> parse_structure(const std::string& s) {
+  if (s == "unstructured") return {0, 0};
+  int n = 0, m = 0, used = 0;
+  if (std::sscanf(s.c_str(), "%d:%d%n", &n, &m, &used) == 2 && used == static_cast<int>(s.size()) &&
+      s.find_first_of(" +-") == std::string::npos && 0 < n && n < m && m <= 64)
+    return {n, m};
+  refuse(fmt::format("sparsity_structure \"{}\": expected \"N:M\" (0 < N < M <= 64) or "
+                     "\"unstructured\"", s));
+}
+
+// The fused siblings of `name` (q/k/v_proj, gate/up_proj of one module).
+std::vector<std::string> fused_siblings(const std::string& name) {
+  const size_t dot = name.rfind('.');
+  const std::string parent = dot == std::string::npos ? "" : name.substr(0, dot + 1);
+  const std::string leaf = name.substr(parent.size());
+  std::vector<std::string> out;
+  for (const auto& shards : kFusedShards)
+    if (std::find(shards.begin(), shards.end(), leaf) != shards.end())
+      for (const auto& other : shards)
+        if (other != leaf) out.push_back(parent + other);
+  return out;
+}
+
+}  // namespace
+
+Sparsity sparsity_of(const at::Tensor& is_zero, const std::string& structure) {
+  const auto [n, m] = parse_structure(structure);
+  if (is_zero.scalar_type() != at::kBool || is_zero.dim() != 2)
+    refuse("sparsity_of: expected a bool [out, in] mask");
+  Sparsity s{structure, is_zero.sum().item<int64_t>(), is_zero.numel()};
+  if (m == 0) return s;
+  const int64_t out = is_zero.size(0), in = is_zero.size(1);
+  if (in % m != 0)
+    refuse(fmt::format("claims {} sparsity, but its input width {} is not a multiple of {}",
+                       structure, in, m));
+  const at::Tensor per_group = is_zero.reshape({out, in / m, m}).sum(2);
+  const at::Tensor bad = per_group.lt(n).nonzero();
+  if (bad.size(0) > 0) {
+    const int64_t r = bad[0][0].item<int64_t>(), g = bad[0][1].item<int64_t>();
+    refuse(fmt::format("claims {} sparsity, but row {}, inputs [{}, {}) hold {} zeros", structure,
+                       r, g * m, g * m + m, per_group[r][g].item<int64_t>()));
+  }
+  return s;
+}
+
+ordered_json sparsity_config(const std::vector<std::pair<std::string, Sparsity>>& targets,
+                             const std::vector<std::string>& ignore) {
+  if (targets.empty()) return ordered_json::object();
+  std::map<std::string, const Sparsity*> by_name;
+  int64_t zeros = 0, numel = 0;
+  for (const auto& [name, s] : targets) {
+    parse_structure(s.structure);
+    if (!by_name.emplace(name, &s).second) refuse(name + ": listed twice in sparsity_config");
+    if (ignored(ignore, name, "sparsity_config.ignore"))
+      refuse(name + ": both a sparsity target and ignored");
+    zeros += s.zeros;
+    numel += s.numel;
+  }
+  // vLLM fuses these shards into one layer: one sparsity for all of them.
+  for (const auto& [name, s] : targets)
+    for (const auto& sibling : fused_siblings(name)) {
+      if (ignored(ignore, sibling, "sparsity_config.ignore"))
+        refuse(fmt::format("{} is pruned but {} is not; vLLM fuses them and needs one sparsity",
+                           name, sibling));
+      const auto it = by_name.find(sibling);
+      if (it != by_name.end() && it->second->structure != s.structure)
+        refuse(fmt::format("{} ({}) and {} ({}) differ; vLLM fuses them and needs one sparsity",
+                           name, s.structure, sibling, it->second->structure));
+    }
+  std::string structure = targets.front().second.structure;
+  for (const auto& [name, s] : targets)
+    if (s.structure != structure) structure = "unstructured";  // no one pattern holds for all
+  json names = json::array();
+  for (const auto& [name, s] : targets) names.push_back(name);
+  const json c = {{"format", "dense"},
+                  {"global_sparsity", numel > 0 ? static_cast<double>(zeros) / numel : 0.0},
+                  {"ignore", ignore},
+                  {"registry_requires_subclass", false},
+                  {"sparsity_structure", structure},
+                  {"targets", names}};
+  return ordered_json::parse(c.dump());
+}
+
 // ------------------------------------------------------ quantization_config --
 ordered_json quantization_config(const std::vector<std::pair<std::string, Scheme>>& layers,
-                                 const std::vector<std::string>& ignore) {
-  if (layers.empty()) refuse("quantization_config: no quantized layers");
+                                 const std::vector<std::string>& ignore,
+                                 const ordered_json& sparsity) {
   const std::string where = "ignore";
+  if (layers.empty()) {
+    if (sparsity.empty()) refuse("quantization_config: no quantized layers");
+    // Pruned, not quantized: no config group, every linear ignored.
+    const json q = {{"config_groups", json::object()},
+                    {"format", "dense"},
+                    {"global_compression_ratio", nullptr},
+                    {"ignore", ignore},
+                    {"kv_cache_scheme", nullptr},
+                    {"quant_method", "compressed-tensors"},
+                    {"quantization_status", "compressed"},
+                    {"sparsity_config", json::parse(sparsity.dump())},
+                    {"transform_config", json::object()},
+                    {"version", QFORGE_CT_WRITER_VERSION}};
+    return ordered_json::parse(q.dump());
+  }
   std::map<std::string, const Scheme*> scheme_of_name;
   for (const auto& [name, s] : layers) {
     check_scheme(s, name);
@@ -867,7 +969,7 @@ ordered_json quantization_config(const std::vector<std::pair<std::string, Scheme
                   {"kv_cache_scheme", nullptr},
                   {"quant_method", "compressed-tensors"},
                   {"quantization_status", "compressed"},
-                  {"sparsity_config", json::object()},
+                  {"sparsity_config", json::parse(sparsity.dump())},
                   {"transform_config", json::object()},
                   {"version", QFORGE_CT_WRITER_VERSION}};
   return ordered_json::parse(q.dump());

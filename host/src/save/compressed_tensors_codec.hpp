@@ -159,6 +159,33 @@ std::vector<std::pair<std::string, at::Tensor>> pack(const std::string& prefix,
 // NaiveLinear says; the weight is the given tensor.
 NaiveLinear unpack_naive(const std::map<std::string, at::Tensor>& tensors, const Scheme& scheme);
 
+// ------------------------------------------------------------- sparsity --
+// A pruned linear (qforge/formats/pruned_v1.h: "sparsity_structure"): the
+// structure its producer claims, checked against its decoded zeros.
+struct Sparsity {
+  std::string structure;  // "N:M" or "unstructured"
+  int64_t zeros = 0;      // weights that decode to exactly 0
+  int64_t numel = 0;
+};
+
+// The sparsity of a linear whose decoded weight is 0 where `is_zero` (bool
+// [out, in]) is true and whose producer claims `structure`. Refuses a
+// malformed structure and a weight that breaks the N:M it claims (fewer than
+// N zeros in a group of M consecutive inputs, or an input width that is not a
+// multiple of M).
+Sparsity sparsity_of(const at::Tensor& is_zero, const std::string& structure);
+
+// config.json's "quantization_config.sparsity_config" (compressed-tensors'
+// SparsityCompressionConfig, research/llm-compressor.md §2.7) for pruned
+// linears stored dense: {"format": "dense", "targets": their names,
+// "ignore": `ignore`, "global_sparsity": zeros / weights over the targets,
+// "sparsity_structure": theirs when they share one, else "unstructured",
+// "registry_requires_subclass": false}; {} when `targets` is empty. Refuses
+// fused shards (q/k/v_proj, gate/up_proj) of which some are targets and
+// others ignored, or with different structures.
+nlohmann::ordered_json sparsity_config(const std::vector<std::pair<std::string, Sparsity>>& targets,
+                                       const std::vector<std::string>& ignore);
+
 // config.json's "quantization_config" for a model whose quantized linears are
 // `layers` (name, scheme) and whose other linears are listed in `ignore`
 // (exact names or "re:" regexes). One scheme: one group targeting "Linear"
@@ -170,10 +197,13 @@ NaiveLinear unpack_naive(const std::map<std::string, at::Tensor>& tensors, const
 // sorted recursively as compressed-tensors writes them (json.dumps
 // sort_keys). Refuses a layer also ignored, a duplicate name, and fused
 // shards (q/k/v_proj, gate/up_proj of one module) with different schemes or
-// ignore status, which vLLM rejects.
+// ignore status, which vLLM rejects. `sparsity` (sparsity_config()) is
+// written as "sparsity_config"; with a non-empty one, `layers` may be empty
+// (a model pruned and not quantized: config_groups {}, format "dense").
 nlohmann::ordered_json quantization_config(
     const std::vector<std::pair<std::string, Scheme>>& layers,
-    const std::vector<std::string>& ignore);
+    const std::vector<std::string>& ignore,
+    const nlohmann::ordered_json& sparsity = nlohmann::ordered_json::object());
 
 // The scheme of linear `linear_name` in a checkpoint's quantization_config:
 // nullopt when it is ignored or no group targets it (a dense linear).

@@ -51,7 +51,8 @@ std::string tensor_name_problem(const std::string& t) {
       return fmt::format("tensor name '{}' has a character other than letters, digits and '_'",
                          t);
   if (t == "weight")
-    return "tensor name 'weight' would be read as the layer's dense weight";
+    return "tensor name 'weight', which would be read as the layer's dense weight (store "
+           "such a layer with --save-format compressed-tensors or dequantized)";
   return "";
 }
 

@@ -1,7 +1,8 @@
 // SparseGPT in the GPTQ core (gptq.hpp: prune_n / prune_m / sparsity): the
 // N:M pattern holds exactly (2 zeros in every 4 consecutive inputs of every
 // row), pruned weights are exactly 0 with or without quantization (the
-// grid's zero point), OBS compensation beats magnitude pruning on the
+// grid's zero point) and, quantized, kept weights never round to 0 (uniform
+// sym / asym, FP8), OBS compensation beats magnitude pruning on the
 // output error tr((W − Ŵ) H (W − Ŵ)ᵀ), unstructured pruning reaches its
 // ratio, and what can't be pruned is refused.
 #include <gtest/gtest.h>
@@ -14,6 +15,7 @@
 
 namespace {
 
+namespace grid = qforge::grid;
 using qforge::gptq::Result;
 using qforge::gptq::Settings;
 
@@ -58,22 +60,76 @@ TEST(SparseGpt, TwoOfFourIsExactAndBeatsMagnitude) {
   EXPECT_LT(sparse, 0.7 * magnitude) << sparse << " vs " << magnitude;
 }
 
+// Every group of 4 along a row of `q` [out, in] holds exactly 2 zeros.
+bool exactly_two_of_four(const at::Tensor& q) {
+  return q.reshape({q.size(0), -1, 4}).eq(0).sum(2).eq(2).all().item<bool>();
+}
+
 TEST(SparseGpt, TwoOfFourWithFourBitsKeepsTheZerosExact) {
   const at::Tensor w = qforge::test::gaussian({40, 96}, 3);
   const at::Tensor h = qforge::test::synthetic_hessian(96, 4);
-  const Result r = run(two_of_four(true), w, h);
-  EXPECT_TRUE(r.Q.reshape({40, 24, 4}).eq(0).sum(2).ge(2).all().item<bool>());
-  // A pruned weight's code is its group's zero point.
-  for (int64_t o = 0; o < 40; ++o)
-    for (int64_t j = 0; j < 96; ++j) {
-      if (r.Q[o][j].item<float>() != 0.f) continue;
-      ASSERT_EQ(r.codes[o][j].item<uint8_t>(), static_cast<uint8_t>(r.grids[(j / 32) * 40 + o].zero));
-    }
-  // Pruning and quantizing in one pass beats pruning first and quantizing alone afterwards.
-  Settings dense = two_of_four(true);
-  dense.prune_n = dense.prune_m = 0;
-  const Result then_quantized = run(dense, run(two_of_four(false), w, h).Q, h);
-  EXPECT_LT(output_error(w, r.Q, h), output_error(w, then_quantized.Q, h) * 1.05);
+  for (bool sym : {false, true}) {
+    SCOPED_TRACE(sym ? "sym" : "asym");
+    Settings s = two_of_four(true);
+    s.grid.sym = sym;
+    const Result r = run(s, w, h);
+    // Exactly 2:4: no kept weight is quantized to 0 (its grid's zero point).
+    EXPECT_TRUE(exactly_two_of_four(r.Q));
+    for (int64_t o = 0; o < 40; ++o)
+      for (int64_t j = 0; j < 96; ++j) {
+        const grid::Grid& g = r.grids[(j / 32) * 40 + o];
+        const bool zero = r.Q[o][j].item<float>() == 0.f;
+        ASSERT_EQ(zero, r.codes[o][j].item<uint8_t>() == static_cast<uint8_t>(g.zero)) << o << "," << j;
+        ASSERT_EQ(r.Q[o][j].item<float>(), grid::value_of(r.codes[o][j].item<uint8_t>(), g));
+      }
+    // Pruning and quantizing in one pass beats pruning first and quantizing alone afterwards.
+    Settings dense = s;
+    dense.prune_n = dense.prune_m = 0;
+    Settings prune_only = s;
+    prune_only.quantize = false;
+    const Result then_quantized = run(dense, run(prune_only, w, h).Q, h);
+    EXPECT_LT(output_error(w, r.Q, h), output_error(w, then_quantized.Q, h) * 1.05);
+  }
+}
+
+// Weights that round to 0 on a coarse grid: many kept weights would become
+// zeros without the non-zero rule (2 bits, one group per row, an outlier).
+TEST(SparseGpt, KeptWeightsNeverRoundToZero) {
+  at::Tensor w = qforge::test::gaussian({16, 64}, 11) * 0.05;
+  w.select(1, 5).fill_(4.f);
+  const at::Tensor h = qforge::test::synthetic_hessian(64, 12);
+  for (bool sym : {false, true}) {
+    Settings s = two_of_four(true);
+    s.grid.bits = 2;
+    s.grid.sym = sym;
+    s.group_size = 64;
+    const Result r = run(s, w, h);
+    EXPECT_TRUE(exactly_two_of_four(r.Q)) << (sym ? "sym" : "asym");
+  }
+  Settings fp8 = two_of_four(true);
+  fp8.codebook = Settings::Codebook::fp8_e4m3;
+  fp8.grid.bits = 8;
+  fp8.grid.sym = true;
+  fp8.grid.half_scales = true;
+  fp8.group_size = 64;
+  at::Tensor tiny = w * 0.1;
+  tiny.select(1, 63).fill_(1e4f);  // e4m3 flushes the other weights of each row to 0
+  const Result r = run(fp8, tiny, h);
+  EXPECT_TRUE(exactly_two_of_four(r.Q)) << "fp8";
+  // The zeros are e4m3's ±0 bytes, the rest are not.
+  EXPECT_TRUE(at::equal(r.Q.eq(0), r.codes.bitwise_and(0x7F).eq(0)));
+}
+
+TEST(SparseGpt, WithoutAMaskWeightsMayRoundToZero) {
+  // Without a mask the non-zero rule is off: weights that round to 0 stay 0.
+  at::Tensor w = qforge::test::gaussian({16, 64}, 13) * 0.05;
+  w.select(1, 5).fill_(4.f);
+  Settings s = two_of_four(true);
+  s.prune_n = s.prune_m = 0;
+  s.grid.bits = 2;
+  s.group_size = 64;
+  const Result r = run(s, w, qforge::test::synthetic_hessian(64, 14));
+  EXPECT_GT(r.Q.eq(0).sum().item<int64_t>(), 16 * 64 / 2);
 }
 
 TEST(SparseGpt, UnstructuredReachesItsRatio) {
