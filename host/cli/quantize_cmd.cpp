@@ -173,10 +173,11 @@ int quantize_command(const Args& args, host::Registry& registry) {
        "quantizer's): the --method's parameters for it (--set still wins), or the quantizer "
        "that implements it by default; saves compressed-tensors unless --save-format is given")
       ("preprocess", po::value<std::vector<std::string>>()->composing(),
-       "pre-process component id (e.g. org.qforge.smoothquant), run on each block before it is "
-       "quantized, in the order given (repeatable)")
+       "pre-process component id (e.g. org.qforge.smoothquant, org.qforge.awq), run on each "
+       "block before it is quantized, in the order given (repeatable)")
       ("pre-set", po::value<std::vector<std::string>>()->composing(),
-       "parameter name=value of the --preprocess before it (repeatable)")
+       "parameter name=value of the --preprocess before it (repeatable); a parameter the "
+       "method also has (e.g. AWQ's bits, group_size, sym) defaults to the method's value")
       ("set", po::value<std::vector<std::string>>()->composing(), "method parameter name=value (repeatable)")
       ("override", po::value<std::vector<std::string>>()->composing(),
        "per-layer parameters PATTERN:name=value[,name=value] (glob or substring; repeatable, later wins)")

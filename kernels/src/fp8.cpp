@@ -3,6 +3,7 @@
 #include <qforge_kernels/fp8.hpp>
 
 #include "fp8_args.inc"
+#include "dispatch.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -21,21 +22,7 @@ namespace {
 }
 
 const detail::Fp8Kernels& kernels(Isa isa) {
-  const detail::Fp8Kernels* k = nullptr;
-  if (isa_supported(isa)) {
-    switch (isa) {
-      case Isa::kPortable: k = detail::fp8_portable_kernels(); break;
-#if defined(QFORGE_KERNELS_X86)
-      case Isa::kAvx2: k = detail::fp8_avx2_kernels(); break;
-      case Isa::kAvx512: k = detail::fp8_avx512_kernels(); break;
-#endif
-      default: break;
-    }
-  }
-  if (k == nullptr)
-    throw std::invalid_argument(std::string("instruction set ") + isa_name(isa) +
-                                " is not supported on this machine or build");
-  return *k;
+  return detail::table_for(isa, QFORGE_ISA_TABLES(fp8));
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <qforge_kernels/sparse24.hpp>
 
 #include "sparse24_args.inc"
+#include "dispatch.hpp"
 
 #include <cstring>
 #include <stdexcept>
@@ -17,21 +18,7 @@ namespace {
 }
 
 const detail::Sparse24Kernels& kernels(Isa isa) {
-  const detail::Sparse24Kernels* k = nullptr;
-  if (isa_supported(isa)) {
-    switch (isa) {
-      case Isa::kPortable: k = detail::sparse24_portable_kernels(); break;
-#if defined(QFORGE_KERNELS_X86)
-      case Isa::kAvx2: k = detail::sparse24_avx2_kernels(); break;
-      case Isa::kAvx512: k = detail::sparse24_avx512_kernels(); break;
-#endif
-      default: break;
-    }
-  }
-  if (k == nullptr)
-    throw std::invalid_argument(std::string("instruction set ") + isa_name(isa) +
-                                " is not supported on this machine or build");
-  return *k;
+  return detail::table_for(isa, QFORGE_ISA_TABLES(sparse24));
 }
 
 uint32_t bits_of(float f) {

@@ -13,29 +13,17 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stories_env.sh"
 
-ppl() { "$Q" eval --model "$1" --ppl "$D/tinystories_valid.txt" --json 2>/dev/null | field '["perplexity"]["ppl"]'; }
-acc() { "$Q" eval --model "$1" --choices "$D/story_choices.jsonl" --json 2>/dev/null | field '["choices"]["acc"]'; }
 fp=$(ppl "$M")
-row() {  # row LABEL ARGS...: quantize into $work/q, one table row
-  local label="$1"; shift
-  echo "+ $Q quantize --model $M ${calib[*]} $* --out OUT" >&2
-  local t0=$SECONDS
-  "$Q" quantize --model "$M" "${calib[@]}" "$@" --out "$work/q" > /dev/null 2>&1
-  local secs=$((SECONDS - t0)) p
-  p=$(ppl "$work/q")
-  echo "| $label | $p | $(acc "$work/q") | $(python3 -c "print('%+.2f %%' % (100 * ($p / $fp - 1)))") | $secs |"
-  rm -rf "$work/q"
-}
 awq=(--preprocess org.qforge.awq)
 echo "| method | ppl | acc | vs FP | s |"
 echo "|---|---|---|---|---|"
 echo "| FP (float32) | $fp | $(acc "$M") | — | — |"
 for b in 4 3; do
   grid=(--set bits=$b --set group_size=32 --set sym=false)
-  row "RTN $b-bit g32" --method org.qforge.rtn "${grid[@]}" --save-format compressed-tensors
-  row "AWQ + RTN $b-bit g32" "${awq[@]}" --method org.qforge.rtn "${grid[@]}" --save-format compressed-tensors
-  row "GPTQ $b-bit g32" --method org.qforge.gptq "${grid[@]}" --save-format gptq
-  row "AWQ + GPTQ $b-bit g32" "${awq[@]}" --method org.qforge.gptq "${grid[@]}" --save-format gptq
-  row "GPTQ $b-bit g32 act-order" --method org.qforge.gptq "${grid[@]}" --set desc_act=true --save-format gptq
-  row "AWQ + GPTQ $b-bit g32 act-order" "${awq[@]}" --method org.qforge.gptq "${grid[@]}" --set desc_act=true --save-format gptq
+  quality_row "RTN $b-bit g32" --method org.qforge.rtn "${grid[@]}" --save-format compressed-tensors
+  quality_row "AWQ + RTN $b-bit g32" "${awq[@]}" --method org.qforge.rtn "${grid[@]}" --save-format compressed-tensors
+  quality_row "GPTQ $b-bit g32" --method org.qforge.gptq "${grid[@]}" --save-format gptq
+  quality_row "AWQ + GPTQ $b-bit g32" "${awq[@]}" --method org.qforge.gptq "${grid[@]}" --save-format gptq
+  quality_row "GPTQ $b-bit g32 act-order" --method org.qforge.gptq "${grid[@]}" --set desc_act=true --save-format gptq
+  quality_row "AWQ + GPTQ $b-bit g32 act-order" "${awq[@]}" --method org.qforge.gptq "${grid[@]}" --set desc_act=true --save-format gptq
 done

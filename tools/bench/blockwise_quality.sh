@@ -13,8 +13,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stories_env.sh"
 
-ppl() { "$Q" eval --model "$1" --ppl "$D/tinystories_valid.txt" --json 2>/dev/null | field '["perplexity"]["ppl"]'; }
-acc() { "$Q" eval --model "$1" --choices "$D/story_choices.jsonl" --json 2>/dev/null | field '["choices"]["acc"]'; }
 run() {  # run ARGS...: quantize into $work/q, print "ppl | acc | seconds"
   echo "+ $Q quantize --model $M ${calib[*]} $* --out OUT" >&2
   local t0=$SECONDS

@@ -12,8 +12,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stories_env.sh"
 
-ppl() { "$Q" eval --model "$1" --ppl "$D/tinystories_valid.txt" --json 2>/dev/null | field '["perplexity"]["ppl"]'; }
-acc() { "$Q" eval --model "$1" --choices "$D/story_choices.jsonl" --json 2>/dev/null | field '["choices"]["acc"]'; }
 row() {  # row LABEL BITS ARGS...: quantize, then print the row
   local label="$1" bits="$2"; shift 2
   echo "+ $Q quantize --model $M ${calib[*]} $* --out OUT" >&2

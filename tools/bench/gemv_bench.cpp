@@ -261,10 +261,7 @@ std::vector<qk::PackedMatrix> copies_of(qk::PackedMatrix m) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {  // libgomp reads it when loaded
-    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    execv("/proc/self/exe", argv);  // returns only on failure: carry on
-  }
+  qforge::bench::passive_omp_wait(argv);
   Options o;
   for (int k = 1; k < argc; ++k) {
     const std::string a = argv[k];

@@ -14,8 +14,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stories_env.sh"
 
-ppl() { "$Q" eval --model "$1" --ppl "$D/tinystories_valid.txt" --json 2>/dev/null | field '["perplexity"]["ppl"]'; }
-acc() { "$Q" eval --model "$1" --choices "$D/story_choices.jsonl" --json 2>/dev/null | field '["choices"]["acc"]'; }
 # Bits per weight of every tensor of the layers that hold sign_v (QuIP's), from the headers.
 stored_bits() {
   python3 - "$1" <<'PY'

@@ -143,10 +143,7 @@ Options parse(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {  // libgomp reads it when loaded
-    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    execv("/proc/self/exe", argv);  // returns only on failure: carry on
-  }
+  qforge::bench::passive_omp_wait(argv);
   const Options o = parse(argc, argv);
   at::set_num_threads(o.threads > 0 ? o.threads
                                     : static_cast<int>(std::thread::hardware_concurrency()));

@@ -15,34 +15,22 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stories_env.sh"
 
-ppl() { "$Q" eval --model "$1" --ppl "$D/tinystories_valid.txt" --json 2>/dev/null | field '["perplexity"]["ppl"]'; }
-acc() { "$Q" eval --model "$1" --choices "$D/story_choices.jsonl" --json 2>/dev/null | field '["choices"]["acc"]'; }
 fp=$(ppl "$M")
-row() {  # row LABEL ARGS...: quantize into $work/q, one table row with its command
-  local label="$1"; shift
-  local cmd="qforge quantize --model \$M ${calib[*]} $* --out OUT"
-  echo "+ $cmd" >&2
-  local t0=$SECONDS
-  "$Q" quantize --model "$M" "${calib[@]}" "$@" --out "$work/q" > /dev/null 2>&1
-  local secs=$((SECONDS - t0)) p
-  p=$(ppl "$work/q")
-  echo "| $label | $p | $(acc "$work/q") | $(python3 -c "print('%+.2f %%' % (100 * ($p / $fp - 1)))") | $secs | \`$*\` |"
-  rm -rf "$work/q"
-}
+show_args=1
 sg=(--method org.qforge.sparsegpt)
 ct=(--save-format compressed-tensors)
 echo "| method | ppl | acc | vs FP | s | arguments |"
 echo "|---|---|---|---|---|---|"
 echo "| FP (float32) | $fp | $(acc "$M") | — | — | |"
-row "magnitude 2:4" --method org.qforge.magnitude "${ct[@]}"
-row "SparseGPT 2:4" "${sg[@]}" "${ct[@]}"
-row "SparseGPT 2:4 + 4-bit g32 sym" "${sg[@]}" --set weights=int --set bits=4 --set group_size=32 \
+quality_row "magnitude 2:4" --method org.qforge.magnitude "${ct[@]}"
+quality_row "SparseGPT 2:4" "${sg[@]}" "${ct[@]}"
+quality_row "SparseGPT 2:4 + 4-bit g32 sym" "${sg[@]}" --set weights=int --set bits=4 --set group_size=32 \
   --set sym=true --save-format gptq
-row "SparseGPT 2:4 + 4-bit g32 asym" "${sg[@]}" --set weights=int --set bits=4 --set group_size=32 \
+quality_row "SparseGPT 2:4 + 4-bit g32 asym" "${sg[@]}" --set weights=int --set bits=4 --set group_size=32 \
   --set sym=false --save-format gptq
-row "SparseGPT 2:4 + FP8 (dynamic per-token activations)" "${sg[@]}" --set weights=fp8 "${ct[@]}"
-row "magnitude 50 % unstructured" --method org.qforge.magnitude --set mask=unstructured \
+quality_row "SparseGPT 2:4 + FP8 (dynamic per-token activations)" "${sg[@]}" --set weights=fp8 "${ct[@]}"
+quality_row "magnitude 50 % unstructured" --method org.qforge.magnitude --set mask=unstructured \
   --set sparsity=0.5 "${ct[@]}"
-row "SparseGPT 50 % unstructured" "${sg[@]}" --set mask=unstructured --set sparsity=0.5 "${ct[@]}"
-row "GPTQ 4-bit g32 asym, dense (reference)" --method org.qforge.gptq --set bits=4 \
+quality_row "SparseGPT 50 % unstructured" "${sg[@]}" --set mask=unstructured --set sparsity=0.5 "${ct[@]}"
+quality_row "GPTQ 4-bit g32 asym, dense (reference)" --method org.qforge.gptq --set bits=4 \
   --set group_size=32 --set sym=false --save-format gptq

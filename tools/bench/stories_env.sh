@@ -28,3 +28,25 @@ gptq_baselines() {
       --set group_size=32 --set sym=false --set desc_act=true --set mse=true --save-format gptq
   done
 }
+
+# The figures of a model directory read back from disk: perplexity of
+# tinystories_valid.txt (windows of 512) and story_choices.jsonl accuracy.
+ppl() { "$Q" eval --model "$1" --ppl "$D/tinystories_valid.txt" --json 2>/dev/null | field '["perplexity"]["ppl"]'; }
+acc() { "$Q" eval --model "$1" --choices "$D/story_choices.jsonl" --json 2>/dev/null | field '["choices"]["acc"]'; }
+
+# quality_row LABEL ARGS...: `qforge quantize` of stories260K with the common
+# calibration and ARGS into $work/q (the command echoed to stderr), then one
+# table row: label, ppl, acc, distance from $fp, seconds (and the arguments
+# when show_args=1).
+quality_row() {
+  local label="$1"; shift
+  echo "+ $Q quantize --model $M ${calib[*]} $* --out OUT" >&2
+  local t0=$SECONDS
+  "$Q" quantize --model "$M" "${calib[@]}" "$@" --out "$work/q" > /dev/null 2>&1
+  local secs=$((SECONDS - t0)) p
+  p=$(ppl "$work/q")
+  local line="| $label | $p | $(acc "$work/q") | $(python3 -c "print('%+.2f %%' % (100 * ($p / $fp - 1)))") | $secs |"
+  [ "${show_args:-0}" = 1 ] && line="$line \`$*\` |"
+  echo "$line"
+  rm -rf "$work/q"
+}

@@ -3,9 +3,12 @@
 // reads its weights from memory, as decoding a large model does).
 #pragma once
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <cstdlib>
 #include <functional>
 #include <vector>
 
@@ -37,6 +40,16 @@ inline double time_median(int reps, int warm, const std::function<void(int)>& f)
 // Copies of a `bytes`-sized layer that fill kWorkingSet.
 inline size_t copies_for(size_t bytes) {
   return std::max<size_t>(1, (kWorkingSet + bytes - 1) / bytes);
+}
+
+// As the qforge CLI does: OMP_WAIT_POLICY=PASSIVE when it is unset, by
+// re-executing the program (libgomp reads it when it is loaded). Call first
+// in main.
+inline void passive_omp_wait(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    execv("/proc/self/exe", argv);  // returns only on failure: carry on
+  }
 }
 
 }  // namespace qforge::bench

@@ -15,34 +15,22 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stories_env.sh"
 
-ppl() { "$Q" eval --model "$1" --ppl "$D/tinystories_valid.txt" --json 2>/dev/null | field '["perplexity"]["ppl"]'; }
-acc() { "$Q" eval --model "$1" --choices "$D/story_choices.jsonl" --json 2>/dev/null | field '["choices"]["acc"]'; }
 fp=$(ppl "$M")
-row() {  # row LABEL ARGS...: quantize into $work/q, one table row
-  local label="$1"; shift
-  echo "+ $Q quantize --model $M ${calib[*]} $* --out OUT" >&2
-  local t0=$SECONDS
-  "$Q" quantize --model "$M" "${calib[@]}" "$@" --out "$work/q" > /dev/null 2>&1
-  local secs=$((SECONDS - t0)) p
-  p=$(ppl "$work/q")
-  echo "| $label | $p | $(acc "$work/q") | $(python3 -c "print('%+.2f %%' % (100 * ($p / $fp - 1)))") | $secs |"
-  rm -rf "$work/q"
-}
 sq=(--preprocess org.qforge.smoothquant --pre-set)
 echo "| scheme | ppl | acc | vs FP | s |"
 echo "|---|---|---|---|---|"
 echo "| FP (float32) | $fp | $(acc "$M") | — | — |"
-row "W8A8 (INT8, RTN weights, dynamic per-token activations)" --scheme W8A8
-row "W8A8 + SmoothQuant α 0.5" --scheme W8A8 "${sq[@]}" alpha=0.5
-row "W8A8 + SmoothQuant α 0.8" --scheme W8A8 "${sq[@]}" alpha=0.8
-row "W8A8 + SmoothQuant α 0.5, GPTQ weights" --scheme W8A8 "${sq[@]}" alpha=0.5 --set weights=gptq
-row "W8A8 + SmoothQuant α 0.8, GPTQ weights (llm-compressor's W8A8 example)" --scheme W8A8 "${sq[@]}" alpha=0.8 --set weights=gptq
-row "W8A8, static per-tensor activations" --scheme W8A8 --set activations=static
-row "W8A8 + SmoothQuant α 0.5, static activations" --scheme W8A8 "${sq[@]}" alpha=0.5 --set activations=static
-row "FP8 (per-tensor weights, static activations)" --scheme FP8
-row "FP8_DYNAMIC (per-channel weights, dynamic per-token activations)" --scheme FP8_DYNAMIC
-row "FP8_DYNAMIC, GPTQ weights" --scheme FP8_DYNAMIC --set weights=gptq
-row "FP8_DYNAMIC, GPTQ weights + QEP" --scheme FP8_DYNAMIC --set weights=gptq --qep
-row "W8A16 (INT8 g128, RTN)" --scheme W8A16
-row "W4A16 (INT4 g128 sym, RTN)" --scheme W4A16
-row "W4A16 (INT4 g128 sym, GPTQ actorder static)" --scheme W4A16 --method org.qforge.gptq
+quality_row "W8A8 (INT8, RTN weights, dynamic per-token activations)" --scheme W8A8
+quality_row "W8A8 + SmoothQuant α 0.5" --scheme W8A8 "${sq[@]}" alpha=0.5
+quality_row "W8A8 + SmoothQuant α 0.8" --scheme W8A8 "${sq[@]}" alpha=0.8
+quality_row "W8A8 + SmoothQuant α 0.5, GPTQ weights" --scheme W8A8 "${sq[@]}" alpha=0.5 --set weights=gptq
+quality_row "W8A8 + SmoothQuant α 0.8, GPTQ weights (llm-compressor's W8A8 example)" --scheme W8A8 "${sq[@]}" alpha=0.8 --set weights=gptq
+quality_row "W8A8, static per-tensor activations" --scheme W8A8 --set activations=static
+quality_row "W8A8 + SmoothQuant α 0.5, static activations" --scheme W8A8 "${sq[@]}" alpha=0.5 --set activations=static
+quality_row "FP8 (per-tensor weights, static activations)" --scheme FP8
+quality_row "FP8_DYNAMIC (per-channel weights, dynamic per-token activations)" --scheme FP8_DYNAMIC
+quality_row "FP8_DYNAMIC, GPTQ weights" --scheme FP8_DYNAMIC --set weights=gptq
+quality_row "FP8_DYNAMIC, GPTQ weights + QEP" --scheme FP8_DYNAMIC --set weights=gptq --qep
+quality_row "W8A16 (INT8 g128, RTN)" --scheme W8A16
+quality_row "W4A16 (INT4 g128 sym, RTN)" --scheme W4A16
+quality_row "W4A16 (INT4 g128 sym, GPTQ actorder static)" --scheme W4A16 --method org.qforge.gptq

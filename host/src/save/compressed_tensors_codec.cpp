@@ -869,6 +869,27 @@ ordered_json sparsity_config(const std::vector<std::pair<std::string, Sparsity>>
 }
 
 // ------------------------------------------------------ quantization_config --
+namespace {
+
+// The quantization_config object around its config groups. nlohmann::json
+// keeps keys sorted, as Python's json.dumps(sort_keys=True).
+ordered_json config_object(const json& config_groups, const std::string& format,
+                           const std::vector<std::string>& ignore, const ordered_json& sparsity) {
+  const json q = {{"config_groups", config_groups},
+                  {"format", format},
+                  {"global_compression_ratio", nullptr},
+                  {"ignore", ignore},
+                  {"kv_cache_scheme", nullptr},
+                  {"quant_method", "compressed-tensors"},
+                  {"quantization_status", "compressed"},
+                  {"sparsity_config", json::parse(sparsity.dump())},
+                  {"transform_config", json::object()},
+                  {"version", QFORGE_CT_WRITER_VERSION}};
+  return ordered_json::parse(q.dump());
+}
+
+}  // namespace
+
 ordered_json quantization_config(const std::vector<std::pair<std::string, Scheme>>& layers,
                                  const std::vector<std::string>& ignore,
                                  const ordered_json& sparsity) {
@@ -876,17 +897,7 @@ ordered_json quantization_config(const std::vector<std::pair<std::string, Scheme
   if (layers.empty()) {
     if (sparsity.empty()) refuse("quantization_config: no quantized layers");
     // Pruned, not quantized: no config group, every linear ignored.
-    const json q = {{"config_groups", json::object()},
-                    {"format", "dense"},
-                    {"global_compression_ratio", nullptr},
-                    {"ignore", ignore},
-                    {"kv_cache_scheme", nullptr},
-                    {"quant_method", "compressed-tensors"},
-                    {"quantization_status", "compressed"},
-                    {"sparsity_config", json::parse(sparsity.dump())},
-                    {"transform_config", json::object()},
-                    {"version", QFORGE_CT_WRITER_VERSION}};
-    return ordered_json::parse(q.dump());
+    return config_object(json::object(), "dense", ignore, sparsity);
   }
   std::map<std::string, const Scheme*> scheme_of_name;
   for (const auto& [name, s] : layers) {
@@ -961,18 +972,9 @@ ordered_json quantization_config(const std::vector<std::pair<std::string, Scheme
   const bool mixed = std::any_of(groups.begin(), groups.end(), [&](const auto& g) {
     return g.first.format != groups.front().first.format;
   });
-  // nlohmann::json keeps keys sorted, as Python's json.dumps(sort_keys=True).
-  const json q = {{"config_groups", config_groups},
-                  {"format", mixed ? "mixed-precision" : format_name(groups.front().first.format)},
-                  {"global_compression_ratio", nullptr},
-                  {"ignore", ignore},
-                  {"kv_cache_scheme", nullptr},
-                  {"quant_method", "compressed-tensors"},
-                  {"quantization_status", "compressed"},
-                  {"sparsity_config", json::parse(sparsity.dump())},
-                  {"transform_config", json::object()},
-                  {"version", QFORGE_CT_WRITER_VERSION}};
-  return ordered_json::parse(q.dump());
+  return config_object(config_groups,
+                       mixed ? "mixed-precision" : format_name(groups.front().first.format), ignore,
+                       sparsity);
 }
 
 // ------------------------------------------------------------- parse_scheme --

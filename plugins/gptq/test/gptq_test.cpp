@@ -29,6 +29,7 @@
 
 #include "gptq.hpp"
 #include "support/plugins.hpp"
+#include "support/real_layers.hpp"
 #include "support/test_data.hpp"
 
 namespace {
@@ -184,46 +185,13 @@ TEST_F(Gptq, DeadInputsAreZeroed) {
 // 1. Real activations: GPTQ beats RTN
 // ---------------------------------------------------------------------------
 
-struct RealLayer {
-  std::string name;
-  at::Tensor weight;   // [out, in]
-  at::Tensor hessian;  // 2/n XᵀX of the layer's inputs
-};
+using qforge::test::RealLayer;
 
 // q_proj, o_proj and down_proj of blocks 0 and 3 of stories260K, with the
 // Hessians of their inputs on 16 windows of 128 tokens of the calibration split.
 const std::vector<RealLayer>& real_layers(const std::string& shared) {
-  static const std::vector<RealLayer> layers = [&] {
-    const std::string model_dir = shared + "/models/stories260K";
-    qh::Model model = qh::Model::load(model_dir, at::kFloat);
-    auto tok = qh::load_tokenizer(model_dir);
-    qh::CalibrationOptions opt;
-    opt.file = shared + "/data/tinystories_v2_calib.txt";
-    opt.nsamples = 16;
-    opt.seqlen = 128;
-    opt.seed = 7;
-    const at::Tensor ids = qh::load_calibration(*tok, opt).ids;
-
-    std::vector<RealLayer> result;
-    std::map<std::string, at::Tensor> inputs;
-    qh::LinearTap tap = [&](const qh::Linear& l, const at::Tensor& x) {
-      inputs[l.name] = x.reshape({-1, x.size(-1)}).to(at::kDouble);
-      return true;
-    };
-    at::Tensor h = model.embed(ids);
-    for (size_t b = 0; b < model.blocks().size(); ++b) {
-      inputs.clear();
-      h = model.block_forward(b, h, 0, nullptr, &tap);
-      if (b != 0 && b != 3) continue;
-      qh::Block& block = model.blocks()[b];
-      for (const qh::Linear* l : {&block.q_proj, &block.o_proj, &block.down_proj}) {
-        const at::Tensor& x = inputs.at(l->name);
-        const at::Tensor hess = (x.t().mm(x) * (2.0 / x.size(0))).to(at::kFloat).contiguous();
-        result.push_back({l->name, l->weight.to(at::kFloat).contiguous(), hess});
-      }
-    }
-    return result;
-  }();
+  static const std::vector<RealLayer> layers = qforge::test::real_layers(
+      shared, 7, {0, 3}, {"self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj"});
   return layers;
 }
 

@@ -11,14 +11,12 @@
 #include <string>
 
 #include "qforge_host/base/errors.hpp"
-#include "qforge_host/data/calibration.hpp"
-#include "qforge_host/io/safetensors.hpp"
 #include "qforge_host/model/model.hpp"
 #include "qforge_host/pipeline/capture.hpp"
 #include "qforge_host/plugins/params.hpp"
-#include "qforge_host/tokenizer/tokenizer.hpp"
 #include "qforge_host/train/postprocess.hpp"
 #include "support/plugins.hpp"
+#include "support/preprocess.hpp"
 #include "support/test_data.hpp"
 
 namespace {
@@ -27,50 +25,14 @@ namespace host = qforge::host;
 
 constexpr const char* kId = "org.qforge.smoothquant";
 
-struct Fixture {
-  host::Model model;
-  at::Tensor x;  // block 0's calibration inputs [n, T, hidden]
-};
+using qforge::test::inputs_of;
+using qforge::test::load_block0;
+using qforge::test::run_preprocess;
+using qforge::test::stacked;
 
-Fixture load(const std::string& dir, const std::string& calib) {
-  Fixture f{host::Model::load(dir, at::kFloat), {}};
-  auto tok = host::load_tokenizer(dir);
-  host::CalibrationOptions o;
-  o.file = calib;
-  o.nsamples = 8;
-  o.seqlen = 128;
-  const host::Calibration c = host::load_calibration(*tok, o);
-  f.x = at::embedding(f.model.store().view("model.embed_tokens.weight"), c.ids).to(at::kFloat);
-  return f;
-}
-
-// The inputs of `probe` in block 0 on x, as the pipeline captures them.
-at::Tensor inputs_of(host::Model& m, const at::Tensor& x, const std::string& probe) {
-  host::CaptureWants w;
-  w.inputs_q = true;
-  host::Block& b = m.blocks()[0];
-  return host::capture_inputs(m, 0, b, probe, x, at::Tensor(), 4, w).inputs_q;
-}
-
-// Runs the pre-process on block 0 as the pipeline does.
-void run(host::Model& m, const at::Tensor& x, std::map<std::string, std::string> params) {
-  const host::Component* c = qforge::test::plugin_registry().find(kId);
-  ASSERT_NE(c, nullptr) << qforge::test::plugin_refusals();
-  const host::BlockScope scope = host::preprocess_scope(m, 0, x, 4);
-  host::ModelServices services(m, host::PostprocessContext{}, &scope);
-  host::ParamValues values(kId, c->desc->params, c->desc->param_count, params);
-  host::run_preprocess_block(*c, values, services);
-}
 
 at::Tensor column_max(const at::Tensor& w) { return std::get<0>(w.abs().max(0)); }
 at::Tensor channel_max(const at::Tensor& x) { return std::get<0>(x.abs().max(0)); }
-
-// The weights of `names` in block 0, concatenated along the outputs (copies).
-at::Tensor stacked(host::Block& b, const std::vector<std::string>& names) {
-  std::vector<at::Tensor> w;
-  for (const auto& n : names) w.push_back(b.find(n)->weight.clone());
-  return at::cat(w);
-}
 
 const std::vector<std::string> kQkv = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"};
 const std::vector<std::string> kGateUp = {"mlp.gate_proj", "mlp.up_proj"};
@@ -78,14 +40,14 @@ const std::vector<std::string> kGateUp = {"mlp.gate_proj", "mlp.up_proj"};
 TEST(SmoothQuant, Eq4KeepsTheBlockAndBalancesEveryChannelAtAlphaOneHalf) {
   QFORGE_REQUIRE_SHARED(dir, "models/stories260K");
   QFORGE_REQUIRE_SHARED(calib, "data/tinystories_v2_calib.txt");
-  Fixture f = load(dir, calib);
+  auto f = load_block0(dir, calib);
   host::Block& b = f.model.blocks()[0];
   const at::Tensor before = f.model.block_forward(0, f.x, 0, nullptr, nullptr);
   const at::Tensor norm = b.input_norm.clone(), qkv = stacked(b, kQkv);
   const at::Tensor o = b.find("self_attn.o_proj")->weight.clone();
   const at::Tensor down = b.find("mlp.down_proj")->weight.clone();
   const at::Tensor x_max = channel_max(inputs_of(f.model, f.x, "model.layers.0.self_attn.q_proj"));
-  run(f.model, f.x, {{"alpha", "0.5"}});
+  run_preprocess(kId, f.model, f.x, {{"alpha", "0.5"}});
 
   // The function is unchanged (float32 rounding only).
   const at::Tensor after = f.model.block_forward(0, f.x, 0, nullptr, nullptr);
@@ -110,13 +72,13 @@ TEST(SmoothQuant, Eq4KeepsTheBlockAndBalancesEveryChannelAtAlphaOneHalf) {
 TEST(SmoothQuant, LinearSourcesScaleUpIntoDownButNotVIntoOUnderGroupedQueryAttention) {
   QFORGE_REQUIRE_SHARED(dir, "models/stories260K");
   QFORGE_REQUIRE_SHARED(calib, "data/tinystories_v2_calib.txt");
-  Fixture f = load(dir, calib);  // 8 heads, 4 key-value heads: v_proj has half o_proj's inputs
+  auto f = load_block0(dir, calib);  // 8 heads, 4 key-value heads: v_proj has half o_proj's inputs
   host::Block& b = f.model.blocks()[0];
   const at::Tensor before = f.model.block_forward(0, f.x, 0, nullptr, nullptr);
   const at::Tensor o = b.find("self_attn.o_proj")->weight.clone();
   const at::Tensor up = b.find("mlp.up_proj")->weight.clone(), down = b.find("mlp.down_proj")->weight.clone();
   const at::Tensor x_down = channel_max(inputs_of(f.model, f.x, "model.layers.0.mlp.down_proj"));
-  run(f.model, f.x, {{"alpha", "0.8"}, {"linear_sources", "true"}});
+  run_preprocess(kId, f.model, f.x, {{"alpha", "0.8"}, {"linear_sources", "true"}});
 
   const at::Tensor after = f.model.block_forward(0, f.x, 0, nullptr, nullptr);
   EXPECT_LT((after - before).abs().max().item<double>(), 1e-4 * before.abs().max().item<double>());

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "support/plugins.hpp"
+#include "support/real_layers.hpp"
 #include "support/test_data.hpp"
 
 namespace {
@@ -196,42 +197,13 @@ TEST(Quantized, Fp8WeightsAreDynamicFp8AndExactlyTwoOfFour) {
 
 // ------------------------------------------------------ real activations --
 
-struct RealLayer {
-  std::string name;
-  at::Tensor weight, hessian;
-};
+using qforge::test::RealLayer;
 
 // q_proj, up_proj and down_proj of blocks 0 and 4 of stories260K, with the
 // Hessians 2/n XᵀX of their inputs on 16 windows of 128 calibration tokens.
 std::vector<RealLayer> real_layers(const std::string& shared) {
-  const std::string model_dir = shared + "/models/stories260K";
-  qh::Model model = qh::Model::load(model_dir, at::kFloat);
-  auto tok = qh::load_tokenizer(model_dir);
-  qh::CalibrationOptions opt;
-  opt.file = shared + "/data/tinystories_v2_calib.txt";
-  opt.nsamples = 16;
-  opt.seqlen = 128;
-  opt.seed = 3;
-  const at::Tensor ids = qh::load_calibration(*tok, opt).ids;
-  std::map<std::string, at::Tensor> inputs;
-  qh::LinearTap tap = [&](const qh::Linear& l, const at::Tensor& x) {
-    inputs[l.name] = x.reshape({-1, x.size(-1)}).to(at::kDouble);
-    return true;
-  };
-  std::vector<RealLayer> out;
-  at::Tensor x = model.embed(ids);
-  for (size_t b = 0; b < model.blocks().size(); ++b) {
-    inputs.clear();
-    x = model.block_forward(b, x, 0, nullptr, &tap);
-    if (b != 0 && b != 4) continue;
-    qh::Block& block = model.blocks()[b];
-    for (const qh::Linear* l : {&block.q_proj, &block.up_proj, &block.down_proj}) {
-      const at::Tensor& in = inputs.at(l->name);
-      const at::Tensor h = (in.t().mm(in) * (2.0 / in.size(0))).to(at::kFloat).contiguous();
-      out.push_back({l->name, l->weight.to(at::kFloat).contiguous(), h});
-    }
-  }
-  return out;
+  return qforge::test::real_layers(shared, 3, {0, 4},
+                                   {"self_attn.q_proj", "mlp.up_proj", "mlp.down_proj"});
 }
 
 TEST(RealActivations, SparseGptBeatsMagnitude) {
