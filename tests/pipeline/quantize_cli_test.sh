@@ -71,7 +71,7 @@ bad "not an object" '[1, 2]'
 bad "post-process that does not exist" '{"postprocess": ["lora"]}'
 bad "bad parameter" "{\"model\": \"$shared/models/stories260K\", \"method\": \"org.qforge.rtn\", \"set\": {\"bits\": 9}, \"calib\": \"$shared/data/tinystories_v2_calib.txt\", \"out\": \"$work/o2\"}"
 bad "existing output" "{\"model\": \"$shared/models/stories260K\", \"method\": \"org.qforge.rtn\", \"calib\": \"$shared/data/tinystories_v2_calib.txt\", \"nsamples\": 2, \"seqlen\": 64, \"out\": \"$work/out\"}"
-bad "gptq checkpoint from a method that cannot write it" "{\"model\": \"$shared/models/stories260K\", \"method\": \"org.qforge.rtn\", \"save-format\": \"gptq\", \"calib\": \"$shared/data/tinystories_v2_calib.txt\", \"out\": \"$work/o3\"}"
+bad "gptq checkpoint from a method that cannot write it" "{\"model\": \"$shared/models/stories260K\", \"method\": \"org.qforge.magnitude\", \"save-format\": \"gptq\", \"calib\": \"$shared/data/tinystories_v2_calib.txt\", \"out\": \"$work/o3\"}"
 bad "unknown save format" "{\"model\": \"$shared/models/stories260K\", \"method\": \"org.qforge.gptq\", \"save-format\": \"awq\", \"calib\": \"$shared/data/tinystories_v2_calib.txt\", \"out\": \"$work/o4\"}"
 bad "a string where a number is expected" '{"nsamples": "16"}'
 bad "a number where a path is expected" '{"model": 5}'

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -15,6 +16,10 @@
 #include "../support/pipeline.hpp"
 #include "../support/plugins.hpp"
 #include "qforge_host/save/checkpoint.hpp"
+#include "qforge_host/plugins/abi_bridge.hpp"
+#include "qforge_host/plugins/params.hpp"
+#include "qforge_host/pipeline/results_file.hpp"
+#include "qforge_host/save/save_format.hpp"
 #include "qforge_host/base/errors.hpp"
 #include "qforge_host/eval/eval.hpp"
 #include "qforge_host/model/model.hpp"
@@ -246,16 +251,79 @@ TEST(GptqCheckpoint, AwqScaledStaysAutoGptqV1ForTheUnpacker) {
   fs::remove_all(deq_dir);
 }
 
+// Round to nearest (org.qforge.rtn/1), alone and after AWQ, re-packed by the
+// host into AutoGPTQ v1: the unpacker reads exactly what qforge loads, which
+// is RTN's weight with its scales rounded to float16.
+TEST(GptqCheckpoint, RtnAndAwqRtnArePackedIntoAutoGptqV1ForTheUnpacker) {
+  QFORGE_REQUIRE_SHARED(shared_model, "models/stories260K");
+  const std::string shared = qforge::test::shared_dir();
+  for (bool awq : {false, true}) {
+    SCOPED_TRACE(awq ? "AWQ + RTN" : "RTN");
+    const std::string dir = temp_dir(awq ? "awq_rtn" : "rtn");
+    qh::QuantizeOptions o = gptq_options(shared, dir);
+    o.method = "org.qforge.rtn";
+    o.params = {{"bits", "4"}, {"group_size", "32"}, {"sym", "false"}};
+    if (awq) o.preprocesses = {{"org.qforge.awq", {}}};
+    const auto summary = qforge::test::quantize(registry(), o, "gptq");
+    const json q = json::parse(read(fs::path(dir) / "config.json")).at("quantization_config");
+    EXPECT_EQ(q.at("bits"), 4);
+    EXPECT_EQ(q.at("group_size"), 32);
+    EXPECT_EQ(q.at("sym"), false);
+    EXPECT_EQ(q.at("desc_act"), false);
+    EXPECT_EQ(json::parse(read(fs::path(dir) / "quantize_config.json")), q);
+    const qh::TensorStore store(dir);
+    qh::Model model = qh::load_model(registry(), dir, at::kFloat);
+    std::map<std::string, at::Tensor> rtn;
+    for (const auto& l : qh::load_results(summary.results_file))
+      rtn[l.report.name] =
+          qh::PackedLayer(*registry().find_inference_layer(l.result.format), l.result).dequantize();
+    for (const auto& blk : model.blocks())
+      for (const qh::Linear* l : blk.linears()) {
+        ASSERT_TRUE(l->packed) << l->name;
+        EXPECT_EQ(l->packed->format_id(), "org.qforge.gptq/1");
+        const at::Tensor w = autogptq_v1_dequantize_4bit(store, l->name);
+        EXPECT_TRUE(at::equal(w, l->packed->dequantize())) << l->name;
+        const at::Tensor& want = rtn.at(l->name);  // float32 scales: float16 rounding only
+        EXPECT_LE((w - want).abs().max().item<double>(), 1e-3 * want.abs().max().item<double>())
+            << l->name;
+      }
+    fs::remove_all(dir);
+  }
+}
+
+// A group whose weights are all >= 0 gets RTN's asymmetric zero point 0,
+// which v1 (zero - 1) cannot store: refused with the layer named.
+TEST(GptqCheckpoint, RefusesAZeroPointOfZero) {
+  const qh::Component* rtn = registry().find("org.qforge.rtn");
+  ASSERT_NE(rtn, nullptr);
+  qh::ParamValues params("org.qforge.rtn", rtn->desc->params, rtn->desc->param_count,
+                         {{"bits", "4"}, {"group_size", "32"}, {"sym", "false"}});
+  qh::QuantizeRequest req;
+  req.layer_name = "model.layers.0.self_attn.q_proj";
+  at::manual_seed(0);
+  req.weight = at::randn({8, 64});
+  req.weight[3].abs_();  // row 3: every weight >= 0
+  const qh::QuantResult r = qh::quantize_layer(*rtn, req, params);
+  auto format = qh::make_save_format("gptq");
+  try {
+    format->packed_linear(req.layer_name, r);
+    FAIL() << "expected a refusal";
+  } catch (const qh::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("zero point of 0"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(req.layer_name), std::string::npos) << e.what();
+  }
+}
+
 TEST(GptqCheckpoint, RefusesPlansItCannotHoldBeforeWriting) {
   QFORGE_REQUIRE_SHARED(shared_model, "models/stories260K");
   const std::string shared = qforge::test::shared_dir();
   {
-    auto o = gptq_options(shared, temp_dir("rtn"));
-    o.method = "org.qforge.rtn";  // writes org.qforge.rtn/1, not the GPTQ layout
-    o.params = {{"bits", "4"}};
+    auto o = gptq_options(shared, temp_dir("pruned"));
+    o.method = "org.qforge.magnitude";  // writes org.qforge.pruned/1: no grid to pack
+    o.params = {};
     try {
       qforge::test::quantize(registry(), o, "gptq");
-      ADD_FAILURE() << "RTN into a GPTQ checkpoint was accepted";
+      ADD_FAILURE() << "pruned float weights into a GPTQ checkpoint were accepted";
     } catch (const qh::UsageError& e) {
       EXPECT_NE(std::string(e.what()).find("org.qforge.gptq/1"), std::string::npos) << e.what();
     }

@@ -58,12 +58,7 @@ ct::AffineLinear affine_linear(const QuantResult& r) {
   l.zeros = a.zeros;
   l.g_idx = a.g_idx;
   l.group_size = a.group_size >= a.in_features ? -1 : a.group_size;
-  // The producer's "sym" claim when its metadata makes one, else the data's.
-  json m = json::parse(r.metadata, nullptr, false);
-  if (m.is_object() && m.contains("sym") && m["sym"].is_boolean())
-    l.symmetric = m["sym"].get<bool>();
-  else
-    l.symmetric = a.zeros.eq(static_cast<double>(1 << (a.bits - 1))).all().item<bool>();
+  l.symmetric = affine_symmetric(r, a);
   l.act_order = !a.sequential_groups();
   return l;
 }

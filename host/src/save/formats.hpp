@@ -4,6 +4,8 @@
 
 #include <memory>
 
+#include <qforge_kernels/affine_aten.hpp>
+
 #include "qforge_host/save/save_format.hpp"
 
 namespace qforge::host {
@@ -19,5 +21,10 @@ std::unique_ptr<SaveFormat> make_quip_format();    // native.cpp (its layout)
 extern const CheckpointReader kQuipReader;         // native.cpp
 std::unique_ptr<SaveFormat> make_dbf_format();     // dbf.cpp
 extern const CheckpointReader kDbfReader;          // dbf.cpp
+
+// Whether an affine result `a` (decoded from `r`) is on a symmetric grid: the
+// producer's "sym" claim when its metadata makes one, else the data's (every
+// zero point 2^(bits − 1)). save_format.cpp.
+bool affine_symmetric(const QuantResult& r, const kernels::AffineTensors& a);
 
 }  // namespace qforge::host

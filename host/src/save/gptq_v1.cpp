@@ -1,7 +1,10 @@
 // --save-format gptq: the AutoGPTQ v1 checkpoint ("gptq" checkpoint_format)
 // that transformers, vLLM and GPTQModel load. Each quantized linear stores
 // the tensors of the packed format org.qforge.gptq/1 as they are (qweight,
-// qzeros, scales, g_idx, optional bias); config.json gets quant_method
+// qzeros, scales, g_idx, optional bias); a result in another format of the
+// kernels' affine table (e.g. RTN's) is decoded and re-packed into gptq/1
+// (scales rounded to float16; a zero point of 0, which v1 cannot store, is
+// refused with the layer named); config.json gets quant_method
 // "gptq", bits, group_size (-1: one group per row), desc_act, sym,
 // damp_percent, true_sequential, static_groups, checkpoint_format, and the
 // same object is written as quantize_config.json. The format holds one
@@ -13,6 +16,13 @@
 #include <algorithm>
 #include <filesystem>
 #include <set>
+
+#include <qforge/formats/gptq_v1.h>
+#include <qforge_kernels/affine_aten.hpp>
+#include <qforge_kernels/affine_format.hpp>
+#include <qforge_kernels/bitpack.hpp>
+
+#include <map>
 
 #include "formats.hpp"
 #include "qforge_host/base/errors.hpp"
@@ -80,19 +90,67 @@ ordered_json gptq_config(const std::vector<std::pair<std::string, std::string>>&
   return q;
 }
 
+// A result of another affine format as gptq/1: its codes, scales and zero
+// points written into gptq/1's layout by the format table (store_group_params).
+QuantResult as_gptq_v1(const std::string& layer, const QuantResult& r) {
+  const kernels::AffineFormat* row = kernels::find_affine_format(r.format.c_str());
+  if (row == nullptr || row->transformed)
+    throw UsageError(fmt::format("--save-format gptq: layer {} came in {}, which is neither {} nor "
+                                 "a plain affine grid format", layer, r.format, kPackedFormat));
+  const kernels::AffineTensors a = kernels::unpack_affine(r.format, r.metadata, r.tensors);
+  const json meta = {{QFORGE_GPTQ_V1_BITS, a.bits},
+                     {QFORGE_GPTQ_V1_GROUP_SIZE, a.group_size},
+                     {QFORGE_GPTQ_V1_IN_FEATURES, a.in_features},
+                     {QFORGE_GPTQ_V1_OUT_FEATURES, a.out_features},
+                     {QFORGE_GPTQ_V1_SYM, affine_symmetric(r, a)},
+                     {QFORGE_GPTQ_V1_DESC_ACT, !a.sequential_groups()},
+                     {QFORGE_GPTQ_V1_STATIC_GROUPS, false},
+                     {QFORGE_GPTQ_V1_CHECKPOINT_FORMAT, "gptq"},
+                     {QFORGE_GPTQ_V1_ZERO_POINT_MIN, QFORGE_GPTQ_V1_ZERO_OFFSET}};
+  const std::vector<std::pair<std::string, at::Tensor>> layout = {
+      {QFORGE_GPTQ_V1_QWEIGHT,
+       at::zeros({kernels::words_for(a.in_features, a.bits), a.out_features}, at::kInt)},
+      {QFORGE_GPTQ_V1_QZEROS, at::zeros({a.groups, kernels::words_for(a.out_features, a.bits)}, at::kInt)},
+      {QFORGE_GPTQ_V1_SCALES, at::zeros({a.groups, a.out_features}, at::kHalf)},
+      {QFORGE_GPTQ_V1_G_IDX, a.g_idx.to(at::kInt).contiguous()}};
+  at::Tensor scales = a.scales.clone(), zeros = a.zeros.clone();
+  QuantResult v1;
+  v1.format = kPackedFormat;
+  v1.metadata = meta.dump();
+  for (auto& [name, t] : kernels::store_group_params(*kernels::find_affine_format(kPackedFormat),
+                                                     v1.metadata, layout, scales, zeros,
+                                                     a.codes.to(at::kByte)))
+    v1.tensors[name] = t;
+  if (!at::equal(zeros, a.zeros)) {
+    const int64_t g = a.zeros.ne(zeros).nonzero()[0][0].item<int64_t>();
+    throw UsageError(fmt::format("--save-format gptq: layer {}, group {} has an asymmetric zero "
+                                 "point of 0, which AutoGPTQ v1 cannot store (it stores zero - 1); "
+                                 "use --save-format compressed-tensors, or a quantizer that keeps "
+                                 "zero points >= 1 (org.qforge.gptq)", layer, g));
+  }
+  if (!at::isfinite(scales).all().item<bool>())
+    throw UsageError(fmt::format("--save-format gptq: layer {} has a scale beyond float16", layer));
+  if (auto bias = r.tensors.find("bias"); bias != r.tensors.end()) v1.tensors["bias"] = bias->second;
+  return v1;
+}
+
 class GptqV1 final : public SaveFormat {
  public:
   std::string name() const override { return "gptq"; }
 
   void check_plan(const std::vector<std::string>& formats, const std::vector<std::string>& selected,
                   const ModelConfig& config) const override {
-    if (std::find(formats.begin(), formats.end(), kPackedFormat) == formats.end())
+    const bool storable = std::any_of(formats.begin(), formats.end(), [](const std::string& f) {
+      const kernels::AffineFormat* row = kernels::find_affine_format(f.c_str());
+      return row != nullptr && !row->transformed;
+    });
+    if (!storable)
       throw UsageError(fmt::format(
-          "--save-format gptq needs layers packed in {}, but they come in {}; choose a method "
-          "that writes {} (see `qforge plugins`) or --save-format dequantized",
+          "--save-format gptq needs layers on an affine grid ({}, or one the host re-packs into "
+          "it, e.g. org.qforge.rtn/1), but they come in {}; choose such a method (see `qforge "
+          "plugins`) or --save-format dequantized",
           kPackedFormat,
-          formats.empty() ? std::string("no format") : fmt::format("{}", fmt::join(formats, ", ")),
-          kPackedFormat));
+          formats.empty() ? std::string("no format") : fmt::format("{}", fmt::join(formats, ", "))));
     const std::set<std::string> chosen(selected.begin(), selected.end());
     for (int64_t i = 0; i < config.num_layers; ++i)
       for (const auto& name : config.arch.layout->linear_names(i))
@@ -104,10 +162,9 @@ class GptqV1 final : public SaveFormat {
               name));
   }
 
-  NamedTensors packed_linear(const std::string& layer, const QuantResult& q) override {
-    if (q.format != kPackedFormat)
-      throw UsageError(fmt::format("--save-format gptq: layer {} came in {}, not {}", layer,
-                                   q.format, kPackedFormat));
+  NamedTensors packed_linear(const std::string& layer, const QuantResult& result) override {
+    const QuantResult q = result.format == kPackedFormat ? result : as_gptq_v1(layer, result);
+    metadata_[layer] = q.metadata;
     // Refuse a differing setting at the first block that brings one, not at the end.
     seen_.emplace_back(q.format, q.metadata);
     gptq_config(seen_);
@@ -127,7 +184,13 @@ class GptqV1 final : public SaveFormat {
   ordered_json quantization_config(const std::vector<LayerReport>& layers, const ModelConfig&,
                                    const std::vector<std::string>&) const override {
     std::vector<std::pair<std::string, std::string>> fm;
-    for (const auto& l : layers) fm.emplace_back(l.format, l.metadata);
+    for (const auto& l : layers) {
+      auto it = metadata_.find(l.name);  // as written (re-packed from another format)
+      if (it != metadata_.end())
+        fm.emplace_back(kPackedFormat, it->second);
+      else
+        fm.emplace_back(l.format, l.metadata);
+    }
     return gptq_config(fm);
   }
 
@@ -138,6 +201,7 @@ class GptqV1 final : public SaveFormat {
 
  private:
   std::vector<std::pair<std::string, std::string>> seen_;
+  std::map<std::string, std::string> metadata_;  // gptq/1 metadata of each layer written
 };
 
 // AutoGPTQ reads quantize_config.json, transformers and vLLM config.json's

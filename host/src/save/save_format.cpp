@@ -75,6 +75,12 @@ void attach_packed(const Registry& registry, const std::string& model_dir, Linea
                                  in));
 }
 
+bool affine_symmetric(const QuantResult& r, const kernels::AffineTensors& a) {
+  const nlohmann::json m = nlohmann::json::parse(r.metadata, nullptr, false);
+  if (m.is_object() && m.contains("sym") && m["sym"].is_boolean()) return m["sym"].get<bool>();
+  return a.zeros.eq(static_cast<double>(1 << (a.bits - 1))).all().item<bool>();
+}
+
 int64_t json_int(const nlohmann::json& m, const char* key, const std::string& where) {
   auto it = m.find(key);
   if (it == m.end() || !it->is_number_integer())
