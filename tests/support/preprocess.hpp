@@ -57,6 +57,24 @@ inline void run_preprocess(const std::string& id, host::Model& m, const at::Tens
   host::run_preprocess_block(*c, values, services);
 }
 
+// Pre-process `id` on block 0 of the model in `dir` without calibration
+// statistics (a scope that has none, as outside the pipeline) is refused with
+// a message that names --calib.
+inline void expect_refused_without_statistics(const std::string& id, const std::string& dir) {
+  host::Model m = host::Model::load(dir, at::kFloat);
+  const host::Component* c = plugin_registry().find(id);
+  ASSERT_NE(c, nullptr) << plugin_refusals();
+  host::BlockScope scope{0, at::zeros({1, 4, 64}), at::Tensor(), {}, {}};  // no statistics
+  host::ModelServices services(m, host::PostprocessContext{}, &scope);
+  host::ParamValues values(id, c->desc->params, c->desc->param_count, {});
+  try {
+    host::run_preprocess_block(*c, values, services);
+    FAIL() << "expected a refusal";
+  } catch (const host::PluginError& e) {
+    EXPECT_NE(std::string(e.what()).find("--calib"), std::string::npos) << e.what();
+  }
+}
+
 // The weights of block `b`'s linears `names` (suffixes), concatenated along
 // the outputs (copies).
 inline at::Tensor stacked(host::Block& b, const std::vector<std::string>& names) {

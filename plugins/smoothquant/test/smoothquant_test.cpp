@@ -93,18 +93,9 @@ TEST(SmoothQuant, LinearSourcesScaleUpIntoDownButNotVIntoOUnderGroupedQueryAtten
 
 TEST(SmoothQuant, StatisticsAreRefusedOutsideThePipeline) {
   QFORGE_REQUIRE_SHARED(dir, "models/stories260K");
-  host::Model m = host::Model::load(dir, at::kFloat);
+  qforge::test::expect_refused_without_statistics(kId, dir);
   const host::Component* c = qforge::test::plugin_registry().find(kId);
-  ASSERT_NE(c, nullptr) << qforge::test::plugin_refusals();
-  host::BlockScope scope{0, at::zeros({1, 4, 64}), at::Tensor(), {}, {}};  // no statistics
-  host::ModelServices services(m, host::PostprocessContext{}, &scope);
-  host::ParamValues values(kId, c->desc->params, c->desc->param_count, {});
-  try {
-    host::run_preprocess_block(*c, values, services);
-    FAIL() << "expected a refusal";
-  } catch (const host::PluginError& e) {
-    EXPECT_NE(std::string(e.what()).find("--calib"), std::string::npos) << e.what();
-  }
+  ASSERT_NE(c, nullptr);
   EXPECT_THROW(host::ParamValues(kId, c->desc->params, c->desc->param_count, {{"alpha", "1.5"}}),
                host::UsageError);
 }
