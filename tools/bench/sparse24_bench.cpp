@@ -126,18 +126,9 @@ void bench_shape(int64_t out, int64_t in, const Options& o) {
 }
 
 Options parse(int argc, char** argv) {
-  Options o;
-  for (int k = 1; k < argc; ++k) {
-    const std::string a = argv[k];
-    if ((a == "--reps" || a == "--threads") && k + 1 < argc) {
-      (a == "--reps" ? o.reps : o.threads) = std::atoi(argv[++k]);
-    } else {
-      fmt::print(stderr, "usage: qforge_bench_sparse24 [--reps N] [--threads N]\n");
-      std::exit(2);
-    }
-  }
-  o.reps = std::max(3, o.reps);
-  return o;
+  const qforge::bench::RunOptions r = qforge::bench::parse_run_options(
+      argc, argv, Options{}.reps, "qforge_bench_sparse24 [--reps N] [--threads N]");
+  return {r.reps, r.thread_count()};
 }
 
 }  // namespace
@@ -145,8 +136,7 @@ Options parse(int argc, char** argv) {
 int main(int argc, char** argv) {
   qforge::bench::passive_omp_wait(argv);
   const Options o = parse(argc, argv);
-  at::set_num_threads(o.threads > 0 ? o.threads
-                                    : static_cast<int>(std::thread::hardware_concurrency()));
+  at::set_num_threads(o.threads);
   const char* wait = std::getenv("OMP_WAIT_POLICY");
   fmt::print(
       "qforge_bench_sparse24: 2:4 kernels {} (dispatched: {}), {} threads, OMP_WAIT_POLICY={}, "

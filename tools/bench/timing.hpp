@@ -8,8 +8,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <string>
+#include <thread>
 #include <vector>
 
 namespace qforge::bench {
@@ -50,6 +53,35 @@ inline void passive_omp_wait(char** argv) {
     setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
     execv("/proc/self/exe", argv);  // returns only on failure: carry on
   }
+}
+
+// The options of a kernel benchmark: --reps N (at least 3; `reps` when not
+// given) and --threads N (0: every core), and the flags `extra` takes (it
+// returns false for one it does not know). A bad command line prints
+// `usage` and exits 2.
+struct RunOptions {
+  int reps = 0;
+  int threads = 0;
+  int thread_count() const {
+    return threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency());
+  }
+};
+
+inline RunOptions parse_run_options(int argc, char** argv, int reps, const char* usage,
+                                    const std::function<bool(const std::string&)>& extra = {}) {
+  RunOptions o;
+  o.reps = reps;
+  for (int k = 1; k < argc; ++k) {
+    const std::string a = argv[k];
+    if ((a == "--reps" || a == "--threads") && k + 1 < argc) {
+      (a == "--reps" ? o.reps : o.threads) = std::atoi(argv[++k]);
+    } else if (!extra || !extra(a)) {
+      std::fprintf(stderr, "usage: %s\n", usage);
+      std::exit(2);
+    }
+  }
+  o.reps = std::max(3, o.reps);
+  return o;
 }
 
 }  // namespace qforge::bench

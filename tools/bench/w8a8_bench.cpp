@@ -168,20 +168,15 @@ void fp8_sweep(const Options& o) {
 }
 
 Options parse(int argc, char** argv) {
-  Options o;
-  for (int k = 1; k < argc; ++k) {
-    const std::string a = argv[k];
-    if ((a == "--reps" || a == "--threads") && k + 1 < argc) {
-      (a == "--reps" ? o.reps : o.threads) = std::atoi(argv[++k]);
-    } else if (a == "--no-sweep") {
-      o.sweep = false;
-    } else {
-      fmt::print(stderr, "usage: qforge_bench_w8a8 [--reps N] [--threads N] [--no-sweep]\n");
-      std::exit(2);
-    }
-  }
-  o.reps = std::max(3, o.reps);
-  return o;
+  bool sweep = true;
+  const qforge::bench::RunOptions r = qforge::bench::parse_run_options(
+      argc, argv, Options{}.reps, "qforge_bench_w8a8 [--reps N] [--threads N] [--no-sweep]",
+      [&](const std::string& a) {
+        if (a != "--no-sweep") return false;
+        sweep = false;
+        return true;
+      });
+  return {r.reps, r.thread_count(), sweep};
 }
 
 }  // namespace
@@ -189,8 +184,7 @@ Options parse(int argc, char** argv) {
 int main(int argc, char** argv) {
   qforge::bench::passive_omp_wait(argv);
   const Options o = parse(argc, argv);
-  at::set_num_threads(o.threads > 0 ? o.threads
-                                    : static_cast<int>(std::thread::hardware_concurrency()));
+  at::set_num_threads(o.threads);
   std::string paths;
   for (qk::Int8Path p : qk::int8_paths())
     paths += std::string(paths.empty() ? "" : ", ") + qk::int8_path_name(p);

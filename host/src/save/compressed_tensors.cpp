@@ -158,7 +158,8 @@ class CompressedTensors final : public SaveFormat {
     std::vector<std::pair<std::string, ct::Scheme>> quantized;
     std::vector<std::pair<std::string, ct::Sparsity>> pruned;
     for (const auto& l : layers) {
-      if (auto s = sparsity_.find(l.name); s != sparsity_.end()) pruned.emplace_back(l.name, s->second);
+      for (const auto& p : pruned_seen_)
+        if (p.first == l.name) pruned.push_back(p);
       if (l.format == kPrunedFormat) continue;  // dense, ignored by the config groups
       auto it = schemes_.find(l.name);
       if (it == schemes_.end())
@@ -211,8 +212,7 @@ class CompressedTensors final : public SaveFormat {
       if (structure.empty()) {
         dense_seen_.push_back(layer);
       } else {
-        sparsity_[layer] = ct::sparsity_of(zero_mask(r), structure);
-        pruned_seen_.emplace_back(layer, sparsity_[layer]);
+        pruned_seen_.emplace_back(layer, ct::sparsity_of(zero_mask(r), structure));
       }
       ct::sparsity_config(pruned_seen_, dense_seen_);
     } catch (const std::exception& e) {
@@ -236,7 +236,6 @@ class CompressedTensors final : public SaveFormat {
 
   std::map<std::string, ct::Scheme> schemes_;
   std::vector<std::pair<std::string, ct::Scheme>> order_;  // as written
-  std::map<std::string, ct::Sparsity> sparsity_;           // the pruned layers
   std::vector<std::pair<std::string, ct::Sparsity>> pruned_seen_;  // as written
   std::vector<std::string> dense_seen_;  // written, not pruned
   std::vector<std::string> dense_pruned_;  // written as org.qforge.pruned/1 (dense)
